@@ -1,0 +1,153 @@
+//! Claims and their canonical text (spec §2 and §4).
+
+use std::fmt;
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::ip::IpRange;
+use crate::path::{PathKind, check_canonical};
+
+pub(crate) type HmacSha256 = Hmac<Sha256>;
+
+/// What a token opens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Exactly this canonical path.
+    Path(String),
+    /// Every path under this canonical prefix (ends in `/`).
+    Prefix(String),
+}
+
+/// Everything a token says, in canonical form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claims {
+    pub kid: String,
+    pub exp: u64,
+    pub nbf: Option<u64>,
+    pub scope: Scope,
+    pub ip: Option<IpRange>,
+}
+
+impl Claims {
+    /// The claims text: the signing input without its version line, and the payload of a compact token.
+    pub fn claims_text(&self) -> String {
+        let mut text = String::with_capacity(96);
+        fmt::write(&mut text, format_args!("{self}")).expect("writing to a String cannot fail");
+        text
+    }
+
+    /// The exact bytes the MAC covers, as a string.
+    pub fn signing_input(&self) -> String {
+        format!("VD1\n{self}")
+    }
+
+    pub(crate) fn mac(&self, key: &HmacSha256) -> [u8; 32] {
+        let mut mac = key.clone();
+        mac.update(crate::SIGNING_TAG);
+        mac.update(self.claims_text().as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+}
+
+impl fmt::Display for Claims {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}\n{}\n", self.kid, self.exp)?;
+        if let Some(nbf) = self.nbf {
+            write!(f, "{nbf}")?;
+        }
+        match &self.scope {
+            Scope::Path(p) => write!(f, "\npath:{p}\n")?,
+            Scope::Prefix(p) => write!(f, "\nprefix:{p}\n")?,
+        }
+        if let Some(ip) = &self.ip {
+            write!(f, "{ip}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Claims borrowed from a token or from query parameters, validated but not yet authenticated.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RawClaims<'a> {
+    pub kid: &'a str,
+    pub exp: &'a str,
+    pub nbf: &'a str,
+    /// `path` or `prefix`.
+    pub scope_kind: PathKind,
+    pub scope: &'a str,
+    pub ip: &'a str,
+}
+
+/// Claims after parsing, with numbers and the address range decoded.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Parsed<'a> {
+    pub raw: RawClaims<'a>,
+    pub exp: u64,
+    pub nbf: Option<u64>,
+    pub ip: Option<IpRange>,
+}
+
+impl<'a> RawClaims<'a> {
+    /// Parses the five lines of a compact token's claims text.
+    pub fn from_text(text: &'a str) -> Option<Self> {
+        let mut lines = text.split('\n');
+        let kid = lines.next()?;
+        let exp = lines.next()?;
+        let nbf = lines.next()?;
+        let scope = lines.next()?;
+        let ip = lines.next()?;
+        if lines.next().is_some() {
+            return None;
+        }
+        let (scope_kind, scope) = if let Some(p) = scope.strip_prefix("path:") {
+            (PathKind::Path, p)
+        } else if let Some(p) = scope.strip_prefix("prefix:") {
+            (PathKind::Prefix, p)
+        } else {
+            return None;
+        };
+        Some(RawClaims { kid, exp, nbf, scope_kind, scope, ip })
+    }
+
+    /// Checks every claim is in canonical form; `None` means malformed.
+    pub fn parse(self) -> Option<Parsed<'a>> {
+        if !valid_kid(self.kid) {
+            return None;
+        }
+        let exp = parse_time(self.exp)?;
+        let nbf = if self.nbf.is_empty() { None } else { Some(parse_time(self.nbf)?) };
+        if nbf.is_some_and(|n| n > exp) {
+            return None;
+        }
+        check_canonical(self.scope, self.scope_kind).ok()?;
+        let ip = if self.ip.is_empty() { None } else { Some(IpRange::parse_canonical(self.ip).ok()?) };
+        Some(Parsed { raw: self, exp, nbf, ip })
+    }
+
+    /// Feeds the signing input into a MAC without building it in memory.
+    pub fn feed(&self, mac: &mut HmacSha256) {
+        mac.update(crate::SIGNING_TAG);
+        for part in [self.kid, "\n", self.exp, "\n", self.nbf, "\n"] {
+            mac.update(part.as_bytes());
+        }
+        mac.update(match self.scope_kind {
+            PathKind::Path => b"path:",
+            PathKind::Prefix => b"prefix:",
+        });
+        for part in [self.scope, "\n", self.ip] {
+            mac.update(part.as_bytes());
+        }
+    }
+}
+
+/// Key ids: 1–64 of `A–Z a–z 0–9 _ -` (spec §2).
+pub(crate) fn valid_kid(kid: &str) -> bool {
+    (1..=64).contains(&kid.len()) && kid.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+}
+
+/// Times: `0` or 1–11 digits without a leading zero or a sign.
+pub(crate) fn parse_time(s: &str) -> Option<u64> {
+    let ok = (1..=11).contains(&s.len()) && s.bytes().all(|c| c.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
+    if ok { s.parse().ok() } else { None }
+}

@@ -1,0 +1,139 @@
+//! Signing (spec §4, §5): what backends, `vdctl` and tests use to mint URLs.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::Mac;
+
+use crate::claims::{Claims, HmacSha256, Scope};
+use crate::ip::IpRange;
+use crate::keyring::Keyring;
+use crate::path::{PathError, PathKind, canonicalize, encode_path};
+
+/// How the claims travel in the URL a signer returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Carrier {
+    /// `?expires=…&kid=…&signature=…` (spec §5.1).
+    #[default]
+    Query,
+    /// `?token=v1.…` (spec §5.2).
+    Token,
+}
+
+/// A URL to mint.
+#[derive(Debug, Clone)]
+pub struct UrlRequest<'a> {
+    /// Scheme and authority, for example `https://media.example.com`; a trailing `/` is ignored.
+    pub base_url: &'a str,
+    /// The path the URL points to, raw or canonical (it is canonicalised either way).
+    pub path: &'a str,
+    pub exp: u64,
+    pub nbf: Option<u64>,
+    /// A prefix scope; `None` scopes the token to `path` alone.
+    pub prefix: Option<&'a str>,
+    pub ip: Option<IpRange>,
+    pub carrier: Carrier,
+}
+
+/// Why a URL could not be minted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignError {
+    #[error("invalid path: {0}")]
+    Path(PathError),
+    #[error("invalid prefix: {0}")]
+    Prefix(PathError),
+    #[error("the path is not under the prefix")]
+    OutsidePrefix,
+    #[error("not-before is after the expiry")]
+    NotBeforeAfterExpiry,
+    #[error("the expiry does not fit in 11 digits")]
+    ExpiryTooLarge,
+}
+
+/// Signs with a keyring's active key, the only key a signer may use (spec §7.2).
+pub struct Signer {
+    kid: String,
+    mac: HmacSha256,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer").field("kid", &self.kid).finish_non_exhaustive()
+    }
+}
+
+impl Signer {
+    pub fn new(keyring: &Keyring) -> Signer {
+        let key = keyring.active();
+        Signer::with_key(key.kid(), key.secret_bytes())
+    }
+
+    /// A signer for one explicit key, for tests and vectors; production code uses [`Signer::new`].
+    pub fn with_key(kid: &str, secret: &[u8]) -> Signer {
+        let mac = HmacSha256::new_from_slice(secret).expect("HMAC takes keys of any length");
+        Signer { kid: kid.to_owned(), mac }
+    }
+
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The signature of a set of claims, base64url (43 characters).
+    pub fn signature(&self, claims: &Claims) -> String {
+        URL_SAFE_NO_PAD.encode(claims.mac(&self.mac))
+    }
+
+    /// The compact token for a set of claims.
+    pub fn token(&self, claims: &Claims) -> String {
+        let text = claims.claims_text();
+        format!("v1.{}.{}", URL_SAFE_NO_PAD.encode(text.as_bytes()), self.signature(claims))
+    }
+
+    /// Claims for a request, with this signer's key id and everything canonicalised.
+    pub fn claims(&self, req: &UrlRequest<'_>) -> Result<Claims, SignError> {
+        let path = canonicalize(req.path, PathKind::Path).map_err(SignError::Path)?;
+        let scope = match req.prefix {
+            Some(prefix) => {
+                let prefix = canonicalize(prefix, PathKind::Prefix).map_err(SignError::Prefix)?;
+                if !path.starts_with(prefix.as_ref()) {
+                    return Err(SignError::OutsidePrefix);
+                }
+                Scope::Prefix(prefix.into_owned())
+            }
+            None => Scope::Path(path.into_owned()),
+        };
+        if req.exp > 99_999_999_999 {
+            return Err(SignError::ExpiryTooLarge);
+        }
+        if req.nbf.is_some_and(|nbf| nbf > req.exp) {
+            return Err(SignError::NotBeforeAfterExpiry);
+        }
+        Ok(Claims { kid: self.kid.clone(), exp: req.exp, nbf: req.nbf, scope, ip: req.ip })
+    }
+
+    /// A complete signed URL, byte for byte what every conforming signer produces.
+    pub fn url(&self, req: &UrlRequest<'_>) -> Result<String, SignError> {
+        let claims = self.claims(req)?;
+        let path = canonicalize(req.path, PathKind::Path).map_err(SignError::Path)?;
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        match req.carrier {
+            Carrier::Token => {
+                query.append_pair("token", &self.token(&claims));
+            }
+            Carrier::Query => {
+                query.append_pair("expires", &claims.exp.to_string());
+                if let Some(nbf) = claims.nbf {
+                    query.append_pair("nbf", &nbf.to_string());
+                }
+                if let Scope::Prefix(prefix) = &claims.scope {
+                    query.append_pair("prefix", prefix);
+                }
+                if let Some(ip) = &claims.ip {
+                    query.append_pair("ip", &ip.to_string());
+                }
+                query.append_pair("kid", &claims.kid);
+                query.append_pair("signature", &self.signature(&claims));
+            }
+        }
+        Ok(format!("{}{}?{}", req.base_url.trim_end_matches('/'), encode_path(&path), query.finish()))
+    }
+}

@@ -1,0 +1,261 @@
+//! Verification (spec §6).
+
+use std::net::IpAddr;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::Mac;
+use subtle::ConstantTimeEq;
+
+use crate::carrier::{self, Found, Params};
+use crate::claims::{HmacSha256, Parsed, RawClaims};
+use crate::ip::IpRange;
+use crate::keyring::Keyring;
+use crate::path::{MAX_PATH_LEN, PathKind};
+
+/// Longest claims text a token may carry: kid, two times, the longest scope, an IPv6 range and the separators.
+const MAX_CLAIMS_LEN: usize = 64 + 11 + 11 + 7 + MAX_PATH_LEN + 43 + 4;
+
+/// Verifier settings that bound what backends can mint, whatever a token claims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// Longest accepted lifetime, in seconds (spec §6, rule 7).
+    pub max_lifetime: u64,
+    /// Tolerated clock difference between signer and verifier, in seconds.
+    pub clock_skew: u64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy { max_lifetime: 86_400, clock_skew: 30 }
+    }
+}
+
+/// Why a request was refused. `code()` is stable: it appears in responses and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum Reason {
+    #[error("no token was presented")]
+    Missing,
+    #[error("the token is malformed")]
+    Malformed,
+    #[error("the token was signed with a key this server does not accept")]
+    UnknownKid,
+    #[error("the token's signature does not match")]
+    BadSignature,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    #[error("the token's lifetime is longer than this server allows")]
+    LifetimeTooLong,
+    #[error("the token does not cover this path")]
+    WrongScope,
+    #[error("the token is bound to another client address")]
+    WrongIp,
+}
+
+impl Reason {
+    /// Every reason, for metrics that should show zeros too.
+    pub const ALL: [Reason; 9] = [
+        Reason::Missing,
+        Reason::Malformed,
+        Reason::UnknownKid,
+        Reason::BadSignature,
+        Reason::Expired,
+        Reason::NotYetValid,
+        Reason::LifetimeTooLong,
+        Reason::WrongScope,
+        Reason::WrongIp,
+    ];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::Missing => "missing",
+            Reason::Malformed => "malformed",
+            Reason::UnknownKid => "unknown_kid",
+            Reason::BadSignature => "bad_signature",
+            Reason::Expired => "expired",
+            Reason::NotYetValid => "not_yet_valid",
+            Reason::LifetimeTooLong => "lifetime_too_long",
+            Reason::WrongScope => "wrong_scope",
+            Reason::WrongIp => "wrong_ip",
+        }
+    }
+}
+
+/// What a request carries that may hold a token.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestAuth<'a> {
+    /// The request's canonical path (see [`crate::canonical_path`]).
+    pub path: &'a str,
+    /// The raw query string, without `?`.
+    pub query: Option<&'a str>,
+    /// The `Authorization` header.
+    pub authorization: Option<&'a str>,
+    /// Each `Cookie` header (HTTP/2 may split cookies over several).
+    pub cookies: &'a [&'a str],
+    /// The client's address, if known.
+    pub client_ip: Option<IpAddr>,
+}
+
+/// A request that may be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant<'v> {
+    /// The key that signed the token.
+    pub kid: &'v str,
+    /// When the token expires.
+    pub exp: u64,
+    /// Whether the token opens a whole prefix.
+    pub prefix: bool,
+}
+
+struct VerifyKey {
+    kid: String,
+    /// The key's HMAC state after absorbing the key, cloned per token so the key is hashed only once.
+    mac: HmacSha256,
+    accept_until: Option<u64>,
+}
+
+/// Checks tokens against a keyring. Build one per keyring version and share it.
+pub struct Verifier {
+    keys: Vec<VerifyKey>,
+    policy: Policy,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kids: Vec<&str> = self.keys.iter().map(|k| k.kid.as_str()).collect();
+        f.debug_struct("Verifier").field("kids", &kids).field("policy", &self.policy).finish()
+    }
+}
+
+impl Verifier {
+    pub fn new(keyring: &Keyring, policy: Policy) -> Verifier {
+        let keys = keyring
+            .keys()
+            .iter()
+            .map(|k| VerifyKey {
+                kid: k.kid().to_owned(),
+                mac: HmacSha256::new_from_slice(k.secret_bytes()).expect("HMAC takes keys of any length"),
+                accept_until: match k.state() {
+                    crate::KeyState::Retiring => k.accept_until(),
+                    _ => None,
+                },
+            })
+            .collect();
+        Verifier { keys, policy }
+    }
+
+    pub fn policy(&self) -> Policy {
+        self.policy
+    }
+
+    /// The verdict for one request at `now` (Unix seconds): the first rule of spec §6 that applies.
+    pub fn verify(&self, req: &RequestAuth<'_>, now: u64) -> Result<Grant<'_>, Reason> {
+        if let Some(query) = req.query {
+            match carrier::from_query(query).map_err(|()| Reason::Malformed)? {
+                Some(Found::Token(token)) => return self.check_token(&token, req, now),
+                Some(Found::Params(params)) => return self.check_params(&params, req, now),
+                None => {}
+            }
+        }
+        if let Some(token) = req.authorization.and_then(carrier::from_authorization) {
+            return self.check_token(token, req, now);
+        }
+        let mut first = None;
+        for token in carrier::cookies(req.cookies) {
+            match self.check_token(token, req, now) {
+                Ok(grant) => return Ok(grant),
+                Err(reason) => {
+                    first.get_or_insert(reason);
+                }
+            }
+        }
+        Err(first.unwrap_or(Reason::Missing))
+    }
+
+    fn check_token(&self, token: &str, req: &RequestAuth<'_>, now: u64) -> Result<Grant<'_>, Reason> {
+        let body = token.strip_prefix(crate::TOKEN_PREFIX).ok_or(Reason::Malformed)?;
+        let (claims_b64, sig_b64) = body.split_once('.').ok_or(Reason::Malformed)?;
+        if sig_b64.len() != 43 || claims_b64.len() > MAX_CLAIMS_LEN.div_ceil(3) * 4 {
+            return Err(Reason::Malformed);
+        }
+        let signature = decode_signature(sig_b64)?;
+        let mut buf = [0u8; MAX_CLAIMS_LEN + 3];
+        let n = URL_SAFE_NO_PAD.decode_slice(claims_b64, &mut buf).map_err(|_| Reason::Malformed)?;
+        let text = std::str::from_utf8(&buf[..n]).map_err(|_| Reason::Malformed)?;
+        let claims = RawClaims::from_text(text).and_then(RawClaims::parse).ok_or(Reason::Malformed)?;
+        self.check(&claims, &signature, req, now)
+    }
+
+    fn check_params(&self, p: &Params<'_>, req: &RequestAuth<'_>, now: u64) -> Result<Grant<'_>, Reason> {
+        let (Some(exp), Some(kid), Some(sig)) = (&p.expires, &p.kid, &p.signature) else {
+            return Err(Reason::Malformed);
+        };
+        let signature = decode_signature(sig)?;
+        let (scope_kind, scope) = match &p.prefix {
+            Some(prefix) => (PathKind::Prefix, prefix.as_ref()),
+            None => (PathKind::Path, req.path),
+        };
+        let raw = RawClaims {
+            kid,
+            exp,
+            nbf: p.nbf.as_deref().unwrap_or(""),
+            scope_kind,
+            scope,
+            ip: p.ip.as_deref().unwrap_or(""),
+        };
+        // An explicitly empty `nbf=` or `ip=` would sign the same text as an absent one: refuse it.
+        if p.nbf.as_deref() == Some("") || p.ip.as_deref() == Some("") {
+            return Err(Reason::Malformed);
+        }
+        let claims = raw.parse().ok_or(Reason::Malformed)?;
+        self.check(&claims, &signature, req, now)
+    }
+
+    fn check(&self, c: &Parsed<'_>, signature: &[u8; 32], req: &RequestAuth<'_>, now: u64) -> Result<Grant<'_>, Reason> {
+        let key = self
+            .keys
+            .iter()
+            .find(|k| k.kid == c.raw.kid && k.accept_until.is_none_or(|until| now <= until))
+            .ok_or(Reason::UnknownKid)?;
+        let mut mac = key.mac.clone();
+        c.raw.feed(&mut mac);
+        let expected: [u8; 32] = mac.finalize().into_bytes().into();
+        if !bool::from(expected.ct_eq(signature)) {
+            return Err(Reason::BadSignature);
+        }
+        let Policy { max_lifetime, clock_skew: skew } = self.policy;
+        if now > c.exp.saturating_add(skew) {
+            return Err(Reason::Expired);
+        }
+        if c.nbf.is_some_and(|nbf| now.saturating_add(skew) < nbf) {
+            return Err(Reason::NotYetValid);
+        }
+        let start = c.nbf.unwrap_or(now);
+        if c.exp.saturating_sub(start) > max_lifetime.saturating_add(skew) {
+            return Err(Reason::LifetimeTooLong);
+        }
+        let in_scope = match c.raw.scope_kind {
+            PathKind::Path => req.path == c.raw.scope,
+            PathKind::Prefix => req.path.starts_with(c.raw.scope),
+        };
+        if !in_scope {
+            return Err(Reason::WrongScope);
+        }
+        if let Some(range) = c.ip
+            && !req.client_ip.is_some_and(|ip| IpRange::contains(&range, ip))
+        {
+            return Err(Reason::WrongIp);
+        }
+        Ok(Grant { kid: &key.kid, exp: c.exp, prefix: c.raw.scope_kind == PathKind::Prefix })
+    }
+}
+
+fn decode_signature(text: &str) -> Result<[u8; 32], Reason> {
+    let mut out = [0u8; 34];
+    match URL_SAFE_NO_PAD.decode_slice(text, &mut out) {
+        Ok(32) if text.len() == 43 => Ok(out[..32].try_into().map_err(|_| Reason::Malformed)?),
+        _ => Err(Reason::Malformed),
+    }
+}
