@@ -18,7 +18,7 @@ mod verify;
 pub use claims::{Claims, Scope};
 pub use ip::{IpRange, IpRangeError};
 pub use keyring::{Key, KeyState, Keyring, KeyringError, MAX_SECRET_LEN, MIN_SECRET_LEN};
-pub use path::{MAX_PATH_LEN, PathError, PathKind, canonical_path, canonical_prefix, encode_path};
+pub use path::{MAX_PATH_LEN, PathError, PathKind, canonical_path, canonical_prefix, check_canonical, encode_path};
 pub use sign::{Carrier, SignError, Signer, UrlRequest};
 pub use verify::{Grant, Policy, Reason, RequestAuth, Verifier};
 

@@ -74,8 +74,8 @@ fn check_escapes(raw: &str) -> Result<(), PathError> {
     Ok(())
 }
 
-/// Checks that an already decoded path is canonical (used for scopes carried inside tokens).
-pub(crate) fn check_canonical(path: &str, kind: PathKind) -> Result<(), PathError> {
+/// Checks that an already decoded path is canonical: what signers are given and what tokens carry.
+pub fn check_canonical(path: &str, kind: PathKind) -> Result<(), PathError> {
     let rest = path.strip_prefix('/').ok_or(PathError::NoLeadingSlash)?;
     if path.len() > MAX_PATH_LEN {
         return Err(PathError::TooLong);

@@ -119,7 +119,8 @@ pub fn rotate(
         !expired
     });
 
-    if let Some(p) = keys.iter().position(|k| k.state == KeyState::Pending && k.activate_after.is_none_or(|t| now >= t)) {
+    if let Some(p) = keys.iter().position(|k| k.state == KeyState::Pending && k.activate_after.is_none_or(|t| now >= t))
+    {
         let accept_until = now.saturating_add(policy.retirement_grace());
         let mut retired = String::new();
         for k in keys.iter_mut().filter(|k| k.state == KeyState::Active) {
@@ -180,19 +181,17 @@ pub fn next_deadline(keyring: &Keyring, policy: &RotationPolicy) -> u64 {
 
 /// The time the next promotion will happen: the pending key's, or the active key's end of interval.
 pub fn next_rotation(keyring: &Keyring, policy: &RotationPolicy) -> u64 {
-    keyring
-        .keys()
-        .iter()
-        .find(|k| k.state == KeyState::Pending)
-        .and_then(|k| k.activate_after)
-        .unwrap_or_else(|| {
-            let active = keyring.active();
-            active.activated_at.unwrap_or(active.created_at).saturating_add(policy.rotation_interval)
-        })
+    keyring.keys().iter().find(|k| k.state == KeyState::Pending).and_then(|k| k.activate_after).unwrap_or_else(|| {
+        let active = keyring.active();
+        active.activated_at.unwrap_or(active.created_at).saturating_add(policy.rotation_interval)
+    })
 }
 
 /// A fresh keyring with one active key: what `vdctl keygen` writes.
-pub fn generate(now: u64, random: &mut dyn FnMut(&mut [u8]) -> Result<(), RotationError>) -> Result<Keyring, RotationError> {
+pub fn generate(
+    now: u64,
+    random: &mut dyn FnMut(&mut [u8]) -> Result<(), RotationError>,
+) -> Result<Keyring, RotationError> {
     let mut key = new_key(now, KeyState::Active, random)?;
     key.activated_at = Some(now);
     Ok(Keyring::from_keys(vec![key])?)

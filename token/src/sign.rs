@@ -7,7 +7,7 @@ use hmac::Mac;
 use crate::claims::{Claims, HmacSha256, Scope};
 use crate::ip::IpRange;
 use crate::keyring::Keyring;
-use crate::path::{PathError, PathKind, canonicalize, encode_path};
+use crate::path::{PathError, PathKind, check_canonical, encode_path};
 
 /// How the claims travel in the URL a signer returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -24,11 +24,12 @@ pub enum Carrier {
 pub struct UrlRequest<'a> {
     /// Scheme and authority, for example `https://media.example.com`; a trailing `/` is ignored.
     pub base_url: &'a str,
-    /// The path the URL points to, raw or canonical (it is canonicalised either way).
+    /// The canonical (decoded) path the URL points to, e.g. `/videos/café.mp4`: what the object is called,
+    /// not how a URL spells it. The signer percent-encodes it.
     pub path: &'a str,
     pub exp: u64,
     pub nbf: Option<u64>,
-    /// A prefix scope; `None` scopes the token to `path` alone.
+    /// A canonical prefix scope ending in `/`; `None` scopes the token to `path` alone.
     pub prefix: Option<&'a str>,
     pub ip: Option<IpRange>,
     pub carrier: Carrier,
@@ -90,16 +91,16 @@ impl Signer {
 
     /// Claims for a request, with this signer's key id and everything canonicalised.
     pub fn claims(&self, req: &UrlRequest<'_>) -> Result<Claims, SignError> {
-        let path = canonicalize(req.path, PathKind::Path).map_err(SignError::Path)?;
+        check_canonical(req.path, PathKind::Path).map_err(SignError::Path)?;
         let scope = match req.prefix {
             Some(prefix) => {
-                let prefix = canonicalize(prefix, PathKind::Prefix).map_err(SignError::Prefix)?;
-                if !path.starts_with(prefix.as_ref()) {
+                check_canonical(prefix, PathKind::Prefix).map_err(SignError::Prefix)?;
+                if !req.path.starts_with(prefix) {
                     return Err(SignError::OutsidePrefix);
                 }
-                Scope::Prefix(prefix.into_owned())
+                Scope::Prefix(prefix.to_owned())
             }
-            None => Scope::Path(path.into_owned()),
+            None => Scope::Path(req.path.to_owned()),
         };
         if req.exp > 99_999_999_999 {
             return Err(SignError::ExpiryTooLarge);
@@ -113,7 +114,6 @@ impl Signer {
     /// A complete signed URL, byte for byte what every conforming signer produces.
     pub fn url(&self, req: &UrlRequest<'_>) -> Result<String, SignError> {
         let claims = self.claims(req)?;
-        let path = canonicalize(req.path, PathKind::Path).map_err(SignError::Path)?;
         let mut query = form_urlencoded::Serializer::new(String::new());
         match req.carrier {
             Carrier::Token => {
@@ -134,6 +134,6 @@ impl Signer {
                 query.append_pair("signature", &self.signature(&claims));
             }
         }
-        Ok(format!("{}{}?{}", req.base_url.trim_end_matches('/'), encode_path(&path), query.finish()))
+        Ok(format!("{}{}?{}", req.base_url.trim_end_matches('/'), encode_path(req.path), query.finish()))
     }
 }

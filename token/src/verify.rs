@@ -213,7 +213,13 @@ impl Verifier {
         self.check(&claims, &signature, req, now)
     }
 
-    fn check(&self, c: &Parsed<'_>, signature: &[u8; 32], req: &RequestAuth<'_>, now: u64) -> Result<Grant<'_>, Reason> {
+    fn check(
+        &self,
+        c: &Parsed<'_>,
+        signature: &[u8; 32],
+        req: &RequestAuth<'_>,
+        now: u64,
+    ) -> Result<Grant<'_>, Reason> {
         let key = self
             .keys
             .iter()
