@@ -1,1 +1,267 @@
-fn main() {}
+//! `vdctl`: keys, signed URLs and rotation from a shell, exactly as backends and the operator do them.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use vd_token::rotation::{self, Event, RotationPolicy};
+use vd_token::{Carrier, IpRange, Keyring, Policy, RequestAuth, Signer, UrlRequest, Verifier, canonical_path};
+
+#[derive(Parser)]
+#[command(name = "vdctl", version, about = "Mint, verify and rotate VideoDelivery signed URLs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a fresh keyring with one active key.
+    Keygen {
+        /// Where to write it (created with mode 0600); standard output if absent.
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print a signed URL (or token) for a path, signed with the keyring's active key.
+    Sign {
+        #[arg(long, env = "VD_KEYRING")]
+        keyring: PathBuf,
+        /// The object's path as the agent serves it, decoded: /videos/café.mp4
+        #[arg(long)]
+        path: String,
+        /// How long the URL stays valid: 90s, 15m, 1h, 1d.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// Valid from this long after now (a not-before claim); absent: valid at once.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        not_before_in: Option<Duration>,
+        /// Scope the token to a folder instead of one object; without a value, the folder of --path.
+        #[arg(long, num_args = 0..=1, default_missing_value = "")]
+        prefix: Option<String>,
+        /// Bind the token to a client address or CIDR range.
+        #[arg(long)]
+        ip: Option<String>,
+        /// Scheme and host of the agent or CDN.
+        #[arg(long, env = "VD_BASE_URL", default_value = "http://127.0.0.1:8080")]
+        base_url: String,
+        /// query: ?expires=…&kid=…&signature=…; token: ?token=v1.…
+        #[arg(long, value_enum, default_value = "query")]
+        carrier: CarrierArg,
+        /// Print only the compact token (for a Bearer header or a cookie).
+        #[arg(long)]
+        token_only: bool,
+    },
+    /// Check a signed URL as an agent would, and print the verdict. Exit code 1 when refused.
+    Verify {
+        #[arg(long, env = "VD_KEYRING")]
+        keyring: PathBuf,
+        /// The URL, or its path and query.
+        url: String,
+        /// A compact token sent as a Bearer header instead of in the URL.
+        #[arg(long)]
+        bearer: Option<String>,
+        /// The client address the agent would see.
+        #[arg(long)]
+        client_ip: Option<std::net::IpAddr>,
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        max_lifetime: Duration,
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        clock_skew: Duration,
+        /// Verify at this Unix time instead of now.
+        #[arg(long)]
+        now: Option<u64>,
+    },
+    /// Run one rotation step on a keyring file, as the operator does on its Secret.
+    Rotate {
+        #[arg(long, env = "VD_KEYRING")]
+        keyring: PathBuf,
+        /// Publish a new pending key now instead of waiting for the interval.
+        #[arg(long)]
+        force: bool,
+        #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+        interval: Duration,
+        #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+        propagation_delay: Duration,
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        max_lifetime: Duration,
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        clock_skew: Duration,
+        /// Rotate as of this Unix time instead of now.
+        #[arg(long)]
+        now: Option<u64>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CarrierArg {
+    Query,
+    Token,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vdctl: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Keygen { out, force } => keygen(out.as_deref(), force),
+        Command::Sign { keyring, path, ttl, not_before_in, prefix, ip, base_url, carrier, token_only } => {
+            let ring = read_keyring(&keyring)?;
+            let now = unix_now()?;
+            let prefix = match prefix.as_deref() {
+                Some("") => Some(parent_folder(&path)?),
+                other => other.map(str::to_owned),
+            };
+            let ip = ip.map(|ip| IpRange::parse_lenient(&ip).with_context(|| format!("--ip {ip:?}"))).transpose()?;
+            let req = UrlRequest {
+                base_url: &base_url,
+                path: &path,
+                exp: now + ttl.as_secs(),
+                nbf: not_before_in.map(|d| now + d.as_secs()),
+                prefix: prefix.as_deref(),
+                ip,
+                carrier: match carrier {
+                    CarrierArg::Query => Carrier::Query,
+                    CarrierArg::Token => Carrier::Token,
+                },
+            };
+            let signer = Signer::new(&ring);
+            let out = if token_only { signer.token(&signer.claims(&req)?) } else { signer.url(&req)? };
+            println!("{out}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify { keyring, url, bearer, client_ip, max_lifetime, clock_skew, now } => {
+            let ring = read_keyring(&keyring)?;
+            let policy = Policy { max_lifetime: max_lifetime.as_secs(), clock_skew: clock_skew.as_secs() };
+            let (raw_path, query) = split_url(&url)?;
+            let path = canonical_path(raw_path).map_err(|e| anyhow!("the URL's path is invalid: {e}"))?;
+            let authorization = bearer.map(|t| format!("Bearer {t}"));
+            let req =
+                RequestAuth { path: &path, query, authorization: authorization.as_deref(), cookies: &[], client_ip };
+            let now = now.map_or_else(unix_now, Ok)?;
+            match Verifier::new(&ring, policy).verify(&req, now) {
+                Ok(grant) => {
+                    let scope = if grant.prefix { "prefix" } else { "path" };
+                    println!("valid: key {}, {scope} scope, expires in {}s", grant.kid, grant.exp.saturating_sub(now));
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(reason) => {
+                    println!("refused: {} ({reason})", reason.code());
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        Command::Rotate { keyring, force, interval, propagation_delay, max_lifetime, clock_skew, now } => {
+            let ring = read_keyring(&keyring)?;
+            let policy = RotationPolicy {
+                rotation_interval: interval.as_secs(),
+                propagation_delay: propagation_delay.as_secs(),
+                max_lifetime: max_lifetime.as_secs(),
+                clock_skew: clock_skew.as_secs(),
+            };
+            let now = now.map_or_else(unix_now, Ok)?;
+            let r = rotation::rotate(Some(&ring), now, &policy, force, &mut rotation::os_random)?;
+            for e in &r.events {
+                println!("{}", describe(e));
+            }
+            if r.changed() {
+                write_secret_file(&keyring, &r.keyring.to_json(), true)?;
+            } else {
+                println!("nothing to do");
+            }
+            println!("next step due at {} (in {}s)", r.next_deadline, r.next_deadline.saturating_sub(now));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn keygen(out: Option<&Path>, force: bool) -> Result<ExitCode> {
+    let ring = rotation::generate(unix_now()?, &mut rotation::os_random)?;
+    match out {
+        Some(path) => {
+            write_secret_file(path, &ring.to_json(), force)?;
+            eprintln!("wrote {} with active key {}", path.display(), ring.active().kid());
+        }
+        None => std::io::stdout().write_all(ring.to_json().as_bytes())?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn describe(e: &Event) -> String {
+    match e {
+        Event::Created { kid } => format!("created active key {kid}"),
+        Event::Published { kid, activate_after } => {
+            format!("published pending key {kid}, active from {activate_after}")
+        }
+        Event::Promoted { kid, retired, accept_until } => {
+            format!("promoted {kid} to active; {retired} is retiring, accepted until {accept_until}")
+        }
+        Event::Removed { kid } => format!("removed retired key {kid}"),
+    }
+}
+
+fn read_keyring(path: &Path) -> Result<Keyring> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read keyring {}", path.display()))?;
+    Keyring::from_json(&bytes).with_context(|| format!("keyring {} is invalid", path.display()))
+}
+
+/// Writes key material the way a Secret should be kept: mode 0600, replaced atomically.
+fn write_secret_file(path: &Path, text: &str, replace: bool) -> Result<()> {
+    if !replace && path.exists() {
+        bail!("{} already exists (pass --force to replace it)", path.display());
+    }
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("keyring")));
+    {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut f = opts.open(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
+    Ok(())
+}
+
+/// `/videos/abc/master.m3u8` -> `/videos/abc/`.
+fn parent_folder(path: &str) -> Result<String> {
+    match path.rfind('/') {
+        Some(i) => Ok(path[..=i].to_owned()),
+        None => bail!("--path must start with '/'"),
+    }
+}
+
+/// The raw path and query of a URL, or of a bare `/path?query`.
+fn split_url(url: &str) -> Result<(&str, Option<&str>)> {
+    let rest = match url.find("://") {
+        Some(i) => {
+            let after = &url[i + 3..];
+            after.find(['/', '?']).map(|j| &after[j..]).unwrap_or("/")
+        }
+        None if url.starts_with('/') => url,
+        None => bail!("{url:?} is neither a URL nor a path starting with '/'"),
+    };
+    let rest = rest.split('#').next().unwrap_or(rest);
+    Ok(match rest.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (rest, None),
+    })
+}
+
+fn unix_now() -> Result<u64> {
+    Ok(SystemTime::now().duration_since(UNIX_EPOCH).context("the system clock is before 1970")?.as_secs())
+}
