@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs every test of the project on this machine, installing what a fresh machine lacks first.
+# Usage: bash scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "setup"
+bash scripts/setup.sh
+
+step "token vectors are what testdata/gen_vectors.py generates"
+python3 testdata/gen_vectors.py --check
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test --workspace"
+cargo test --workspace --locked
+
+step "TypeScript signer against the shared vectors"
+(cd sdk/typescript && npm test)
