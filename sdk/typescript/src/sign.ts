@@ -1,0 +1,144 @@
+// Signing (spec §4, §5). Web Crypto only, so it runs in Node.js, Next.js middleware and edge runtimes alike.
+
+import { base64url } from "./base64.js";
+import { canonicalIpRange } from "./ip.js";
+import type { Key, Keyring } from "./keyring.js";
+import { PathError, checkCanonical, encodePath } from "./path.js";
+
+/** Everything a token says, in canonical form. */
+export interface Claims {
+  kid: string;
+  /** Last valid second, Unix time. */
+  exp: number;
+  /** First valid second, Unix time. */
+  nbf?: number;
+  scope: { kind: "path" | "prefix"; path: string };
+  /** Canonical CIDR, e.g. `203.0.113.7/32`. */
+  ip?: string;
+}
+
+/** The exact bytes the MAC covers, their signature, and the compact token. */
+export interface Signed {
+  signingInput: string;
+  signature: string;
+  token: string;
+}
+
+const utf8 = new TextEncoder();
+
+/** The claims text: the signing input without its version line, and a compact token's payload. */
+export function claimsText(c: Claims): string {
+  return [c.kid, String(c.exp), c.nbf === undefined ? "" : String(c.nbf), `${c.scope.kind}:${c.scope.path}`, c.ip ?? ""].join(
+    "\n",
+  );
+}
+
+async function hmacKey(secret: Uint8Array): Promise<CryptoKey> {
+  return crypto.subtle.importKey("raw", secret as BufferSource, { name: "HMAC", hash: "SHA-256" }, false, ["sign"]);
+}
+
+async function signWith(key: CryptoKey, claims: Claims): Promise<Signed> {
+  const text = claimsText(claims);
+  const signingInput = "VD1\n" + text;
+  const mac = new Uint8Array(await crypto.subtle.sign("HMAC", key, utf8.encode(signingInput)));
+  const signature = base64url(mac);
+  return { signingInput, signature, token: `v1.${base64url(utf8.encode(text))}.${signature}` };
+}
+
+/** Signs claims with raw key bytes. Production code uses a {@link Signer}, which picks the active key. */
+export async function sign(claims: Claims, secret: Uint8Array): Promise<Signed> {
+  return signWith(await hmacKey(secret), claims);
+}
+
+/** What to mint. */
+export interface SignOptions {
+  /** Scheme and host of the agent or CDN, e.g. `https://media.example.com`. */
+  baseUrl?: string;
+  /** The object's decoded path as the agent serves it, e.g. `/videos/café.mp4`. */
+  path: string;
+  /** Lifetime in seconds from now; or give `expiresAt`. */
+  expiresIn?: number;
+  /** Absolute expiry, Unix seconds. */
+  expiresAt?: number;
+  /** Not valid before this Unix time. */
+  notBefore?: number;
+  /** Scope the token to a folder: a decoded prefix ending in `/`, or `true` for the folder of `path`. */
+  prefix?: string | true;
+  /** Bind to a client address or CIDR range (canonicalised). */
+  ip?: string;
+  /** `query`: `?expires=…&kid=…&signature=…` (default); `token`: `?token=v1.…`. */
+  carrier?: "query" | "token";
+  /** The current Unix time; defaults to the clock. */
+  now?: number;
+}
+
+/** Options that cannot make a valid token. */
+export class SignError extends Error {
+  override name = "SignError";
+}
+
+/** Signs with a keyring's active key, the only key a signer may use (spec §7.2). */
+export class Signer {
+  private constructor(
+    private readonly key: Key,
+    private readonly cryptoKey: CryptoKey,
+  ) {}
+
+  static async create(keyring: Keyring): Promise<Signer> {
+    return new Signer(keyring.active, await hmacKey(keyring.active.secret));
+  }
+
+  /** The id of the key this signer uses. */
+  get kid(): string {
+    return this.key.kid;
+  }
+
+  /** Canonical claims for the options; throws {@link SignError} or a `PathError`/`IpRangeError`. */
+  claims(o: SignOptions): Claims {
+    checkCanonical(o.path, "path");
+    const now = o.now ?? Math.floor(Date.now() / 1000);
+    const exp = o.expiresAt ?? (o.expiresIn !== undefined ? now + Math.floor(o.expiresIn) : undefined);
+    if (exp === undefined || !Number.isSafeInteger(exp) || exp < 0 || exp > 99_999_999_999) {
+      throw new SignError("give expiresIn (seconds) or expiresAt (Unix seconds, at most 11 digits)");
+    }
+    if (o.notBefore !== undefined && (!Number.isSafeInteger(o.notBefore) || o.notBefore < 0 || o.notBefore > exp)) {
+      throw new SignError("notBefore must be a Unix time no later than the expiry");
+    }
+    let scope: Claims["scope"] = { kind: "path", path: o.path };
+    if (o.prefix !== undefined) {
+      const prefix = o.prefix === true ? o.path.slice(0, o.path.lastIndexOf("/") + 1) : o.prefix;
+      checkCanonical(prefix, "prefix");
+      if (!o.path.startsWith(prefix)) throw new SignError("the path is not under the prefix");
+      scope = { kind: "prefix", path: prefix };
+    }
+    const claims: Claims = { kid: this.key.kid, exp, scope };
+    if (o.notBefore !== undefined) claims.nbf = o.notBefore;
+    if (o.ip !== undefined) claims.ip = canonicalIpRange(o.ip);
+    return claims;
+  }
+
+  /** The compact token, for a `Bearer` header, the `vd_token` cookie or a `?token=` parameter. */
+  async signToken(o: SignOptions): Promise<string> {
+    return (await signWith(this.cryptoKey, this.claims(o))).token;
+  }
+
+  /** A complete signed URL, byte for byte what every conforming signer produces. */
+  async signUrl(o: SignOptions): Promise<string> {
+    const claims = this.claims(o);
+    const signed = await signWith(this.cryptoKey, claims);
+    const params = new URLSearchParams();
+    if (o.carrier === "token") {
+      params.append("token", signed.token);
+    } else {
+      params.append("expires", String(claims.exp));
+      if (claims.nbf !== undefined) params.append("nbf", String(claims.nbf));
+      if (claims.scope.kind === "prefix") params.append("prefix", claims.scope.path);
+      if (claims.ip !== undefined) params.append("ip", claims.ip);
+      params.append("kid", claims.kid);
+      params.append("signature", signed.signature);
+    }
+    return `${(o.baseUrl ?? "").replace(/\/+$/, "")}${encodePath(o.path)}?${params.toString()}`;
+  }
+}
+
+export { PathError };

@@ -1,0 +1,126 @@
+/// <reference types="node" />
+// The shared vectors (testdata/token-vectors.json): the same file the Rust crate is checked against.
+
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { test } from "node:test";
+
+import {
+  KeyringError,
+  Signer,
+  canonicalIpRange,
+  canonicalPath,
+  parseKeyring,
+  sign,
+  type Claims,
+  type PathKind,
+} from "../src/index.js";
+
+interface Vectors {
+  now: number;
+  base_url: string;
+  keyring: unknown;
+  paths: { name: string; raw: string; kind: PathKind; canonical?: string }[];
+  ip_ranges: { input: string; canonical?: string }[];
+  sign: { name: string; claims: Claims; path: string; signing_input: string; signature: string; token: string; url: string; token_url: string }[];
+  keyrings: { name: string; document: { keys?: { secret?: string }[] }; valid: boolean }[];
+}
+
+const vectors: Vectors = JSON.parse(
+  readFileSync(new URL("../../../../testdata/token-vectors.json", import.meta.url), "utf8"),
+);
+
+test("path vectors", () => {
+  assert.ok(vectors.paths.length >= 20);
+  for (const v of vectors.paths) {
+    if (v.canonical !== undefined) assert.equal(canonicalPath(v.raw, v.kind), v.canonical, v.name);
+    else assert.throws(() => canonicalPath(v.raw, v.kind), { name: "PathError" }, v.name);
+  }
+});
+
+test("ip range vectors", () => {
+  for (const v of vectors.ip_ranges) {
+    if (v.canonical !== undefined) {
+      assert.equal(canonicalIpRange(v.input), v.canonical, v.input);
+      assert.equal(canonicalIpRange(v.canonical), v.canonical, `${v.canonical} is a fixed point`);
+    } else {
+      assert.throws(() => canonicalIpRange(v.input), { name: "IpRangeError" }, v.input);
+    }
+  }
+});
+
+test("sign vectors: signing input, signature, token and both URL forms", async () => {
+  const ring = parseKeyring(vectors.keyring);
+  assert.ok(vectors.sign.length >= 8);
+  for (const v of vectors.sign) {
+    const key = ring.keys.find((k) => k.kid === v.claims.kid)!;
+    const signed = await sign(v.claims, key.secret);
+    assert.equal(signed.signingInput, v.signing_input, v.name);
+    assert.equal(signed.signature, v.signature, v.name);
+    assert.equal(signed.token, v.token, v.name);
+
+    // The vectors sign with the active key, so the high-level Signer must produce the same URLs.
+    const signer = await Signer.create(ring);
+    const opts = {
+      baseUrl: vectors.base_url,
+      path: v.path,
+      expiresAt: v.claims.exp,
+      ...(v.claims.nbf !== undefined ? { notBefore: v.claims.nbf } : {}),
+      ...(v.claims.scope.kind === "prefix" ? { prefix: v.claims.scope.path } : {}),
+      ...(v.claims.ip !== undefined ? { ip: v.claims.ip } : {}),
+    };
+    assert.equal(await signer.signUrl(opts), v.url, v.name);
+    assert.equal(await signer.signUrl({ ...opts, carrier: "token" }), v.token_url, v.name);
+    assert.equal(await signer.signToken(opts), v.token, v.name);
+  }
+});
+
+test("keyring vectors", () => {
+  for (const v of vectors.keyrings) {
+    if (v.valid) {
+      assert.doesNotThrow(() => parseKeyring(v.document), v.name);
+    } else {
+      assert.throws(() => parseKeyring(v.document), KeyringError, v.name);
+    }
+  }
+});
+
+test("keyring errors never contain a secret", () => {
+  for (const v of vectors.keyrings.filter((k) => !k.valid)) {
+    try {
+      parseKeyring(JSON.stringify(v.document));
+      assert.fail(`${v.name} must be refused`);
+    } catch (e) {
+      const message = (e as Error).message;
+      for (const key of v.document.keys ?? []) {
+        if (key.secret && key.secret.length >= 8) assert.ok(!message.includes(key.secret), message);
+      }
+    }
+  }
+});
+
+test("a pending key is never used to sign", async () => {
+  const ring = parseKeyring(vectors.keyring);
+  const signer = await Signer.create(ring);
+  assert.equal(signer.kid, "k-active");
+  assert.ok(ring.keys.some((k) => k.state === "pending"));
+  const token = await signer.signToken({ path: "/videos/a.mp4", expiresIn: 60, now: vectors.now });
+  const claims = new TextDecoder().decode(
+    Uint8Array.from(atob(token.split(".")[1]!.replace(/-/g, "+").replace(/_/g, "/")), (c) => c.charCodeAt(0)),
+  );
+  assert.ok(claims.startsWith("k-active\n"), claims);
+});
+
+test("prefix: true scopes to the folder of the path", async () => {
+  const signer = await Signer.create(parseKeyring(vectors.keyring));
+  const url = await signer.signUrl({ path: "/videos/abc/master.m3u8", prefix: true, expiresIn: 60, now: 1000 });
+  assert.equal(url.split("?")[1]!.split("&").find((p) => p.startsWith("prefix=")), "prefix=%2Fvideos%2Fabc%2F");
+});
+
+test("bad options are refused with a clear error", async () => {
+  const signer = await Signer.create(parseKeyring(vectors.keyring));
+  await assert.rejects(signer.signUrl({ path: "/videos/../etc/passwd", expiresIn: 60 }), /'\.' or '\.\.' segment/);
+  await assert.rejects(signer.signUrl({ path: "/videos/a.mp4" }), /expiresIn/);
+  await assert.rejects(signer.signUrl({ path: "/videos/a.mp4", expiresIn: 60, prefix: "/other/" }), /not under the prefix/);
+  await assert.rejects(signer.signUrl({ path: "/videos/a.mp4", expiresIn: 60, ip: "::ffff:1.2.3.4" }), /IPv4-mapped/);
+});
