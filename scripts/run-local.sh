@@ -8,10 +8,10 @@ cd "$(dirname "$0")/.."
 cargo build --release --locked -q -p videodelivery-agent -p vdctl
 bin=target/release
 demo=${VD_DEMO_DIR:-target/demo}
-mkdir -p "$demo/media/videos"
+mkdir -p "$demo/media"
 
 [ -f "$demo/keyring.json" ] || "$bin/vdctl" keygen --out "$demo/keyring.json"
-video="$demo/media/videos/sample.mp4"
+video="$demo/media/sample.mp4"  # served as /videos/sample.mp4
 if [ ! -f "$video" ]; then
   if command -v ffmpeg >/dev/null; then
     ffmpeg -loglevel error -f lavfi -i testsrc=duration=10:size=640x360:rate=25 -f lavfi -i sine=duration=10 \

@@ -1,1 +1,35 @@
-fn main() {}
+//! `videodelivery-agent`: see `--help`.
+
+use anyhow::Result;
+use clap::Parser;
+use videodelivery_agent::Agent;
+use videodelivery_agent::config::{Config, LogFormat};
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let config = Config::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    match config.log_format {
+        LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).init(),
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+    }
+    let agent = Agent::bind(config).await?;
+    tracing::info!(addr = %agent.addr, admin = %agent.admin_addr, "serving");
+    agent.serve(shutdown_signal()).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM; only Ctrl-C will stop the agent");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+    }
+}

@@ -1,0 +1,83 @@
+//! Command-line flags; each has an environment variable so a Deployment can set it either way.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use ipnet::IpNet;
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "videodelivery-agent", version, about = "Verifies signed URLs and streams byte ranges from storage")]
+pub struct Config {
+    /// Address for video traffic (HTTP/1.1 and cleartext HTTP/2).
+    #[arg(long, env = "VD_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Address for /metrics, /healthz and /readyz.
+    #[arg(long, env = "VD_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
+    pub admin_listen: SocketAddr,
+    /// file:///dir (the embedded default) or s3://bucket[/prefix].
+    #[arg(long, env = "VD_STORAGE")]
+    pub storage: String,
+    /// S3 endpoint for non-AWS stores (MinIO, R2, GCS, versitygw).
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    pub s3_endpoint: Option<String>,
+    #[arg(long, env = "AWS_REGION")]
+    pub s3_region: Option<String>,
+    /// Path-style S3 requests (http://host/bucket/key), which most self-hosted stores need.
+    #[arg(long, env = "VD_S3_PATH_STYLE")]
+    pub s3_path_style: bool,
+    /// The keyring JSON file (the mounted Secret); reloaded when it changes.
+    #[arg(long, env = "VD_KEYRING")]
+    pub keyring: PathBuf,
+    /// URL path under which objects are served: {route-prefix}/{object path}.
+    #[arg(long, env = "VD_ROUTE_PREFIX", default_value = "/videos")]
+    pub route_prefix: String,
+    /// Longest token lifetime accepted, whatever the token claims.
+    #[arg(long, env = "VD_MAX_TOKEN_LIFETIME", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub max_token_lifetime: Duration,
+    /// Clock difference tolerated between signers and this agent.
+    #[arg(long, env = "VD_CLOCK_SKEW", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub clock_skew: Duration,
+    /// Path prefixes served without a token (trailers, thumbnails), e.g. /videos/public/. Repeatable.
+    #[arg(long = "public-prefix", env = "VD_PUBLIC_PREFIXES", value_delimiter = ',')]
+    pub public_prefixes: Vec<String>,
+    /// Cache-Control of successful answers.
+    #[arg(long, env = "VD_CACHE_CONTROL", default_value = "private, max-age=3600")]
+    pub cache_control: String,
+    /// Origins allowed to read answers from scripts (players on another origin); `*` for any. Repeatable.
+    #[arg(long = "cors-origin", env = "VD_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+    /// Requests per second per client address; 0 turns the limit off.
+    #[arg(long, env = "VD_RATE_LIMIT", default_value_t = 50)]
+    pub rate_limit: u32,
+    /// Requests a client may make at once above the rate.
+    #[arg(long, env = "VD_RATE_BURST", default_value_t = 200)]
+    pub rate_burst: u32,
+    /// Response bodies streamed at once; more get 503 with Retry-After.
+    #[arg(long, env = "VD_MAX_STREAMS", default_value_t = 10_000)]
+    pub max_streams: usize,
+    /// Peers whose X-Forwarded-For is believed (load balancers, CDNs), as CIDRs. Repeatable.
+    #[arg(long = "trusted-proxy", env = "VD_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<IpNet>,
+    /// Time a client has to send its request headers (slowloris).
+    #[arg(long, env = "VD_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+    /// Time storage has to answer, and the longest pause between two chunks of a body.
+    #[arg(long, env = "VD_STORAGE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub storage_timeout: Duration,
+    /// On SIGTERM, how long running streams may finish before the process exits.
+    #[arg(long, env = "VD_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+    /// How often the keyring file is checked for changes.
+    #[arg(long, env = "VD_KEYRING_POLL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub keyring_poll: Duration,
+    #[arg(long, env = "VD_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}

@@ -1,0 +1,192 @@
+//! The VideoDelivery agent: verifies signed tokens and streams byte ranges from object storage.
+//!
+//! It is a library too, so tests can start it in-process on a free port.
+
+pub mod auth;
+pub mod config;
+pub mod metrics;
+pub mod range;
+pub mod server;
+pub mod storage;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use vd_token::Policy;
+
+use crate::auth::Auth;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::server::State;
+use crate::storage::{Location, S3Options, Storage};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Storage(#[from] storage::StorageError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("--route-prefix must start with '/' and be a canonical path: {0:?}")]
+    RoutePrefix(String),
+}
+
+/// A started agent: its bound addresses and its shared state.
+pub struct Agent {
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub state: Arc<State>,
+    video: TcpListener,
+    admin: TcpListener,
+}
+
+impl Agent {
+    /// Binds both ports, builds the storage client and loads the keyring (a missing keyring is not fatal: the
+    /// agent reports not-ready and keeps polling for it).
+    pub async fn bind(config: Config) -> Result<Agent, StartError> {
+        let prefix = config.route_prefix.trim_end_matches('/');
+        if !prefix.is_empty() && vd_token::canonical_path(prefix).is_err() {
+            return Err(StartError::RoutePrefix(config.route_prefix.clone()));
+        }
+        let location = Location::parse(&config.storage)?;
+        let s3 = S3Options {
+            endpoint: config.s3_endpoint.clone(),
+            region: config.s3_region.clone(),
+            path_style: config.s3_path_style,
+        };
+        let storage = Storage::new(&location, &s3, config.storage_timeout)?;
+        let metrics = Arc::new(Metrics::default());
+        let policy =
+            Policy { max_lifetime: config.max_token_lifetime.as_secs(), clock_skew: config.clock_skew.as_secs() };
+        let auth = Arc::new(Auth::new(config.keyring.clone(), policy));
+        if let Err(e) = auth.reload(&metrics) {
+            tracing::warn!(error = %e, "no keyring loaded yet; not ready");
+        }
+        let bind =
+            |addr| async move { TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source }) };
+        let video = bind(config.listen).await?;
+        let admin = bind(config.admin_listen).await?;
+        let addr = video.local_addr().map_err(|source| StartError::Listen { addr: config.listen, source })?;
+        let admin_addr =
+            admin.local_addr().map_err(|source| StartError::Listen { addr: config.admin_listen, source })?;
+        let state = Arc::new(State::new(config, storage, auth, metrics));
+        Ok(Agent { addr, admin_addr, state, video, admin })
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting and lets running streams finish for up to the
+    /// configured grace period.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        let state = self.state;
+        tokio::spawn(state.auth.clone().watch(state.metrics.clone(), state.config.keyring_poll));
+        if let Some(_limiter) = &state.limiter {
+            let s = state.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+                loop {
+                    tick.tick().await;
+                    // Forget clients that have been quiet, so the limiter's memory stays bounded.
+                    if let Some(l) = &s.limiter {
+                        l.retain_recent();
+                    }
+                }
+            });
+        }
+        let draining = Arc::new(AtomicBool::new(false));
+        tokio::spawn(serve_admin(self.admin, state.clone(), draining.clone()));
+
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(state.config.header_timeout)
+            .max_buf_size(64 * 1024);
+        builder.http2().timer(TokioTimer::new()).max_header_list_size(64 * 1024).max_concurrent_streams(256);
+        let graceful = GracefulShutdown::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = self.video.accept() => {
+                    let (stream, peer) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let state = state.clone();
+                    let service = service_fn(move |req| server::handle(state.clone(), peer, req));
+                    let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                    let conn = graceful.watch(conn);
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(error = %e, %peer, "connection ended with an error");
+                        }
+                    });
+                }
+                () = &mut shutdown => break,
+            }
+        }
+        draining.store(true, Ordering::Relaxed);
+        drop(self.video);
+        let grace = state.config.shutdown_grace;
+        tracing::info!(?grace, "shutting down: draining running streams");
+        match tokio::time::timeout(grace, graceful.shutdown()).await {
+            Ok(()) => tracing::info!("all connections closed"),
+            Err(_) => tracing::warn!("grace period over; closing remaining connections"),
+        }
+    }
+}
+
+async fn serve_admin(listener: TcpListener, state: Arc<State>, draining: Arc<AtomicBool>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let state = state.clone();
+        let draining = draining.clone();
+        let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+            let state = state.clone();
+            let draining = draining.clone();
+            async move { Ok::<_, std::convert::Infallible>(admin(&state, &draining, req.uri().path()).await) }
+        });
+        tokio::spawn(async move {
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}
+
+async fn admin(state: &State, draining: &AtomicBool, path: &str) -> Response<Full<Bytes>> {
+    let (status, body) = match path {
+        "/metrics" => (StatusCode::OK, state.metrics.encode()),
+        "/healthz" => (StatusCode::OK, "ok\n".to_owned()),
+        "/readyz" => {
+            if draining.load(Ordering::Relaxed) {
+                (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".to_owned())
+            } else if state.auth.verifier().is_none() {
+                (StatusCode::SERVICE_UNAVAILABLE, "no keyring loaded\n".to_owned())
+            } else if let Err(e) = state.storage.ping().await {
+                (StatusCode::SERVICE_UNAVAILABLE, format!("storage: {e}\n"))
+            } else {
+                (StatusCode::OK, "ready\n".to_owned())
+            }
+        }
+        _ => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
+    };
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r
+}
+
+/// For tests and embedding: collects a small body (never used on video bodies).
+pub async fn collect_small(body: server::Body) -> Result<Bytes, std::io::Error> {
+    Ok(body.collect().await?.to_bytes())
+}

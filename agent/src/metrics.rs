@@ -1,0 +1,79 @@
+//! Prometheus metrics, served on the admin port.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: &'static str,
+}
+
+/// Every metric of the agent. Cheap to update from any task.
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: Family<StatusLabel, Counter>,
+    pub rejections: Family<ReasonLabel, Counter>,
+    pub bytes_sent: Counter,
+    pub active_streams: Gauge,
+    pub ttfb: Histogram,
+    pub storage_latency: Histogram,
+    pub keyring_keys: Family<StateLabel, Gauge>,
+    pub keyring_reload_errors: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("videodelivery_agent");
+        let m = Metrics {
+            requests: Family::default(),
+            rejections: Family::default(),
+            bytes_sent: Counter::default(),
+            active_streams: Gauge::default(),
+            ttfb: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            storage_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            keyring_keys: Family::default(),
+            keyring_reload_errors: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register("requests", "Requests answered, by status code", m.requests.clone());
+        registry.register(
+            "token_rejections",
+            "Requests refused by token verification, by reason",
+            m.rejections.clone(),
+        );
+        registry.register("sent_bytes", "Body bytes sent to clients", m.bytes_sent.clone());
+        registry.register("active_streams", "Response bodies being streamed now", m.active_streams.clone());
+        registry.register("time_to_first_byte_seconds", "Time from request to response headers", m.ttfb.clone());
+        registry.register("storage_latency_seconds", "Latency of storage metadata lookups", m.storage_latency.clone());
+        registry.register("keyring_keys", "Keys in the loaded keyring, by state", m.keyring_keys.clone());
+        registry.register(
+            "keyring_reload_errors",
+            "Keyring files that failed to load",
+            m.keyring_reload_errors.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
