@@ -8,7 +8,8 @@ use clap::{Parser, ValueEnum};
 use ipnet::IpNet;
 
 #[derive(Parser, Debug, Clone)]
-#[command(name = "videodelivery-agent", version, about = "Verifies signed URLs and streams byte ranges from storage")]
+#[command(name = "videodelivery-agent", version, args_override_self = true)]
+#[command(about = "Verifies signed URLs and streams byte ranges from storage")]
 pub struct Config {
     /// Address for video traffic (HTTP/1.1 and cleartext HTTP/2).
     #[arg(long, env = "VD_LISTEN", default_value = "0.0.0.0:8080")]
