@@ -12,6 +12,12 @@ if ((${#need_apt[@]})); then
 fi
 
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+# Real servers the tests start: the Kubernetes control plane and an S3 server, built from Go modules and cached
+# under ~/.cache/videodelivery (the first build takes several minutes; later runs reuse it).
+command -v go >/dev/null || { echo "setup: Go is required to build the test control plane and S3 server" >&2; exit 1; }
+bash tests/controlplane/build.sh >/dev/null
+bash tests/s3/build.sh >/dev/null
 cargo build --workspace --locked --bins
 
 if [ -d sdk/typescript ] && [ -f sdk/typescript/package-lock.json ]; then
