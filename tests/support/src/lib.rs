@@ -256,6 +256,7 @@ impl ControlPlane {
 
     /// A client with cluster-admin rights.
     pub async fn client(&self) -> Result<Client, Error> {
+        install_crypto_provider();
         let kc = Kubeconfig::read_from(&self.kubeconfig)?;
         let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
         Ok(Client::try_from(config)?)
@@ -307,6 +308,15 @@ impl ControlPlane {
             Config::from_custom_kubeconfig(Kubeconfig::read_from(&path)?, &KubeConfigOptions::default()).await?;
         Ok(Client::try_from(config)?)
     }
+}
+
+/// In a workspace build both rustls providers are compiled in (kube picks ring, object_store aws-lc-rs), so rustls
+/// cannot choose one by itself: pick ring for the whole test process, once.
+fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }
 
 fn http_get(path: &str) -> http::Request<Vec<u8>> {
