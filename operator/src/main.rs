@@ -1,1 +1,187 @@
-fn main() {}
+//! `videodelivery-operator`: flags, logging, leader election, then the controller until SIGTERM.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+use videodelivery_operator::admin::{self, Health};
+use videodelivery_operator::controller::{self, Context};
+use videodelivery_operator::leader::{LeaderElector, Leadership};
+use videodelivery_operator::metrics::Metrics;
+
+#[derive(Parser, Debug)]
+#[command(name = "videodelivery-operator", version, about = "Reconciles VideoDelivery resources")]
+struct Args {
+    /// Image of the agents when a VideoDelivery does not name one.
+    #[arg(long, env = "VD_AGENT_IMAGE", default_value = concat!("ghcr.io/videodelivery/agent:", env!("CARGO_PKG_VERSION")))]
+    agent_image: String,
+    /// Address for /metrics, /healthz and /readyz.
+    #[arg(long, env = "VD_ADMIN_LISTEN", default_value = "0.0.0.0:8080")]
+    admin_listen: SocketAddr,
+    /// Watch one namespace only (the default is every namespace).
+    #[arg(long, env = "VD_WATCH_NAMESPACE")]
+    namespace: Option<String>,
+    /// Take a Lease before reconciling, so several replicas can run and one works.
+    #[arg(long, env = "VD_LEADER_ELECT")]
+    leader_elect: bool,
+    /// Namespace of the Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    #[arg(long, env = "VD_LEASE_NAME", default_value = "videodelivery-operator")]
+    lease_name: String,
+    /// How long a Lease lasts without renewal; the holder renews every third of it.
+    #[arg(long, env = "VD_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    lease_duration: Duration,
+    /// This replica's name in the Lease and in events (the pod name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    #[arg(long, env = "VD_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    match args.log_format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs.init(),
+    }
+    // The workspace compiles both rustls providers; pick one explicitly.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let metrics = Arc::new(Metrics::default());
+    let health = Arc::new(Health::default());
+    let listener = tokio::net::TcpListener::bind(args.admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.admin_listen))?;
+    info!(admin = %listener.local_addr()?, "admin endpoints up");
+    tokio::spawn(admin::serve(listener, metrics.clone(), health.clone()));
+
+    let client = kube::Client::try_default().await.context("no Kubernetes client configuration found")?;
+    client.apiserver_version().await.context("the API server did not answer")?;
+    health.ready.store(true, Ordering::Relaxed);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+
+    let elector = args.leader_elect.then(|| {
+        LeaderElector::new(client.clone(), &args.lease_namespace, &args.lease_name, &identity, args.lease_duration)
+    });
+    let lost = match &elector {
+        Some(e) => match lead(e, stop_rx.clone()).await {
+            Some(lost) => Some(lost),
+            None => return Ok(()),
+        },
+        None => None,
+    };
+    metrics.leader.set(1);
+
+    let ctx = Arc::new(Context::new(client, metrics.clone(), args.agent_image.clone(), &identity));
+    info!(namespace = args.namespace.as_deref().unwrap_or("(all)"), "reconciling VideoDeliveries");
+    let mut stop = stop_rx.clone();
+    let lost_flag = lost.clone();
+    let shutdown = async move {
+        let lost = async {
+            match lost_flag {
+                Some(mut l) => {
+                    let _ = l.wait_for(|v| *v).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = stop.wait_for(|v| *v) => {}
+            () = lost => {}
+        }
+    };
+    controller::run(ctx, args.namespace.as_deref(), shutdown).await;
+    metrics.leader.set(0);
+
+    if lost.is_some_and(|l| *l.borrow()) {
+        // Like client-go: a replica that lost its lease exits, and comes back as a standby.
+        error!("lost the leader Lease; exiting");
+        std::process::exit(1);
+    }
+    if let Some(e) = &elector
+        && let Err(err) = e.release().await
+    {
+        warn!(error = %err, "could not release the Lease; a standby takes over when it expires");
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// Waits for the Lease, then keeps renewing it in the background. Returns a flag that turns true if the Lease is
+/// lost, or None if asked to stop while waiting.
+async fn lead(elector: &LeaderElector, mut stop: watch::Receiver<bool>) -> Option<watch::Receiver<bool>> {
+    let retry = elector.lease_duration / 3;
+    let mut last_holder = None;
+    loop {
+        match elector.try_acquire_or_renew().await {
+            Ok(Leadership::Leading) => break,
+            Ok(Leadership::Following { holder }) => {
+                if last_holder.as_ref() != Some(&holder) {
+                    info!(%holder, "waiting for the leader Lease");
+                    last_holder = Some(holder);
+                }
+            }
+            Err(e) => warn!(error = %e, "leader election request failed"),
+        }
+        tokio::select! {
+            _ = stop.wait_for(|v| *v) => return None,
+            () = tokio::time::sleep(retry) => {}
+        }
+    }
+    info!("acquired the leader Lease");
+    let (lost_tx, lost_rx) = watch::channel(false);
+    let renewer = elector.clone();
+    tokio::spawn(async move {
+        let mut last_ok = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(retry).await;
+            match renewer.try_acquire_or_renew().await {
+                Ok(Leadership::Leading) => last_ok = tokio::time::Instant::now(),
+                Ok(Leadership::Following { holder }) => {
+                    error!(%holder, "another replica holds the Lease");
+                    let _ = lost_tx.send(true);
+                    return;
+                }
+                Err(e) => warn!(error = %e, "could not renew the Lease"),
+            }
+            // Stop before the lease can expire under us, so two leaders never overlap.
+            if last_ok.elapsed() >= renewer.lease_duration * 2 / 3 {
+                let _ = lost_tx.send(true);
+                return;
+            }
+        }
+    });
+    Some(lost_rx)
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+    }
+}

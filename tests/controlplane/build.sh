@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
-# Builds etcd, kube-apiserver, kube-controller-manager, kubectl (and helm) from Go modules into a cache directory
+# Builds etcd, kube-apiserver, kube-controller-manager, kubectl and helm from Go modules into a cache directory
 # keyed by the pinned versions. Does nothing when they are already there. Prints the bin directory last.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 k8s=$(awk '$1 == "k8s.io/kubernetes" {print $2}' "$here/go.mod" | head -1)
 [ -n "$k8s" ] || k8s=$(grep -oE 'k8s.io/kubernetes v[0-9.]+' "$here/go.mod" | head -1 | cut -d' ' -f2)
 etcd=$(grep -oE 'go.etcd.io/etcd/server/v3 v[0-9.]+' "$here/go.mod" | head -1 | cut -d' ' -f2)
-helm=$(grep -oE 'helm.sh/helm/v3 v[0-9.]+' "$here/helm/go.mod" 2>/dev/null | head -1 | cut -d' ' -f2 || true)
-dir=${VD_CONTROLPLANE_DIR:-$HOME/.cache/videodelivery/controlplane/$k8s-etcd$etcd${helm:+-helm$helm}}
+helm=$(grep -oE 'helm.sh/helm/v3 v[0-9.]+' "$here/helm/go.mod" | head -1 | cut -d' ' -f2)
+# helm is added to the same directory (the key names the control plane; helm is checked by its own stamp below).
+dir=${VD_CONTROLPLANE_DIR:-$HOME/.cache/videodelivery/controlplane/$k8s-etcd$etcd}
 mkdir -p "$dir"
 
-want=(etcd kube-apiserver kube-controller-manager kubectl)
-[ -n "$helm" ] && want+=(helm)
+want=(etcd kube-apiserver kube-controller-manager kubectl helm)
 missing=()
 for b in "${want[@]}"; do [ -x "$dir/$b" ] || missing+=("$b"); done
+# A helm from an older pin is rebuilt.
+if [ -x "$dir/helm" ] && [ "$(cat "$dir/helm.version" 2>/dev/null)" != "$helm" ]; then missing+=(helm); fi
 if ((${#missing[@]} == 0)); then
   echo "control plane binaries already built in $dir" >&2
   echo "$dir"
@@ -33,6 +35,7 @@ for b in "${missing[@]}"; do
     etcd) pkg=go.etcd.io/etcd/server/v3 ;;
     helm) (cd helm && go build -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$helm" \
              -o "$dir/helm.tmp" helm.sh/helm/v3/cmd/helm) && mv "$dir/helm.tmp" "$dir/helm"
+          echo "$helm" >"$dir/helm.version"
           echo "built helm in $(($(date +%s) - t0))s" >&2; continue ;;
     *) pkg=k8s.io/kubernetes/cmd/$b ;;
   esac

@@ -136,8 +136,9 @@ pub struct Keyring {
 /// Why a keyring document was refused. Messages name keys by id, never by secret.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyringError {
-    #[error("the keyring is not valid JSON of the expected shape: {0}")]
-    Json(#[from] serde_json::Error),
+    /// Only the position is kept: serde's own message can quote a value, and a value may be a key.
+    #[error("the keyring is not valid JSON of the expected shape (line {line}, column {column})")]
+    Json { line: usize, column: usize },
     #[error("keyring version {0} is not supported (expected 1)")]
     Version(u32),
     #[error("the keyring has no keys")]
@@ -163,7 +164,8 @@ struct Document {
 impl Keyring {
     /// Parses and validates a keyring document.
     pub fn from_json(bytes: &[u8]) -> Result<Keyring, KeyringError> {
-        let doc: Document = serde_json::from_slice(bytes)?;
+        let doc: Document =
+            serde_json::from_slice(bytes).map_err(|e| KeyringError::Json { line: e.line(), column: e.column() })?;
         if doc.version != 1 {
             return Err(KeyringError::Version(doc.version));
         }

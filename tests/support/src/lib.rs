@@ -367,3 +367,120 @@ fn kubeconfig_yaml(port: u16, ca: &[u8], token: &str) -> String {
         "apiVersion: v1\nkind: Config\nclusters:\n- name: envtest\n  cluster:\n    server: https://127.0.0.1:{port}\n    certificate-authority-data: {ca}\nusers:\n- name: admin\n  user:\n    token: {token}\ncontexts:\n- name: envtest\n  context:\n    cluster: envtest\n    user: admin\ncurrent-context: envtest\n"
     )
 }
+
+/// A process a test starts (an operator, an agent): killed when dropped, and by the kernel if the test thread
+/// dies first. Its output goes to a log file, printed by [`Process::log`] when a test needs to explain a failure.
+pub struct Process {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Process {
+    pub fn spawn(mut cmd: Command, log: PathBuf) -> Result<Process, Error> {
+        use std::os::unix::process::CommandExt;
+        let out = std::fs::File::create(&log).map_err(io(format!("create {}", log.display())))?;
+        let err = out.try_clone().map_err(io("clone a log handle"))?;
+        // SAFETY: prctl is async-signal-safe; it asks the kernel to kill the child when this thread ends.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(io(format!("start {:?}", cmd.get_program())))?;
+        Ok(Process { child, log })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What the process wrote so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits up to `grace` for the exit status.
+    pub fn terminate(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
+        // SAFETY: plain signal to our own child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes files into `dir` the way the kubelet updates a mounted Secret: a fresh timestamped directory, an atomic
+/// swap of the `..data` symlink, and per-file symlinks through it. Readers never see a half-written set.
+pub fn write_secret_volume(dir: &Path, files: &[(&str, &[u8])]) -> Result<(), Error> {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let stamp = format!("..{}-{}", std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    let fresh = dir.join(&stamp);
+    std::fs::create_dir_all(&fresh).map_err(io("create a secret volume directory"))?;
+    for (name, bytes) in files {
+        std::fs::write(fresh.join(name), bytes).map_err(io(format!("write {name}")))?;
+    }
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&stamp, &tmp).map_err(io("link ..data_tmp"))?;
+    let old = std::fs::read_link(dir.join("..data")).ok();
+    std::fs::rename(&tmp, dir.join("..data")).map_err(io("swap ..data"))?;
+    for (name, _) in files {
+        let link = dir.join(name);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(Path::new("..data").join(name), &link).map_err(io("link a secret file"))?;
+        }
+    }
+    if let Some(old) = old {
+        let _ = std::fs::remove_dir_all(dir.join(old));
+    }
+    Ok(())
+}
+
+/// Does what a kubelet would for pods that have no node here: marks every pod matching `selector` in `namespace`
+/// Running and Ready, so Deployments report ready and available replicas. Returns how many it marked.
+pub async fn mark_pods_ready(client: &Client, namespace: &str, selector: &str) -> Result<usize, Error> {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{ListParams, Patch, PatchParams};
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let mut n = 0;
+    for pod in pods.list(&ListParams::default().labels(selector)).await?.items {
+        let ready = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        if ready || pod.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let now = k8s_openapi::jiff::Timestamp::now().to_string();
+        let patch = serde_json::json!({"status": {
+            "phase": "Running",
+            "conditions": [
+                {"type": "Ready", "status": "True", "lastTransitionTime": now},
+                {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
+            ],
+        }});
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        n += 1;
+    }
+    Ok(n)
+}

@@ -146,3 +146,49 @@ async fn kubectl_works_with_the_kubeconfig() {
     let v: serde_json::Value = serde_json::from_slice(&version.stdout).unwrap();
     assert_eq!(v["serverVersion"]["gitVersion"], vd_testsupport::K8S_VERSION, "versions are stamped");
 }
+
+fn helm(cp: &ControlPlane, args: &[&str]) -> String {
+    let out = std::process::Command::new(vd_testsupport::binary("helm").unwrap())
+        .arg(format!("--kubeconfig={}", cp.kubeconfig().display()))
+        .args(args)
+        .env("HELM_CACHE_HOME", cp.dir().join("helm/cache"))
+        .env("HELM_CONFIG_HOME", cp.dir().join("helm/config"))
+        .env("HELM_DATA_HOME", cp.dir().join("helm/data"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "helm {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn helm_installs_upgrades_and_uninstalls_a_chart() {
+    let cp = ControlPlane::shared();
+    let ns = cp.namespace("helm").await.unwrap();
+    let chart = tempfile::tempdir().unwrap();
+    std::fs::create_dir(chart.path().join("templates")).unwrap();
+    std::fs::write(chart.path().join("Chart.yaml"), "apiVersion: v2\nname: probe\nversion: 0.1.0\n").unwrap();
+    std::fs::write(chart.path().join("values.yaml"), "greeting: hello\n").unwrap();
+    std::fs::write(
+        chart.path().join("templates/cm.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-cm\ndata:\n  greeting: {{ .Values.greeting | quote }}\n",
+    )
+    .unwrap();
+    let path = chart.path().to_str().unwrap();
+
+    helm(cp, &["install", "probe", path, "--namespace", &ns, "--wait", "--timeout", "60s"]);
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(cp.client().await.unwrap(), &ns);
+    assert_eq!(cms.get("probe-cm").await.unwrap().data.unwrap()["greeting"], "hello");
+
+    helm(cp, &["upgrade", "probe", path, "--namespace", &ns, "--set", "greeting=bonjour"]);
+    assert_eq!(cms.get("probe-cm").await.unwrap().data.unwrap()["greeting"], "bonjour");
+    let history = helm(cp, &["history", "probe", "--namespace", &ns, "-o", "json"]);
+    let history: serde_json::Value = serde_json::from_str(&history).unwrap();
+    assert_eq!(history.as_array().unwrap().len(), 2, "two revisions: {history}");
+
+    helm(cp, &["uninstall", "probe", "--namespace", &ns, "--wait"]);
+    assert!(cms.get_opt("probe-cm").await.unwrap().is_none(), "uninstall removes the ConfigMap");
+    // Helm keeps its release records in Secrets; uninstall removes them too.
+    let secrets: Api<Secret> = Api::namespaced(cp.client().await.unwrap(), &ns);
+    let left = secrets.list(&ListParams::default().labels("owner=helm")).await.unwrap();
+    assert!(left.items.is_empty(), "helm release secrets left behind");
+}

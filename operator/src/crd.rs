@@ -1,0 +1,431 @@
+//! The `VideoDelivery` resource. The CRD under `crds/` is generated from these types by `crdgen`; rules that a
+//! plain bound cannot say are CEL rules, so `kubectl apply` refuses nonsense before the operator ever sees it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+use vd_token::rotation::RotationPolicy;
+
+/// Annotation on a VideoDelivery that asks for a rotation now; any new value asks again (`vdctl request-rotation`).
+pub const ROTATE_ANNOTATION: &str = "videodelivery.dev/rotate";
+
+/// A Go-style duration the API server's CEL `duration()` understands and humantime parses: "168h", "2m", "1h30m".
+const DURATION_PATTERN: &str = "^([0-9]+(h|m|s))+$";
+
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "videodelivery.dev",
+    version = "v1alpha1",
+    kind = "VideoDelivery",
+    namespaced,
+    shortname = "vd",
+    status = "VideoDeliveryStatus",
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
+    printcolumn(name = "Active Key", type_ = "string", json_path = ".status.activeKeyId"),
+    printcolumn(name = "Agents", type_ = "integer", json_path = ".status.readyAgents"),
+    printcolumn(name = "Desired", type_ = "integer", json_path = ".status.desiredAgents"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+/// Private video served from object storage by a fleet of agents that check signed URLs.
+pub struct VideoDeliverySpec {
+    pub storage: StorageSpec,
+    #[serde(default)]
+    pub signing: SigningSpec,
+    #[serde(default)]
+    pub agents: AgentsSpec,
+    #[serde(default)]
+    pub service: ServiceSpec,
+}
+
+/// Where the videos are.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "self.url.matches('^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|file:///.+)$')"
+).message("storage.url must be s3://bucket[/prefix] or file:///absolute/dir"))]
+#[x_kube(validation = Rule::new("!self.url.startsWith('file://') || has(self.volumeClaimName)")
+    .message("a file:// storage needs volumeClaimName: the PersistentVolumeClaim that holds the files"))]
+pub struct StorageSpec {
+    /// `s3://bucket[/prefix]` or `file:///dir` (a directory on the volume named by `volumeClaimName`).
+    #[schemars(length(min = 1, max = 1024))]
+    pub url: String,
+    /// S3 endpoint for stores other than AWS (MinIO, Cloudflare R2, GCS's S3 interface).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub region: Option<String>,
+    /// Path-style requests (http://host/bucket/key), which most self-hosted stores need.
+    #[serde(default)]
+    pub path_style: bool,
+    /// A Secret in the same namespace whose keys become the agents' environment: `AWS_ACCESS_KEY_ID` and
+    /// `AWS_SECRET_ACCESS_KEY` (and `AWS_SESSION_TOKEN` if used). Without it, agents use the pod's own identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<SecretRef>,
+    /// The PersistentVolumeClaim mounted read-only at the `file://` directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_claim_name: Option<String>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct SecretRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// Key rotation timings, as Go durations ("168h", "2m", "30s").
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "duration(self.rotationInterval) > duration(self.propagationDelay) + duration(self.maxTokenLifetime) + duration(self.clockSkew)"
+).message("signing.rotationInterval must be longer than propagationDelay + maxTokenLifetime + clockSkew, so that at most one old key is still accepted"))]
+pub struct SigningSpec {
+    /// How long a key signs before the next one takes over.
+    #[serde(default = "default_rotation_interval")]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = 32))]
+    pub rotation_interval: String,
+    /// How long a new key is published (agents accept it) before backends sign with it. Mounted Secrets take up
+    /// to a minute or more to reach a pod.
+    #[serde(default = "default_propagation_delay")]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = 32))]
+    pub propagation_delay: String,
+    /// Longest token lifetime the agents accept.
+    #[serde(default = "default_max_token_lifetime")]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = 32))]
+    pub max_token_lifetime: String,
+    /// Clock difference tolerated between backends and agents.
+    #[serde(default = "default_clock_skew")]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = 32))]
+    pub clock_skew: String,
+}
+
+fn default_rotation_interval() -> String {
+    "168h".into()
+}
+fn default_propagation_delay() -> String {
+    "2m".into()
+}
+fn default_max_token_lifetime() -> String {
+    "24h".into()
+}
+fn default_clock_skew() -> String {
+    "30s".into()
+}
+
+impl Default for SigningSpec {
+    fn default() -> Self {
+        SigningSpec {
+            rotation_interval: default_rotation_interval(),
+            propagation_delay: default_propagation_delay(),
+            max_token_lifetime: default_max_token_lifetime(),
+            clock_skew: default_clock_skew(),
+        }
+    }
+}
+
+/// A spec the API server let through but the operator cannot honour (only possible if the CRD's rules were bypassed).
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("signing.{field} is not a duration like \"168h\", \"2m\" or \"30s\"")]
+    Duration { field: &'static str },
+    #[error("signing: {0}")]
+    Rotation(#[from] vd_token::rotation::RotationError),
+    #[error("storage.url must be s3://bucket[/prefix] or file:///absolute/dir")]
+    StorageUrl,
+    #[error("a file:// storage needs volumeClaimName")]
+    VolumeClaimMissing,
+    #[error("agents: set replicas or autoscaling, not both")]
+    ReplicasAndAutoscaling,
+    #[error("agents.autoscaling.minReplicas ({min}) is above maxReplicas ({max})")]
+    MinAboveMax { min: i32, max: i32 },
+}
+
+fn duration(field: &'static str, text: &str) -> Result<Duration, SpecError> {
+    let ok = !text.is_empty()
+        && text.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'h' | b'm' | b's'))
+        && text.as_bytes()[0].is_ascii_digit();
+    let parsed = ok.then(|| humantime::parse_duration(text).ok()).flatten();
+    parsed.ok_or(SpecError::Duration { field })
+}
+
+impl SigningSpec {
+    /// The rotation timings in seconds, refused if they would break the two-phase rotation.
+    pub fn policy(&self) -> Result<RotationPolicy, SpecError> {
+        let policy = RotationPolicy {
+            rotation_interval: duration("rotationInterval", &self.rotation_interval)?.as_secs(),
+            propagation_delay: duration("propagationDelay", &self.propagation_delay)?.as_secs(),
+            max_lifetime: duration("maxTokenLifetime", &self.max_token_lifetime)?.as_secs(),
+            clock_skew: duration("clockSkew", &self.clock_skew)?.as_secs(),
+        };
+        policy.validate()?;
+        Ok(policy)
+    }
+}
+
+/// The agent fleet.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.replicas) && has(self.autoscaling))")
+    .message("set agents.replicas or agents.autoscaling, not both"))]
+pub struct AgentsSpec {
+    /// The agent image; the operator's `--agent-image` when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// A fixed number of agents (2 when neither this nor autoscaling is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
+    /// Requests and limits of the agent container (defaults: 100m CPU and 64Mi requested, 512Mi limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// URL path under which objects are served.
+    #[serde(default = "default_route_prefix")]
+    #[schemars(regex(pattern = "^/[A-Za-z0-9._~/-]*$"), length(max = 256))]
+    pub route_prefix: String,
+    /// Path prefixes served without a token (trailers, thumbnails), e.g. `/videos/public/`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub public_prefixes: Vec<String>,
+    /// Cache-Control of successful answers (what a CDN in front may cache).
+    #[serde(default = "default_cache_control")]
+    #[schemars(length(max = 256))]
+    pub cache_control: String,
+    /// Origins allowed to read answers from scripts (web players on another origin); `*` for any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub cors_origins: Vec<String>,
+    #[serde(default)]
+    pub rate_limit: RateLimitSpec,
+}
+
+fn default_route_prefix() -> String {
+    "/videos".into()
+}
+fn default_cache_control() -> String {
+    "private, max-age=3600".into()
+}
+
+impl Default for AgentsSpec {
+    fn default() -> Self {
+        AgentsSpec {
+            image: None,
+            replicas: None,
+            autoscaling: None,
+            resources: None,
+            route_prefix: default_route_prefix(),
+            public_prefixes: Vec::new(),
+            cache_control: default_cache_control(),
+            cors_origins: Vec::new(),
+            rate_limit: RateLimitSpec::default(),
+        }
+    }
+}
+
+/// A HorizontalPodAutoscaler on CPU.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas")
+    .message("agents.autoscaling.minReplicas must not be above maxReplicas"))]
+pub struct AutoscalingSpec {
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub min_replicas: i32,
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+    /// Average CPU utilisation (percent of the request) the autoscaler aims for.
+    #[serde(default = "default_cpu_target")]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_cpu_utilization: i32,
+}
+
+fn one() -> i32 {
+    1
+}
+fn default_cpu_target() -> i32 {
+    70
+}
+
+/// Per-client-IP request rate limit of each agent.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitSpec {
+    /// Requests per second per client address; 0 turns the limit off.
+    #[serde(default = "default_rps")]
+    #[schemars(range(min = 0, max = 1000000))]
+    pub requests_per_second: u32,
+    /// Requests a client may make at once above the rate.
+    #[serde(default = "default_burst")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub burst: u32,
+}
+
+fn default_rps() -> u32 {
+    50
+}
+fn default_burst() -> u32 {
+    200
+}
+
+impl Default for RateLimitSpec {
+    fn default() -> Self {
+        RateLimitSpec { requests_per_second: default_rps(), burst: default_burst() }
+    }
+}
+
+/// How the agents are exposed.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    #[serde(default = "default_service_type", rename = "type")]
+    #[schemars(extend("enum" = ["ClusterIP", "NodePort", "LoadBalancer"]))]
+    pub type_: String,
+    #[serde(default = "default_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Annotations for the Service (load balancer settings, CDN origin hints).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+fn default_service_type() -> String {
+    "ClusterIP".into()
+}
+fn default_port() -> i32 {
+    80
+}
+
+impl Default for ServiceSpec {
+    fn default() -> Self {
+        ServiceSpec { type_: default_service_type(), port: default_port(), annotations: BTreeMap::new() }
+    }
+}
+
+impl VideoDeliverySpec {
+    /// Checks the rules the CRD also enforces, so a spec that bypassed them becomes a condition, not a crash.
+    pub fn validate(&self) -> Result<RotationPolicy, SpecError> {
+        let url = &self.storage.url;
+        let s3_ok = url.strip_prefix("s3://").is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'));
+        let file_ok = url.strip_prefix("file:///").is_some_and(|rest| !rest.is_empty());
+        if !s3_ok && !file_ok {
+            return Err(SpecError::StorageUrl);
+        }
+        if file_ok && self.storage.volume_claim_name.is_none() {
+            return Err(SpecError::VolumeClaimMissing);
+        }
+        if self.agents.replicas.is_some() && self.agents.autoscaling.is_some() {
+            return Err(SpecError::ReplicasAndAutoscaling);
+        }
+        if let Some(a) = &self.agents.autoscaling
+            && a.min_replicas > a.max_replicas
+        {
+            return Err(SpecError::MinAboveMax { min: a.min_replicas, max: a.max_replicas });
+        }
+        self.signing.policy()
+    }
+
+    /// Agents wanted now (for an autoscaled fleet, its minimum until the autoscaler says more).
+    pub fn fixed_replicas(&self) -> Option<i32> {
+        match &self.agents.autoscaling {
+            Some(_) => None,
+            None => Some(self.agents.replicas.unwrap_or(2)),
+        }
+    }
+}
+
+/// What the operator saw and did. Keys appear by id and state only, never their secrets.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VideoDeliveryStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The key backends sign with now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_key_id: Option<String>,
+    /// When the active key became active (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rotation_time: Option<String>,
+    /// When the next key becomes active (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_rotation_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<KeyStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_agents: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_agents: Option<i32>,
+    /// Where the agents answer inside the cluster, route prefix included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+/// One key of the keyring, without its secret.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyStatus {
+    pub id: String,
+    /// pending, active or retiring.
+    pub state: String,
+    /// RFC 3339 time the key was created.
+    pub created: String,
+    /// For a pending key: when it becomes active. For a retiring key: until when its tokens are accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(url: &str) -> VideoDeliverySpec {
+        VideoDeliverySpec {
+            storage: StorageSpec { url: url.into(), ..Default::default() },
+            signing: SigningSpec::default(),
+            agents: AgentsSpec::default(),
+            service: ServiceSpec::default(),
+        }
+    }
+
+    #[test]
+    fn go_durations_parse() {
+        let s = SigningSpec {
+            rotation_interval: "1h30m".into(),
+            propagation_delay: "90s".into(),
+            max_token_lifetime: "1h".into(),
+            clock_skew: "0s".into(),
+        };
+        let p = s.policy().unwrap();
+        assert_eq!((p.rotation_interval, p.propagation_delay, p.max_lifetime, p.clock_skew), (5400, 90, 3600, 0));
+        for bad in ["", "7d", "1.5h", "h", "-1s", "1 h"] {
+            let s = SigningSpec { rotation_interval: bad.into(), ..SigningSpec::default() };
+            assert!(matches!(s.policy(), Err(SpecError::Duration { field: "rotationInterval" })), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn validate_names_the_problem() {
+        assert!(spec("s3://bucket/prefix").validate().is_ok());
+        assert!(matches!(spec("gs://bucket").validate(), Err(SpecError::StorageUrl)));
+        assert!(matches!(spec("file:///data").validate(), Err(SpecError::VolumeClaimMissing)));
+        let mut s = spec("s3://b");
+        s.signing.rotation_interval = "24h".into();
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("rotation interval (86400s)"), "{err}");
+        let mut s = spec("s3://b");
+        s.agents.autoscaling = Some(AutoscalingSpec { min_replicas: 5, max_replicas: 2, target_cpu_utilization: 70 });
+        assert_eq!(
+            s.validate().unwrap_err().to_string(),
+            "agents.autoscaling.minReplicas (5) is above maxReplicas (2)"
+        );
+    }
+}

@@ -1,0 +1,428 @@
+//! The objects a VideoDelivery owns, built as pure functions of its spec so they can be tested without a cluster
+//! and applied with Server-Side Apply as whole intents.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
+use k8s_openapi::api::autoscaling::v2::{
+    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec, MetricTarget,
+    ResourceMetricSource,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvFromSource, HTTPGetAction, KeyToPath, PersistentVolumeClaimVolumeSource,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret, SecretEnvSource,
+    SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec as CoreServiceSpec, Volume,
+    VolumeMount,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+use sha2::{Digest, Sha256};
+
+use crate::crd::VideoDelivery;
+use crate::keyring::KEYRING_FILE;
+
+/// The annotation on the pod template that rolls the agents when their configuration changes. Keys are not part
+/// of it: a rotation reaches running agents through the mounted Secret, without a restart.
+pub const CONFIG_HASH_ANNOTATION: &str = "videodelivery.dev/config-hash";
+pub const KEYRING_MOUNT: &str = "/etc/videodelivery/keyring";
+pub const HTTP_PORT: i32 = 8080;
+pub const ADMIN_PORT: i32 = 9090;
+/// The agent's `--shutdown-grace`; the pod gets a little more before it is killed.
+const SHUTDOWN_GRACE_SECONDS: i64 = 30;
+const AGENT_UID: i64 = 65532;
+
+pub fn keyring_secret_name(vd: &VideoDelivery) -> String {
+    format!("{}-keyring", vd.name_any())
+}
+pub fn agent_name(vd: &VideoDelivery) -> String {
+    format!("{}-agent", vd.name_any())
+}
+
+/// Labels on everything the operator makes; the selector part must never change for a given resource.
+pub fn selector_labels(vd: &VideoDelivery) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".into(), "videodelivery-agent".into()),
+        ("app.kubernetes.io/instance".into(), vd.name_any()),
+    ])
+}
+
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "videodelivery-operator");
+
+fn labels(vd: &VideoDelivery) -> BTreeMap<String, String> {
+    let mut l = selector_labels(vd);
+    l.insert(MANAGED_BY.0.into(), MANAGED_BY.1.into());
+    l
+}
+
+fn owner(vd: &VideoDelivery) -> OwnerReference {
+    // controller_owner_ref is None only for an object without a name or uid, which the API server never returns.
+    vd.controller_owner_ref(&()).unwrap_or_default()
+}
+
+fn meta(vd: &VideoDelivery, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: vd.namespace(),
+        labels: Some(labels(vd)),
+        owner_references: Some(vec![owner(vd)]),
+        ..Default::default()
+    }
+}
+
+/// The keyring Secret with its data; `handled` records the rotation request acted on.
+pub fn keyring_secret(
+    vd: &VideoDelivery,
+    data: BTreeMap<String, k8s_openapi::ByteString>,
+    handled: Option<&str>,
+) -> Secret {
+    let mut meta = meta(vd, keyring_secret_name(vd));
+    if let Some(h) = handled {
+        meta.annotations =
+            Some(BTreeMap::from([(crate::keyring::ROTATION_HANDLED_ANNOTATION.to_string(), h.to_string())]));
+    }
+    Secret { metadata: meta, type_: Some("Opaque".into()), data: Some(data), ..Default::default() }
+}
+
+pub fn service_account(vd: &VideoDelivery) -> ServiceAccount {
+    ServiceAccount {
+        metadata: meta(vd, agent_name(vd)),
+        // The agent never talks to the API server.
+        automount_service_account_token: Some(false),
+        ..Default::default()
+    }
+}
+
+pub fn service(vd: &VideoDelivery) -> Service {
+    let mut metadata = meta(vd, agent_name(vd));
+    if !vd.spec.service.annotations.is_empty() {
+        metadata.annotations = Some(vd.spec.service.annotations.clone());
+    }
+    Service {
+        metadata,
+        spec: Some(CoreServiceSpec {
+            type_: Some(vd.spec.service.type_.clone()),
+            selector: Some(selector_labels(vd)),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: vd.spec.service.port,
+                target_port: Some(IntOrString::String("http".into())),
+                protocol: Some("TCP".into()),
+                app_protocol: Some("http".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// In-cluster URL of the agents, route prefix included.
+pub fn url(vd: &VideoDelivery) -> String {
+    let port = match vd.spec.service.port {
+        80 => String::new(),
+        p => format!(":{p}"),
+    };
+    let ns = vd.namespace().unwrap_or_else(|| "default".into());
+    format!("http://{}.{ns}.svc{port}{}/", agent_name(vd), vd.spec.agents.route_prefix.trim_end_matches('/'))
+}
+
+/// The agent's command line. Everything that is not a secret is a flag, so `kubectl describe` shows it.
+pub fn agent_args(vd: &VideoDelivery) -> Vec<String> {
+    let s = &vd.spec;
+    let mut args = vec![
+        format!("--listen=0.0.0.0:{HTTP_PORT}"),
+        format!("--admin-listen=0.0.0.0:{ADMIN_PORT}"),
+        format!("--storage={}", s.storage.url),
+        format!("--keyring={KEYRING_MOUNT}/{KEYRING_FILE}"),
+        format!("--route-prefix={}", s.agents.route_prefix),
+        format!("--max-token-lifetime={}", s.signing.max_token_lifetime),
+        format!("--clock-skew={}", s.signing.clock_skew),
+        format!("--cache-control={}", s.agents.cache_control),
+        format!("--rate-limit={}", s.agents.rate_limit.requests_per_second),
+        format!("--rate-burst={}", s.agents.rate_limit.burst),
+        format!("--shutdown-grace={SHUTDOWN_GRACE_SECONDS}s"),
+        "--log-format=json".into(),
+    ];
+    if let Some(e) = &s.storage.endpoint {
+        args.push(format!("--s3-endpoint={e}"));
+    }
+    if let Some(r) = &s.storage.region {
+        args.push(format!("--s3-region={r}"));
+    }
+    if s.storage.path_style {
+        args.push("--s3-path-style".into());
+    }
+    args.extend(s.agents.public_prefixes.iter().map(|p| format!("--public-prefix={p}")));
+    args.extend(s.agents.cors_origins.iter().map(|o| format!("--cors-origin={o}")));
+    args
+}
+
+fn default_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".into(), Quantity("100m".into())),
+            ("memory".into(), Quantity("64Mi".into())),
+        ])),
+        limits: Some(BTreeMap::from([("memory".into(), Quantity("512Mi".into()))])),
+        ..Default::default()
+    }
+}
+
+/// A digest of everything that reaches the agent process except the keys: the args, the image, and the version of
+/// the storage credentials Secret (its resourceVersion, never its content).
+pub fn config_hash(vd: &VideoDelivery, image: &str, credentials_version: Option<&str>) -> String {
+    let mut h = Sha256::new();
+    for a in agent_args(vd) {
+        h.update(a.as_bytes());
+        h.update([0]);
+    }
+    h.update(image.as_bytes());
+    h.update([0]);
+    h.update(credentials_version.unwrap_or("").as_bytes());
+    h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+fn probe(path: &str, period: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("admin".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(3),
+        ..Default::default()
+    }
+}
+
+pub fn deployment(vd: &VideoDelivery, image: &str, credentials_version: Option<&str>) -> Deployment {
+    let s = &vd.spec;
+    let mut volumes = vec![Volume {
+        name: "keyring".into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(keyring_secret_name(vd)),
+            // Only the keyring document: agents have no use for the separate active-key field.
+            items: Some(vec![KeyToPath { key: KEYRING_FILE.into(), path: KEYRING_FILE.into(), mode: None }]),
+            default_mode: Some(0o440),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }];
+    let mut mounts = vec![VolumeMount {
+        name: "keyring".into(),
+        mount_path: KEYRING_MOUNT.into(),
+        read_only: Some(true),
+        ..Default::default()
+    }];
+    if let (Some(dir), Some(claim)) = (s.storage.url.strip_prefix("file://"), &s.storage.volume_claim_name) {
+        volumes.push(Volume {
+            name: "media".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: claim.clone(),
+                read_only: Some(true),
+            }),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name: "media".into(),
+            mount_path: dir.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
+    let env_from = s.storage.credentials_secret_ref.as_ref().map(|r| {
+        vec![EnvFromSource {
+            secret_ref: Some(SecretEnvSource { name: r.name.clone(), optional: Some(false) }),
+            ..Default::default()
+        }]
+    });
+    let container = Container {
+        name: "agent".into(),
+        image: Some(image.into()),
+        args: Some(agent_args(vd)),
+        env_from,
+        ports: Some(vec![
+            ContainerPort { name: Some("http".into()), container_port: HTTP_PORT, ..Default::default() },
+            ContainerPort { name: Some("admin".into()), container_port: ADMIN_PORT, ..Default::default() },
+        ]),
+        readiness_probe: Some(probe("/readyz", 5)),
+        liveness_probe: Some(probe("/healthz", 10)),
+        resources: Some(s.agents.resources.clone().unwrap_or_else(default_resources)),
+        volume_mounts: Some(mounts),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut pod_labels = labels(vd);
+    pod_labels.insert("app.kubernetes.io/component".into(), "agent".into());
+    Deployment {
+        metadata: meta(vd, agent_name(vd)),
+        spec: Some(DeploymentSpec {
+            // With autoscaling the HPA owns the replica count; leaving it out keeps the two from fighting.
+            replicas: vd.spec.fixed_replicas(),
+            selector: LabelSelector { match_labels: Some(selector_labels(vd)), ..Default::default() },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_unavailable: Some(IntOrString::Int(0)),
+                    max_surge: Some(IntOrString::String("25%".into())),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(BTreeMap::from([(
+                        CONFIG_HASH_ANNOTATION.to_string(),
+                        config_hash(vd, image, credentials_version),
+                    )])),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(agent_name(vd)),
+                    automount_service_account_token: Some(false),
+                    termination_grace_period_seconds: Some(SHUTDOWN_GRACE_SECONDS + 5),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(AGENT_UID),
+                        run_as_group: Some(AGENT_UID),
+                        fs_group: Some(AGENT_UID),
+                        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+                        ..Default::default()
+                    }),
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The autoscaler, when the spec asks for one.
+pub fn hpa(vd: &VideoDelivery) -> Option<HorizontalPodAutoscaler> {
+    let a = vd.spec.agents.autoscaling.as_ref()?;
+    Some(HorizontalPodAutoscaler {
+        metadata: meta(vd, agent_name(vd)),
+        spec: Some(HorizontalPodAutoscalerSpec {
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some("apps/v1".into()),
+                kind: "Deployment".into(),
+                name: agent_name(vd),
+            },
+            min_replicas: Some(a.min_replicas),
+            max_replicas: a.max_replicas,
+            metrics: Some(vec![MetricSpec {
+                type_: "Resource".into(),
+                resource: Some(ResourceMetricSource {
+                    name: "cpu".into(),
+                    target: MetricTarget {
+                        type_: "Utilization".into(),
+                        average_utilization: Some(a.target_cpu_utilization),
+                        ..Default::default()
+                    },
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+/// A disruption budget when more than one agent runs, so a node drain never takes them all at once.
+pub fn pdb(vd: &VideoDelivery) -> Option<PodDisruptionBudget> {
+    let most = match &vd.spec.agents.autoscaling {
+        Some(a) => a.min_replicas,
+        None => vd.spec.fixed_replicas().unwrap_or(0),
+    };
+    (most > 1).then(|| PodDisruptionBudget {
+        metadata: meta(vd, agent_name(vd)),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector { match_labels: Some(selector_labels(vd)), ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{AutoscalingSpec, VideoDeliverySpec};
+
+    fn vd(yaml: &str) -> VideoDelivery {
+        let spec: VideoDeliverySpec = serde_yaml_ng::from_str(yaml).unwrap();
+        let mut vd = VideoDelivery::new("media", spec);
+        vd.metadata.namespace = Some("web".into());
+        vd.metadata.uid = Some("uid-1".into());
+        vd
+    }
+
+    #[test]
+    fn the_deployment_mounts_the_keyring_and_runs_locked_down() {
+        let vd = vd(
+            "storage: {url: 's3://videos/prod', endpoint: 'http://minio:9000', pathStyle: true, credentialsSecretRef: {name: s3}}",
+        );
+        let d = deployment(&vd, "agent:1", Some("42"));
+        let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let c = &pod.containers[0];
+        let args = c.args.as_ref().unwrap();
+        assert!(args.contains(&"--storage=s3://videos/prod".to_string()));
+        assert!(args.contains(&"--keyring=/etc/videodelivery/keyring/keyring.json".to_string()));
+        assert!(args.contains(&"--s3-path-style".to_string()));
+        assert!(c.env.is_none(), "no key ever travels in an environment variable");
+        assert_eq!(c.env_from.as_ref().unwrap()[0].secret_ref.as_ref().unwrap().name, "s3");
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        assert_eq!(c.security_context.as_ref().unwrap().read_only_root_filesystem, Some(true));
+        assert_eq!(pod.security_context.as_ref().unwrap().run_as_non_root, Some(true));
+        assert_eq!(d.spec.as_ref().unwrap().replicas, Some(2));
+        assert_eq!(d.metadata.owner_references.as_ref().unwrap()[0].uid, "uid-1");
+    }
+
+    #[test]
+    fn config_hash_follows_config_and_credentials_not_keys() {
+        let a = vd("storage: {url: 's3://videos'}");
+        let mut b = a.clone();
+        b.spec.agents.cache_control = "public, max-age=60".into();
+        assert_ne!(config_hash(&a, "i", None), config_hash(&b, "i", None));
+        assert_ne!(config_hash(&a, "i", Some("1")), config_hash(&a, "i", Some("2")));
+        assert_eq!(config_hash(&a, "i", Some("1")), config_hash(&a.clone(), "i", Some("1")));
+    }
+
+    #[test]
+    fn autoscaling_makes_an_hpa_and_leaves_replicas_to_it() {
+        let mut v = vd("storage: {url: 's3://videos'}");
+        assert!(hpa(&v).is_none());
+        assert!(pdb(&v).is_some(), "two replicas by default get a PDB");
+        v.spec.agents.autoscaling =
+            Some(AutoscalingSpec { min_replicas: 1, max_replicas: 5, target_cpu_utilization: 60 });
+        assert_eq!(hpa(&v).unwrap().spec.unwrap().max_replicas, 5);
+        assert_eq!(deployment(&v, "i", None).spec.unwrap().replicas, None);
+        assert!(pdb(&v).is_none(), "one minimum replica: no PDB");
+        let v = vd("storage: {url: 'file:///media', volumeClaimName: films}\nagents: {replicas: 1}");
+        let pod = deployment(&v, "i", None).spec.unwrap().template.spec.unwrap();
+        assert_eq!(pod.volumes.unwrap()[1].persistent_volume_claim.as_ref().unwrap().claim_name, "films");
+        assert!(pdb(&v).is_none());
+    }
+
+    #[test]
+    fn url_names_the_service() {
+        assert_eq!(url(&vd("storage: {url: 's3://v'}")), "http://media-agent.web.svc/videos/");
+        assert_eq!(
+            url(&vd("storage: {url: 's3://v'}\nservice: {port: 8080}")),
+            "http://media-agent.web.svc:8080/videos/"
+        );
+    }
+}

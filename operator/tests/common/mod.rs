@@ -1,0 +1,120 @@
+//! Shared by the operator's tests: the operator binary as a process against the test control plane.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, PostParams};
+use kube::{Client, ResourceExt};
+use vd_testsupport::{ControlPlane, Process};
+use videodelivery_operator::crd::{VideoDelivery, VideoDeliverySpec};
+
+pub const AGENT_IMAGE: &str = "registry.example/videodelivery-agent:test";
+
+/// The operator binary, watching one namespace, as it runs in a pod.
+pub struct Operator {
+    pub process: Process,
+    pub admin: SocketAddr,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Operator {
+    pub fn start(cp: &ControlPlane, namespace: &str, extra: &[&str]) -> Operator {
+        Self::start_with_kubeconfig(cp, cp.kubeconfig(), namespace, extra)
+    }
+
+    pub fn start_with_kubeconfig(
+        cp: &ControlPlane,
+        kubeconfig: &std::path::Path,
+        namespace: &str,
+        extra: &[&str],
+    ) -> Operator {
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_videodelivery-operator"));
+        cmd.env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info,videodelivery_operator=debug")
+            .arg(format!("--namespace={namespace}"))
+            .arg(format!("--admin-listen={admin}"))
+            .arg(format!("--agent-image={AGENT_IMAGE}"))
+            .args(extra);
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = cp.dir().join(format!("operator-{namespace}-{n}.log"));
+        Operator { process: Process::spawn(cmd, log).unwrap(), admin }
+    }
+
+    /// The operator's /metrics text.
+    pub async fn metrics(&self) -> String {
+        let mut stream = tokio::net::TcpStream::connect(self.admin).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut out = String::new();
+        stream.read_to_string(&mut out).await.unwrap();
+        out
+    }
+}
+
+/// Polls `check` until it returns Some, or fails the test after `limit`, naming what did not happen.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what} did not happen within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub fn spec(yaml: &str) -> VideoDeliverySpec {
+    serde_yaml_ng::from_str(yaml).unwrap()
+}
+
+pub async fn create(client: &Client, ns: &str, name: &str, yaml: &str) -> VideoDelivery {
+    let api: Api<VideoDelivery> = Api::namespaced(client.clone(), ns);
+    api.create(&PostParams::default(), &VideoDelivery::new(name, spec(yaml))).await.unwrap()
+}
+
+pub fn condition<'a>(
+    vd: &'a VideoDelivery,
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    vd.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// Waits until the VideoDelivery's Ready condition has `status` (and `reason`, when given).
+pub async fn wait_ready(client: &Client, ns: &str, name: &str, status: &str, reason: Option<&str>) -> VideoDelivery {
+    let api: Api<VideoDelivery> = Api::namespaced(client.clone(), ns);
+    eventually(&format!("{name} Ready={status} {reason:?}"), Duration::from_secs(60), || async {
+        let vd = api.get(name).await.ok()?;
+        let c = condition(&vd, "Ready")?;
+        (c.status == status && reason.is_none_or(|r| c.reason == r)).then_some(vd.clone())
+    })
+    .await
+}
+
+/// The keyring in the Secret the operator keeps.
+pub async fn keyring(client: &Client, ns: &str, name: &str) -> Option<(vd_token::Keyring, Secret)> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let s = api.get_opt(&format!("{name}-keyring")).await.ok()??;
+    let ring = vd_token::Keyring::from_json(&s.data.as_ref()?.get("keyring.json")?.0).ok()?;
+    Some((ring, s))
+}
+
+pub fn selector(name: &str) -> String {
+    format!("app.kubernetes.io/name=videodelivery-agent,app.kubernetes.io/instance={name}")
+}
+
+pub fn rv<K: ResourceExt>(k: &K) -> String {
+    k.resource_version().unwrap_or_default()
+}
