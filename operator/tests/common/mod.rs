@@ -49,9 +49,9 @@ impl Operator {
         Operator { process: Process::spawn(cmd, log).unwrap(), admin }
     }
 
-    /// The operator's /metrics text.
+    /// The operator's /metrics text (empty while it is not listening yet).
     pub async fn metrics(&self) -> String {
-        let mut stream = tokio::net::TcpStream::connect(self.admin).await.unwrap();
+        let Ok(mut stream) = tokio::net::TcpStream::connect(self.admin).await else { return String::new() };
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
         let mut out = String::new();
