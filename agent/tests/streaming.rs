@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -11,53 +11,11 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use vd_token::{Carrier, Signer};
 
-/// versitygw with its posix backend: buckets are folders of `root`, objects are files.
-struct S3Server {
-    child: Child,
-    endpoint: String,
-    root: tempfile::TempDir,
-}
-
-impl S3Server {
-    fn start() -> S3Server {
-        let bin = std::env::var("VD_VERSITYGW").unwrap_or_else(|_| {
-            format!("{}/.cache/videodelivery/s3/versitygw-v1.8.0/versitygw", std::env::var("HOME").unwrap())
-        });
-        assert!(
-            std::path::Path::new(&bin).exists(),
-            "the S3 server is missing at {bin}: build it with `bash tests/s3/build.sh` (CI does)"
-        );
-        let root = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new(&bin)
-            .args(["--access", "AKIATESTVD", "--secret", "vd-test-secret", "--port", &format!("127.0.0.1:{port}")])
-            .arg("posix")
-            .arg(root.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "versitygw did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        S3Server { child, endpoint: format!("http://127.0.0.1:{port}"), root }
-    }
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn s3_env() {
     // SAFETY: every test of this binary sets the same values, and object_store reads them only while building.
     unsafe {
-        std::env::set_var("AWS_ACCESS_KEY_ID", "AKIATESTVD");
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", "vd-test-secret");
+        std::env::set_var("AWS_ACCESS_KEY_ID", vd_testsupport::S3Server::ACCESS_KEY);
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", vd_testsupport::S3Server::SECRET_KEY);
         std::env::set_var("AWS_REGION", "us-east-1");
     }
 }
@@ -65,7 +23,7 @@ fn s3_env() {
 #[tokio::test(flavor = "multi_thread")]
 async fn ranges_from_a_real_s3_server() {
     s3_env();
-    let s3 = S3Server::start();
+    let s3 = vd_testsupport::S3Server::start().unwrap();
     let src = content(3 * 1024 * 1024 + 17);
     std::fs::create_dir_all(s3.root.path().join("media/films")).unwrap();
     std::fs::write(s3.root.path().join("media/films/f.mp4"), &src).unwrap();

@@ -30,6 +30,8 @@ pub enum Error {
         "control plane binary {0} is missing; build them with `bash tests/controlplane/build.sh` (or set VD_CONTROLPLANE_BIN)"
     )]
     MissingBinary(PathBuf),
+    #[error("the S3 server is missing at {0}; build it with `bash tests/s3/build.sh` (or set VD_VERSITYGW)")]
+    MissingS3(PathBuf),
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
     #[error("{0} did not become ready: {1}")]
@@ -483,4 +485,47 @@ pub async fn mark_pods_ready(client: &Client, namespace: &str, selector: &str) -
         n += 1;
     }
     Ok(n)
+}
+
+/// versitygw, a real S3 server, with its posix backend: buckets are folders of `root`, objects are files.
+/// Built by `tests/s3/build.sh`.
+pub struct S3Server {
+    _process: Process,
+    pub endpoint: String,
+    pub root: tempfile::TempDir,
+}
+
+impl S3Server {
+    pub const ACCESS_KEY: &'static str = "AKIATESTVD";
+    pub const SECRET_KEY: &'static str = "vd-test-secret";
+
+    /// Starts one on a free loopback port. Fails, naming the build command, when the binary is missing.
+    pub fn start() -> Result<S3Server, Error> {
+        let bin = std::env::var_os("VD_VERSITYGW").map(PathBuf::from).unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/root".into());
+            home.join(".cache/videodelivery/s3/versitygw-v1.8.0/versitygw")
+        });
+        if !bin.exists() {
+            return Err(Error::MissingS3(bin));
+        }
+        let root = tempfile::tempdir().map_err(io("temp dir"))?;
+        let port = free_port()?;
+        let mut cmd = Command::new(&bin);
+        cmd.args(["--access", Self::ACCESS_KEY, "--secret", Self::SECRET_KEY, "--port", &format!("127.0.0.1:{port}")])
+            .arg("posix")
+            .arg(root.path());
+        let log = std::env::temp_dir().join(format!("versitygw-{port}.log"));
+        let process = Process::spawn(cmd, log)?;
+        wait_for("versitygw", Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok())?;
+        Ok(S3Server { _process: process, endpoint: format!("http://127.0.0.1:{port}"), root })
+    }
+
+    /// Creates a bucket (a folder) and writes an object into it.
+    pub fn put(&self, bucket: &str, key: &str, bytes: &[u8]) -> Result<(), Error> {
+        let path = self.root.path().join(bucket).join(key);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(io("create a bucket folder"))?;
+        }
+        std::fs::write(&path, bytes).map_err(io(format!("write {}", path.display())))
+    }
 }
