@@ -94,3 +94,22 @@ async fn kubectl_get_vd_shows_the_printer_columns() {
     let cols: Vec<&str> = header.split_whitespace().collect();
     assert_eq!(cols, ["NAME", "READY", "REASON", "ACTIVE", "KEY", "AGENTS", "DESIRED", "AGE"], "{header}");
 }
+
+#[tokio::test]
+async fn the_examples_apply_cleanly() {
+    let cp = ControlPlane::shared();
+    let ns = cp.namespace("examples").await.unwrap();
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+    let out = std::process::Command::new(vd_testsupport::binary("kubectl").unwrap())
+        .arg(format!("--kubeconfig={}", cp.kubeconfig().display()))
+        .args(["apply", "-n", &ns, "-f", dir])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let api: Api<VideoDelivery> = Api::namespaced(cp.client().await.unwrap(), &ns);
+    let names: Vec<String> =
+        api.list(&Default::default()).await.unwrap().items.into_iter().map(|v| v.metadata.name.unwrap()).collect();
+    assert_eq!(names, ["archive", "courses", "media"]);
+    let courses = api.get("courses").await.unwrap();
+    assert_eq!(courses.spec.agents.autoscaling.unwrap().target_cpu_utilization, 60, "no field was dropped");
+}

@@ -77,6 +77,15 @@ enum Command {
         #[arg(long)]
         now: Option<u64>,
     },
+    /// Ask the operator to rotate a VideoDelivery's signing key now (sets the videodelivery.dev/rotate
+    /// annotation; the operator publishes a new key, then promotes it after the propagation delay).
+    RequestRotation {
+        /// The VideoDelivery's name.
+        name: String,
+        /// Its namespace (default: the kubeconfig context's).
+        #[arg(long, short = 'n')]
+        namespace: Option<String>,
+    },
     /// Run one rotation step on a keyring file, as the operator does on its Secret.
     Rotate {
         #[arg(long, env = "VD_KEYRING")]
@@ -163,6 +172,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
+        Command::RequestRotation { name, namespace } => request_rotation(&name, namespace.as_deref()),
         Command::Rotate { keyring, force, interval, propagation_delay, max_lifetime, clock_skew, now } => {
             let ring = read_keyring(&keyring)?;
             let policy = RotationPolicy {
@@ -185,6 +195,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Sets the rotation annotation to the current time; a new value is a new request, so asking twice rotates twice.
+fn request_rotation(name: &str, namespace: Option<&str>) -> Result<ExitCode> {
+    use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let client = kube::Client::try_default().await.context("no Kubernetes configuration (KUBECONFIG) found")?;
+        let ns = namespace.map(str::to_owned).unwrap_or_else(|| client.default_namespace().to_owned());
+        let gvk = GroupVersionKind::gvk("videodelivery.dev", "v1alpha1", "VideoDelivery");
+        let api: Api<DynamicObject> = Api::namespaced_with(client, &ns, &ApiResource::from_gvk(&gvk));
+        let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        let patch = serde_json::json!({"metadata": {"annotations": {"videodelivery.dev/rotate": stamp}}});
+        api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .with_context(|| format!("could not annotate VideoDelivery {ns}/{name}"))?;
+        println!("rotation requested for {ns}/{name} ({stamp}); watch it with `kubectl get vd {name} -n {ns} -w`");
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 fn keygen(out: Option<&Path>, force: bool) -> Result<ExitCode> {

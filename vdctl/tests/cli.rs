@@ -132,3 +132,32 @@ fn errors_go_to_stderr_with_a_nonzero_exit() {
     let out = vdctl(&["sign", "--keyring", &ring, "--path", "/a"]);
     assert!(stderr(&out).contains("the keyring has no keys"), "{}", stderr(&out));
 }
+
+#[tokio::test]
+async fn request_rotation_sets_the_annotation_the_operator_acts_on() {
+    use kube::api::{Api, PostParams};
+    use videodelivery_operator::crd::{ROTATE_ANNOTATION, VideoDelivery};
+    let cp = vd_testsupport::ControlPlane::shared();
+    let ns = cp.namespace("vdctl").await.unwrap();
+    let api: Api<VideoDelivery> = Api::namespaced(cp.client().await.unwrap(), &ns);
+    let spec = serde_json::from_value(serde_json::json!({"storage": {"url": "s3://videos"}})).unwrap();
+    api.create(&PostParams::default(), &VideoDelivery::new("media", spec)).await.unwrap();
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vdctl"))
+        .env("KUBECONFIG", cp.kubeconfig())
+        .args(["request-rotation", "media", "-n", &ns])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let vd = api.get("media").await.unwrap();
+    let stamp = vd.metadata.annotations.unwrap()[ROTATE_ANNOTATION].clone();
+    assert!(stamp.starts_with("20") && stamp.ends_with('Z'), "{stamp}");
+
+    let missing = std::process::Command::new(env!("CARGO_BIN_EXE_vdctl"))
+        .env("KUBECONFIG", cp.kubeconfig())
+        .args(["request-rotation", "nope", "-n", &ns])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains(&format!("could not annotate VideoDelivery {ns}/nope")));
+}
