@@ -10,7 +10,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
-use object_store::{Attribute, ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt};
+use object_store::{Attribute, ClientOptions, GetOptions, GetRange, GetResultPayload, ObjectStore, ObjectStoreExt};
 
 /// Where objects live, parsed from `--storage`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,7 +164,11 @@ impl Storage {
             .map_err(|_| StorageError::Timeout(self.timeout))??;
         let content_type = result.attributes.get(&Attribute::ContentType).map(|v| v.to_string());
         let timeout = self.timeout;
-        let stream = result.into_stream().map_err(StorageError::from);
+        let stream = match result.payload {
+            // object_store reads local files 8 KiB per blocking task; 256 KiB reads cut the thread hops 32-fold.
+            GetResultPayload::File(file, _) => file_stream(file, result.range).await?,
+            GetResultPayload::Stream(s) => s.map_err(StorageError::from).boxed(),
+        };
         let stream = futures::stream::unfold(stream, move |mut s| async move {
             match tokio::time::timeout(timeout, s.next()).await {
                 Ok(Some(item)) => Some((item, s)),
@@ -174,6 +178,22 @@ impl Storage {
         });
         Ok(Body { stream: stream.boxed(), content_type })
     }
+}
+
+/// Bytes read from a local file per blocking read.
+const FILE_CHUNK: usize = 256 * 1024;
+
+async fn file_stream(
+    file: std::fs::File,
+    range: Range<u64>,
+) -> Result<BoxStream<'static, Result<Bytes, StorageError>>, StorageError> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let io = |e: std::io::Error| StorageError::Unavailable(format!("reading a local file: {e}"));
+    let mut file = tokio::fs::File::from_std(file);
+    file.set_max_buf_size(FILE_CHUNK);
+    file.seek(std::io::SeekFrom::Start(range.start)).await.map_err(io)?;
+    let reader = file.take(range.end - range.start);
+    Ok(tokio_util::io::ReaderStream::with_capacity(reader, FILE_CHUNK).map_err(io).boxed())
 }
 
 #[cfg(test)]

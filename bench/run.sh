@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# Serves the same files with the agent and with nginx (and the agent in front of S3 vs S3 directly) on loopback,
+# drives each with wrk in the same run, and writes medians and ratios to bench/RESULTS.md.
+#   bash bench/run.sh                 everything (about 10 minutes)
+#   RUNS=5 DURATION=10s bash bench/run.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+RUNS=${RUNS:-3}
+DURATION=${DURATION:-5s}
+BIG=$((64 * 1024 * 1024))    # random 1 MiB ranges inside it
+WHOLE=$((8 * 1024 * 1024))   # whole-file GETs
+
+need=()
+command -v nginx >/dev/null || need+=(nginx)
+command -v wrk >/dev/null || need+=(wrk)
+if ((${#need[@]})); then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+cargo build --release --locked -q -p videodelivery-agent -p vdctl
+s3bin=$(bash tests/s3/build.sh)
+bin=$root/target/release
+
+work=$(mktemp -d /tmp/vd-bench.XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+fail() { echo "bench: $*" >&2; exit 1; }
+wait_port() {
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
+  fail "nothing listens on port $1 ($2)"
+}
+
+# The same bytes for every server: a media dir (agent, nginx) that is also the S3 bucket `bench`.
+mkdir -p "$work/s3/bench" "$work/nginx"
+head -c "$BIG" /dev/urandom >"$work/s3/bench/big.mp4"
+head -c "$WHOLE" /dev/urandom >"$work/s3/bench/whole.mp4"
+media=$work/s3/bench
+
+"$bin/vdctl" keygen --out "$work/keyring.json" 2>/dev/null
+token=$("$bin/vdctl" sign --keyring "$work/keyring.json" --path /videos/big.mp4 --prefix /videos/ --ttl 23h --token-only)
+auth="Authorization: Bearer $token"
+
+agent_flags=(--keyring "$work/keyring.json" --rate-limit 0 --max-streams 100000 --log-format json)
+"$bin/videodelivery-agent" --storage "file://$media" --listen 127.0.0.1:18080 --admin-listen 127.0.0.1:19090 \
+  "${agent_flags[@]}" >"$work/agent.log" 2>&1 &
+pids+=($!)
+cat >"$work/nginx/nginx.conf" <<CONF
+worker_processes auto;
+daemon off;
+user root;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  keepalive_requests 100000;
+  types { video/mp4 mp4; }
+  client_body_temp_path $work/nginx; proxy_temp_path $work/nginx; fastcgi_temp_path $work/nginx;
+  uwsgi_temp_path $work/nginx; scgi_temp_path $work/nginx;
+  server {
+    listen 127.0.0.1:18081;
+    location /videos/ { alias $media/; }
+  }
+}
+CONF
+nginx -c "$work/nginx/nginx.conf" &
+pids+=($!)
+"$s3bin" --access AKIABENCH --secret bench-secret --port 127.0.0.1:18082 posix "$work/s3" >"$work/s3.log" 2>&1 &
+pids+=($!)
+wait_port 18082 versitygw
+AWS_ACCESS_KEY_ID=AKIABENCH AWS_SECRET_ACCESS_KEY=bench-secret "$bin/videodelivery-agent" --storage s3://bench \
+  --s3-endpoint http://127.0.0.1:18082 --s3-region us-east-1 --s3-path-style --listen 127.0.0.1:18083 \
+  --admin-listen 127.0.0.1:19093 "${agent_flags[@]}" >"$work/agent-s3.log" 2>&1 &
+pids+=($!)
+wait_port 18080 agent; wait_port 18081 nginx; wait_port 18083 "agent on S3"
+
+presigned() { python3 bench/presign.py http://127.0.0.1:18082 bench "$1" AKIABENCH bench-secret; }
+declare -A url=(
+  [agent.whole]=http://127.0.0.1:18080/videos/whole.mp4 [agent.ranges]=http://127.0.0.1:18080/videos/big.mp4
+  [nginx.whole]=http://127.0.0.1:18081/videos/whole.mp4 [nginx.ranges]=http://127.0.0.1:18081/videos/big.mp4
+  [agent-s3.whole]=http://127.0.0.1:18083/videos/whole.mp4 [agent-s3.ranges]=http://127.0.0.1:18083/videos/big.mp4
+  [s3.whole]=$(presigned whole.mp4) [s3.ranges]=$(presigned big.mp4)
+)
+
+# Sanity: every server returns the right bytes for a range and the right status without a token.
+dd if="$media/big.mp4" bs=1 skip=1000000 count=65536 status=none >"$work/expect"
+for s in agent nginx agent-s3 s3; do
+  code=$(curl -s -o "$work/got" -w '%{http_code}' -H "$auth" -H 'Range: bytes=1000000-1065535' "${url[$s.ranges]}")
+  [ "$code" = 206 ] || fail "$s answered $code to a range request"
+  cmp -s "$work/got" "$work/expect" || fail "$s returned the wrong bytes"
+done
+[ "$(curl -s -o /dev/null -w '%{http_code}' "${url[agent.ranges]}")" = 401 ] || fail "the agent served without a token"
+
+raw=$work/raw
+mkdir -p "$raw"
+echo "bench: $RUNS runs x $DURATION per cell" >&2
+for run in $(seq "$RUNS"); do
+  for case in whole ranges; do
+    for conns in 1 64; do
+      threads=$((conns == 1 ? 1 : 2))
+      for s in agent nginx agent-s3 s3; do
+        script=()
+        [ "$case" = ranges ] && script=(-s bench/ranges.lua)
+        FILE_SIZE=$BIG wrk -t"$threads" -c"$conns" -d"$DURATION" --latency "${script[@]}" -H "$auth" \
+          "${url[$s.$case]}" >"$raw/$s.$case.$conns.$run.txt"
+      done
+    done
+  done
+  echo "bench: run $run done" >&2
+done
+
+verify=$(cargo bench -q -p vd-token --bench verify 2>/dev/null | grep -E '^[a-z_/ ]+time:|time:' || true)
+operator=$(cargo bench -q -p videodelivery-operator --bench scale 2>/dev/null | grep '^|' || true)
+
+{
+  echo "# Benchmark results"
+  echo
+  echo "Produced by \`bash bench/run.sh\` (RUNS=$RUNS, DURATION=$DURATION) on $(date -u +%Y-%m-%d), $(nproc) cores"
+  echo "($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), shared and noisy: every figure is the median of"
+  echo "$RUNS runs, and each comparison is between two servers measured in the same run, interleaved. The load tool"
+  echo "shares the two cores with the servers, so absolute numbers are low; read the ratios."
+  echo
+  echo "Versions: $(nginx -v 2>&1), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2), versitygw $("$s3bin" --version 2>&1 | head -1 | awk '{print $NF}'),"
+  echo "agent $("$bin/videodelivery-agent" --version | awk '{print $2}') (release build)."
+  echo
+  echo "Files: whole = ${WHOLE} bytes fetched whole; ranges = random 1 MiB ranges (any offset) in a ${BIG}-byte file."
+  echo "The agent checks a Bearer token on every request (nginx has no auth; the agent's cost is included)."
+  echo "nginx: \`sendfile on; tcp_nopush on;\`, \`worker_processes auto\`, access log off. Agent: rate limit off."
+  echo "wrk: 1 connection on 1 thread, 64 connections on 2 threads; \`wrk --latency\` percentiles."
+  echo
+  echo "## Agent vs nginx (local files, page cache warm)"
+  python3 bench/report.py "$raw" agent=nginx
+  echo
+  echo "## Agent in front of S3 vs direct presigned GETs to the S3 server (versitygw, posix backend)"
+  python3 bench/report.py "$raw" agent-s3=s3
+  echo
+  echo "## Token verification (criterion, \`cargo bench -p vd-token --bench verify\`)"
+  echo
+  echo '```'
+  echo "$verify"
+  echo '```'
+  echo
+  echo "## Operator at scale (\`cargo bench -p videodelivery-operator --bench scale\`, real API server + KCM)"
+  echo
+  echo "$operator"
+} >bench/RESULTS.md
+echo "bench: wrote bench/RESULTS.md" >&2
+cat bench/RESULTS.md
