@@ -116,7 +116,7 @@ for run in $(seq "$RUNS"); do
   echo "bench: run $run done" >&2
 done
 
-verify=$(cargo bench -q -p vd-token --bench verify 2>/dev/null | grep -E '^[a-z_/ ]+time:|time:' || true)
+verify=$(cargo bench -q -p vd-token --bench verify 2>/dev/null | grep -B1 'time:' | grep -v '^--$' || true)
 operator=$(cargo bench -q -p videodelivery-operator --bench scale 2>/dev/null | grep '^|' || true)
 
 {

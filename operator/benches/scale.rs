@@ -81,7 +81,9 @@ async fn main() {
         .output()
         .unwrap();
     eprintln!("$ kubectl get vd\n{}", String::from_utf8_lossy(&get.stdout));
-    println!("| VideoDeliveries | namespaces | created in | all KeysReady | all Ready (pods marked ready by the bench) | operator peak RSS |");
+    println!(
+        "| VideoDeliveries | namespaces | created in | all KeysReady | all Ready (pods marked ready by the bench) | operator peak RSS |"
+    );
     println!("|---|---|---|---|---|---|");
     println!(
         "| {objects} | {namespaces} | {:.1} s | {:.1} s | {:.1} s | {peak:.1} MiB |",

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -88,13 +88,12 @@ pub async fn run(
             None => Api::all(c),
         }
     }
-    // Only what this operator made is watched, so a cluster full of Secrets costs nothing.
+    // Only what this operator made is watched, so a cluster full of Secrets costs nothing. Services and
+    // ServiceAccounts are not watched: every reconcile re-applies them, and nothing about them feeds status.
     let mine = watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
     Controller::new(api(client.clone()), watcher::Config::default())
         .owns(owned::<Secret>(client.clone(), namespace), mine.clone())
-        .owns(owned::<Deployment>(client.clone(), namespace), mine.clone())
-        .owns(owned::<Service>(client.clone(), namespace), mine.clone())
-        .owns(owned::<ServiceAccount>(client.clone(), namespace), mine)
+        .owns(owned::<Deployment>(client.clone(), namespace), mine)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -117,6 +116,7 @@ fn rfc3339(secs: u64) -> String {
 /// Entry point for one object; times and counts the outcome.
 pub async fn reconcile(vd: Arc<VideoDelivery>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
+    tracing::debug!("reconcile");
     let result = Reconciler::new(&vd, &ctx)?.run().await;
     ctx.metrics.observe_reconcile(started.elapsed(), result.is_ok());
     if result.is_ok() {

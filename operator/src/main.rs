@@ -15,7 +15,12 @@ use videodelivery_operator::leader::{LeaderElector, Leadership};
 use videodelivery_operator::metrics::Metrics;
 
 #[derive(Parser, Debug)]
-#[command(name = "videodelivery-operator", version, about = "Reconciles VideoDelivery resources")]
+#[command(
+    name = "videodelivery-operator",
+    version,
+    about = "Reconciles VideoDelivery resources",
+    args_override_self = true
+)]
 struct Args {
     /// Image of the agents when a VideoDelivery does not name one.
     #[arg(long, env = "VD_AGENT_IMAGE", default_value = concat!("ghcr.io/videodelivery/agent:", env!("CARGO_PKG_VERSION")))]

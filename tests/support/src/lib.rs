@@ -288,6 +288,15 @@ impl ControlPlane {
     /// A client that acts as a ServiceAccount (created if needed), with a token from the TokenRequest API, so
     /// RBAC is enforced exactly as for a pod.
     pub async fn client_as(&self, namespace: &str, service_account: &str) -> Result<Client, Error> {
+        let path = self.kubeconfig_as(namespace, service_account).await?;
+        let config =
+            Config::from_custom_kubeconfig(Kubeconfig::read_from(&path)?, &KubeConfigOptions::default()).await?;
+        Ok(Client::try_from(config)?)
+    }
+
+    /// A kubeconfig file that acts as a ServiceAccount (created if needed), for a process the test starts: what a
+    /// pod running as that ServiceAccount would get.
+    pub async fn kubeconfig_as(&self, namespace: &str, service_account: &str) -> Result<PathBuf, Error> {
         let admin = self.client().await?;
         let sas: Api<ServiceAccount> = Api::namespaced(admin, namespace);
         if sas.get_opt(service_account).await?.is_none() {
@@ -306,9 +315,7 @@ impl ControlPlane {
         let text = std::fs::read_to_string(&self.kubeconfig).map_err(io("read kubeconfig"))?;
         let path = self.dir.join(format!("kubeconfig-{namespace}-{service_account}"));
         std::fs::write(&path, text.replace(ADMIN_TOKEN, &token)).map_err(io("write kubeconfig"))?;
-        let config =
-            Config::from_custom_kubeconfig(Kubeconfig::read_from(&path)?, &KubeConfigOptions::default()).await?;
-        Ok(Client::try_from(config)?)
+        Ok(path)
     }
 }
 
@@ -400,6 +407,11 @@ impl Process {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The exit status, if it has exited.
+    pub fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        self.child.try_wait()
     }
 
     /// What the process wrote so far.
