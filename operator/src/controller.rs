@@ -79,9 +79,9 @@ pub async fn run(
             None => Api::all(c),
         }
     };
-    fn owned<K: Resource<DynamicType = ()>>(c: Client, ns: Option<&str>) -> Api<K>
+    fn owned<K>(c: Client, ns: Option<&str>) -> Api<K>
     where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
     {
         match ns {
             Some(ns) => Api::namespaced(c, ns),

@@ -1,6 +1,9 @@
 //! The `VideoDelivery` resource. The CRD under `crds/` is generated from these types by `crdgen`; rules that a
 //! plain bound cannot say are CEL rules, so `kubectl apply` refuses nonsense before the operator ever sees it.
 
+// clippy reads the repeated `type_ = ...` of the printcolumn arguments below as duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 

@@ -18,6 +18,9 @@ use videodelivery_operator::crd::VideoDelivery;
 
 const LONG: Duration = Duration::from_secs(60);
 
+/// The keys of a keyring at one moment: id and state.
+type Snapshot = Vec<(String, KeyState)>;
+
 #[tokio::test]
 async fn a_videodelivery_becomes_keys_agents_and_a_truthful_status() {
     let cp = ControlPlane::shared();
@@ -180,7 +183,7 @@ async fn keys_rotate_in_two_phases_at_the_right_times() {
     let t0 = first.active().activated_at().unwrap();
 
     // Watch the Secret second by second for one whole cycle and a bit.
-    let mut seen: Vec<(u64, Vec<(String, KeyState)>)> = Vec::new();
+    let mut seen: Vec<(u64, Snapshot)> = Vec::new();
     let start = std::time::Instant::now();
     while start.elapsed() < Duration::from_secs(27) {
         let (ring, _) = keyring(&client, &ns, "media").await.unwrap();
@@ -189,8 +192,7 @@ async fn keys_rotate_in_two_phases_at_the_right_times() {
         seen.push((now, ring.keys().iter().map(|k| (k.kid().to_string(), k.state())).collect()));
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let when =
-        |pred: &dyn Fn(&[(String, KeyState)]) -> bool| seen.iter().find(|(_, ks)| pred(ks)).map(|(t, _)| *t - t0);
+    let when = |pred: &dyn Fn(&Snapshot) -> bool| seen.iter().find(|(_, ks)| pred(ks)).map(|(t, _)| *t - t0);
     let b_pending =
         when(&|ks| ks.iter().any(|(k, s)| *k != a && *s == KeyState::Pending)).expect("a key was published");
     let b_active = when(&|ks| ks.iter().any(|(k, s)| *k != a && *s == KeyState::Active)).expect("it was promoted");
