@@ -232,3 +232,36 @@ async fn readiness_follows_keyring_and_storage() {
     assert_eq!(status, StatusCode::OK, "{body:?}");
     assert_eq!(get(&format!("http://{}/healthz", agent.admin), &[]).await.0, StatusCode::OK);
 }
+
+/// Players and CDNs that speak cleartext HTTP/2 (prior knowledge) get the same answers on the same port.
+#[tokio::test(flavor = "multi_thread")]
+async fn cleartext_http2_serves_ranges_on_the_same_port() {
+    use http_body_util::{BodyExt, Empty};
+    let agent = TestAgent::start(&[]).await;
+    let src = content(LEN);
+    agent.put("film.mp4", &src);
+    let url = agent.signed("/videos/film.mp4", Carrier::Query);
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Empty<bytes::Bytes>>();
+    // Several ranges at once over one connection: HTTP/2 multiplexes them.
+    let fetches = (0..8u64).map(|i| {
+        let req = http::Request::get(&url)
+            .header("range", format!("bytes={}-{}", i * 1000, i * 1000 + 999))
+            .body(Empty::new())
+            .unwrap();
+        let h2 = h2.clone();
+        async move {
+            let resp = h2.request(req).await.unwrap();
+            let (parts, body) = resp.into_parts();
+            (i, parts.version, parts.status, body.collect().await.unwrap().to_bytes())
+        }
+    });
+    for (i, version, status, body) in futures::future::join_all(fetches).await {
+        assert_eq!(version, http::Version::HTTP_2);
+        assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+        assert!(body[..] == src[(i * 1000) as usize..(i * 1000 + 1000) as usize], "range {i}");
+    }
+    let no_token = http::Request::get(url.split('?').next().unwrap()).body(Empty::new()).unwrap();
+    assert_eq!(h2.request(no_token).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+}

@@ -320,26 +320,12 @@ impl<'a> Reconciler<'a> {
         })
     }
 
-    async fn apply_object<K>(&self, obj: &K) -> Result<K, Error>
-    where
-        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-            + Serialize
-            + DeserializeOwned
-            + Clone
-            + std::fmt::Debug,
-    {
+    async fn apply_object<K: Owned>(&self, obj: &K) -> Result<K, Error> {
         let api: Api<K> = self.api();
         Ok(api.patch(&obj.name_any(), &self.apply, &Patch::Apply(obj)).await?)
     }
 
-    async fn apply_or_delete<K>(&self, obj: Option<K>, name: &str) -> Result<(), Error>
-    where
-        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-            + Serialize
-            + DeserializeOwned
-            + Clone
-            + std::fmt::Debug,
-    {
+    async fn apply_or_delete<K: Owned>(&self, obj: Option<K>, name: &str) -> Result<(), Error> {
         match obj {
             Some(o) => self.apply_object(&o).await.map(drop),
             None => match self.api::<K>().delete(name, &DeleteParams::default()).await {
@@ -447,6 +433,25 @@ impl<'a> Reconciler<'a> {
             warn!(error = %e, reason, "could not record event");
         }
     }
+}
+
+/// A namespaced object the operator applies and deletes by name.
+trait Owned:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Serialize
+    + DeserializeOwned
+    + Clone
+    + std::fmt::Debug
+{
+}
+
+impl<K> Owned for K where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + std::fmt::Debug
+{
 }
 
 enum Outcome {
