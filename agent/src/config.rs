@@ -73,6 +73,12 @@ pub struct Config {
     /// How often the keyring file is checked for changes.
     #[arg(long, env = "VD_KEYRING_POLL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub keyring_poll: Duration,
+    /// Memory for the slice cache of hot objects, in MiB; 0 turns it off.
+    #[arg(long, env = "VD_CACHE_SIZE_MIB", default_value_t = 256)]
+    pub cache_size_mib: u64,
+    /// Size of a cached slice in KiB: ranges are assembled from aligned slices of this size.
+    #[arg(long, env = "VD_SLICE_SIZE_KIB", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(64..=65536))]
+    pub slice_size_kib: u64,
     #[arg(long, env = "VD_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 }

@@ -3,6 +3,7 @@
 //! It is a library too, so tests can start it in-process on a free port.
 
 pub mod auth;
+pub mod cache;
 pub mod config;
 pub mod metrics;
 pub mod range;

@@ -33,6 +33,12 @@ pub struct Metrics {
     pub storage_latency: Histogram,
     pub keyring_keys: Family<StateLabel, Gauge>,
     pub keyring_reload_errors: Counter,
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
+    pub cache_evictions: Counter,
+    pub cache_bytes: Counter,
+    pub storage_bytes: Counter,
+    pub cache_size_bytes: Gauge,
 }
 
 impl Default for Metrics {
@@ -47,6 +53,12 @@ impl Default for Metrics {
             storage_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             keyring_keys: Family::default(),
             keyring_reload_errors: Counter::default(),
+            cache_hits: Counter::default(),
+            cache_misses: Counter::default(),
+            cache_evictions: Counter::default(),
+            cache_bytes: Counter::default(),
+            storage_bytes: Counter::default(),
+            cache_size_bytes: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "Requests answered, by status code", m.requests.clone());
@@ -65,6 +77,12 @@ impl Default for Metrics {
             "Keyring files that failed to load",
             m.keyring_reload_errors.clone(),
         );
+        registry.register("cache_hits", "Slices served from the slice cache", m.cache_hits.clone());
+        registry.register("cache_misses", "Slices loaded from storage into the cache", m.cache_misses.clone());
+        registry.register("cache_evictions", "Slices evicted to stay within the cache size", m.cache_evictions.clone());
+        registry.register("cache_served_bytes", "Body bytes served from the slice cache", m.cache_bytes.clone());
+        registry.register("storage_read_bytes", "Body bytes read from storage", m.storage_bytes.clone());
+        registry.register("cache_size_bytes", "Bytes held by the slice cache now", m.cache_size_bytes.clone());
         Metrics { registry, ..m }
     }
 }

@@ -21,6 +21,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use vd_token::{Reason, RequestAuth, canonical_path};
 
 use crate::auth::Auth;
+use crate::cache::SliceCache;
 use crate::config::Config;
 use crate::metrics::{Metrics, ReasonLabel, StatusLabel};
 use crate::range::{self, Plan};
@@ -32,6 +33,7 @@ pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 pub struct State {
     pub config: Config,
     pub storage: Storage,
+    pub cache: SliceCache,
     pub auth: Arc<Auth>,
     pub metrics: Arc<Metrics>,
     pub limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
@@ -47,7 +49,8 @@ impl State {
         });
         let route_prefix = config.route_prefix.trim_end_matches('/').to_owned();
         let streams = Arc::new(Semaphore::new(config.max_streams));
-        State { config, storage, auth, metrics, limiter, streams, route_prefix }
+        let cache = SliceCache::new(config.cache_size_mib << 20, config.slice_size_kib << 10, metrics.clone());
+        State { config, storage, cache, auth, metrics, limiter, streams, route_prefix }
     }
 }
 
@@ -157,7 +160,12 @@ async fn route(state: &State, peer: SocketAddr, req: &Request<hyper::body::Incom
             r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             r
         })?;
-        let opened = state.storage.get(object, range.clone(), meta.etag.as_deref()).await.map_err(storage_error)?;
+        let (opened, cached) = state
+            .cache
+            .read(&state.storage, object, meta.etag.as_deref(), meta.size, range.clone())
+            .await
+            .map_err(storage_error)?;
+        headers.insert("x-cache", HeaderValue::from_static(cached.as_str()));
         content_type = opened.content_type;
         let stream = Metered {
             inner: opened.stream,

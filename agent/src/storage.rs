@@ -29,7 +29,7 @@ pub struct S3Options {
     pub path_style: bool,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StorageError {
     #[error("--storage must be file:///absolute/dir or s3://bucket[/prefix], not {0:?}")]
     BadUrl(String),

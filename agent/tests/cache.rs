@@ -1,0 +1,108 @@
+//! The slice cache: exact bytes across slice boundaries, never stale after an object changes, bounded under
+//! pressure, and one storage read for many concurrent viewers of the same slice.
+
+mod common;
+
+use common::*;
+use http::StatusCode;
+use vd_token::Carrier;
+
+/// A counter or gauge from the agent's metrics text.
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
+}
+
+const KIB: u64 = 1024;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ranges_across_slices_are_exact_and_hit_the_second_time() {
+    let agent = TestAgent::start(&["--slice-size-kib=64"]).await;
+    let src = content(1_000_003);
+    agent.put("film.mp4", &src);
+    let url = agent.signed("/videos/film.mp4", Carrier::Query);
+    let n = src.len() as u64;
+    let ranges = [(0, 0), (65_535, 65_536), (100, 300_000), (n - 70_000, n - 1), (131_072, 196_607), (0, n - 1)];
+    for (first, last) in ranges {
+        let range = format!("bytes={first}-{last}");
+        let (status, h, body) = get(&url, &[("range", &range)]).await;
+        assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+        assert!(body[..] == src[first as usize..=last as usize], "{range}: bytes differ");
+        let (_, h2, body2) = get(&url, &[("range", &range)]).await;
+        assert!(body2[..] == src[first as usize..=last as usize], "{range}: cached bytes differ");
+        assert_eq!(header(&h2, "x-cache"), "HIT", "{range} second time (first: {})", header(&h, "x-cache"));
+    }
+    let m = agent.metrics().await;
+    assert!(metric(&m, "videodelivery_agent_cache_hits_total") > 0);
+    assert!(metric(&m, "videodelivery_agent_storage_read_bytes_total") <= n + 64 * KIB, "each slice read once");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changed_object_is_never_served_stale() {
+    let agent = TestAgent::start(&[]).await;
+    let old = content(300_000);
+    let path = agent.put("clip.mp4", &old);
+    let url = agent.signed("/videos/clip.mp4", Carrier::Query);
+    let (_, h1, body) = get(&url, &[("range", "bytes=0-99999")]).await;
+    assert!(body[..] == old[..100_000]);
+    let (_, h2, _) = get(&url, &[("range", "bytes=0-99999")]).await;
+    assert_eq!(header(&h2, "x-cache"), "HIT");
+
+    // A new upload of the same name: a different ETag, so different cache keys.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let new: Vec<u8> = old.iter().map(|b| b ^ 0x5a).chain(std::iter::repeat_n(7, 1000)).collect();
+    std::fs::write(&path, &new).unwrap();
+    let (status, h3, body) = get(&url, &[("range", "bytes=0-99999")]).await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    assert_ne!(header(&h3, "etag"), header(&h1, "etag"));
+    assert_eq!(header(&h3, "x-cache"), "MISS");
+    assert!(body[..] == new[..100_000], "served the old bytes after the object changed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cache_stays_within_its_size_under_pressure() {
+    let agent = TestAgent::start(&["--cache-size-mib=1", "--slice-size-kib=64"]).await;
+    let src = content(8 << 20);
+    agent.put("big.mp4", &src);
+    let url = agent.signed("/videos/big.mp4", Carrier::Query);
+    // 8 MiB of distinct 64 KiB slices through a 1 MiB cache, then the start again.
+    for i in 0..128u64 {
+        let (first, last) = (i * 65_536, i * 65_536 + 65_535);
+        let (_, _, body) = get(&url, &[("range", &format!("bytes={first}-{last}"))]).await;
+        assert!(body[..] == src[first as usize..=last as usize], "slice {i}");
+    }
+    let (_, h, body) = get(&url, &[("range", "bytes=0-65535")]).await;
+    assert!(body[..] == src[..65_536]);
+    assert_eq!(header(&h, "x-cache"), "MISS", "the first slice was evicted long ago");
+    let m = agent.metrics().await;
+    assert!(metric(&m, "videodelivery_agent_cache_evictions_total") >= 100, "{m}");
+    assert!(metric(&m, "videodelivery_agent_cache_size_bytes") <= 1 << 20);
+    // A whole-object read larger than a quarter of the cache streams straight through.
+    let (_, h, body) = get(&url, &[]).await;
+    assert_eq!(header(&h, "x-cache"), "BYPASS");
+    assert!(body[..] == src[..]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_viewers_of_a_cold_slice_share_one_storage_read() {
+    let agent = TestAgent::start(&["--slice-size-kib=1024"]).await;
+    let src = content(4 << 20);
+    agent.put("hot.mp4", &src);
+    let url = agent.signed("/videos/hot.mp4", Carrier::Query);
+    let viewers = (0..32).map(|_| {
+        let url = url.clone();
+        tokio::spawn(async move { get(&url, &[("range", "bytes=1048576-2097151")]).await })
+    });
+    for v in futures::future::join_all(viewers).await {
+        let (status, _, body) = v.unwrap();
+        assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+        assert!(body[..] == src[1 << 20..2 << 20]);
+    }
+    let m = agent.metrics().await;
+    assert_eq!(metric(&m, "videodelivery_agent_storage_read_bytes_total"), 1 << 20, "32 viewers, one read");
+    assert_eq!(metric(&m, "videodelivery_agent_cache_misses_total"), 1);
+}
