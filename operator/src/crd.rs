@@ -208,6 +208,35 @@ pub struct AgentsSpec {
     pub cors_origins: Vec<String>,
     #[serde(default)]
     pub rate_limit: RateLimitSpec,
+    #[serde(default)]
+    pub cache: CacheSpec,
+}
+
+/// Each agent's in-memory cache of hot video slices. Keep `sizeMiB` below the memory limit.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheSpec {
+    /// Memory for cached slices, in MiB; 0 turns the cache off.
+    #[serde(default = "default_cache_mib", rename = "sizeMiB")]
+    #[schemars(range(min = 0, max = 65536))]
+    pub size_mib: u32,
+    /// Slice size in KiB: ranges are assembled from aligned slices of this size.
+    #[serde(default = "default_slice_kib", rename = "sliceKiB")]
+    #[schemars(range(min = 64, max = 65536))]
+    pub slice_kib: u32,
+}
+
+fn default_cache_mib() -> u32 {
+    256
+}
+fn default_slice_kib() -> u32 {
+    1024
+}
+
+impl Default for CacheSpec {
+    fn default() -> Self {
+        CacheSpec { size_mib: default_cache_mib(), slice_kib: default_slice_kib() }
+    }
 }
 
 fn default_route_prefix() -> String {
@@ -229,6 +258,7 @@ impl Default for AgentsSpec {
             cache_control: default_cache_control(),
             cors_origins: Vec::new(),
             rate_limit: RateLimitSpec::default(),
+            cache: CacheSpec::default(),
         }
     }
 }

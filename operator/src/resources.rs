@@ -143,6 +143,8 @@ pub fn agent_args(vd: &VideoDelivery) -> Vec<String> {
         format!("--cache-control={}", s.agents.cache_control),
         format!("--rate-limit={}", s.agents.rate_limit.requests_per_second),
         format!("--rate-burst={}", s.agents.rate_limit.burst),
+        format!("--cache-size-mib={}", s.agents.cache.size_mib),
+        format!("--slice-size-kib={}", s.agents.cache.slice_kib),
         format!("--shutdown-grace={SHUTDOWN_GRACE_SECONDS}s"),
         "--log-format=json".into(),
     ];

@@ -268,7 +268,7 @@ async fn installed_chart_runs_the_operator_with_exactly_enough_rights() {
     let client = cp.client().await.unwrap();
     let system = cp.namespace("vd-system").await.unwrap();
     let apps = cp.namespace("apps").await.unwrap();
-    helm(cp, &["install", "videodelivery", CHART, "--namespace", &system, "--set", "leaderElection.leaseDuration=3s"])
+    helm(cp, &["install", "videodelivery", CHART, "--namespace", &system, "--set", "leaderElection.leaseDuration=6s"])
         .unwrap();
 
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &system);
@@ -348,7 +348,7 @@ async fn installed_chart_runs_the_operator_with_exactly_enough_rights() {
                 let ns = cp.namespace("ablate").await.unwrap();
                 grant(&client, &ns, fewer).await;
                 let kubeconfig = cp.kubeconfig_as(&ns, "operator").await.unwrap();
-                let args: Vec<String> = ["--leader-elect", "--lease-duration=3s", "--lease-name=vd"]
+                let args: Vec<String> = ["--leader-elect", "--lease-duration=6s", "--lease-name=vd"]
                     .iter()
                     .map(|s| s.to_string())
                     .chain([format!("--namespace={ns}"), format!("--lease-namespace={ns}")])

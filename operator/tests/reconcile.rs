@@ -32,7 +32,7 @@ async fn a_videodelivery_becomes_keys_agents_and_a_truthful_status() {
         &ns,
         "media",
         "storage: {url: 's3://videos/prod', endpoint: 'http://minio:9000', pathStyle: true}\n\
-         agents: {replicas: 2, publicPrefixes: [/videos/public/], corsOrigins: ['https://app.example']}",
+         agents: {replicas: 2, publicPrefixes: [/videos/public/], corsOrigins: ['https://app.example'], cache: {sizeMiB: 64}}",
     )
     .await;
 
@@ -64,6 +64,8 @@ async fn a_videodelivery_becomes_keys_agents_and_a_truthful_status() {
         "--s3-path-style",
         "--public-prefix=/videos/public/",
         "--cors-origin=https://app.example",
+        "--cache-size-mib=64",
+        "--slice-size-kib=1024",
     ] {
         assert!(args.iter().any(|a| a == want), "{want} missing from {args:?}");
     }
@@ -264,15 +266,15 @@ async fn two_replicas_elect_one_leader_and_hand_over() {
     let cp = ControlPlane::shared();
     let client = cp.client().await.unwrap();
     let ns = cp.namespace("leader").await.unwrap();
-    let lease = ["--leader-elect", "--lease-duration=3s", &format!("--lease-namespace={ns}")];
+    let lease = ["--leader-elect", "--lease-duration=6s", &format!("--lease-namespace={ns}")];
     let mut first = Operator::start(cp, &ns, &[&lease[..], &["--identity=one"]].concat());
-    let second = Operator::start(cp, &ns, &[&lease[..], &["--identity=two"]].concat());
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(client.clone(), &ns);
     let holder = eventually("a leader", LONG, || async {
         leases.get_opt("videodelivery-operator").await.ok()??.spec?.holder_identity
     })
     .await;
     assert_eq!(holder, "one");
+    let second = Operator::start(cp, &ns, &[&lease[..], &["--identity=two"]].concat());
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert!(second.metrics().await.contains("videodelivery_operator_leader 0"), "the second replica waits");
     common::create(&client, &ns, "media", "storage: {url: 's3://videos'}").await;
