@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Prints an S3 SigV4 presigned GET URL (query-string auth), so a load tool can read from S3 without signing
+"""Prints an S3 SigV4 presigned URL (GET, or PUT with METHOD=PUT in the environment) (query-string auth), so a load tool can read from S3 without signing
 each request. The Range header is not signed, so one URL serves every range.
 
 usage: presign.py ENDPOINT BUCKET KEY ACCESS SECRET [REGION] [EXPIRES]
@@ -7,11 +7,12 @@ usage: presign.py ENDPOINT BUCKET KEY ACCESS SECRET [REGION] [EXPIRES]
 import datetime
 import hashlib
 import hmac
+import os
 import sys
 import urllib.parse
 
 
-def presign(endpoint, bucket, key, access, secret, region="us-east-1", expires=86400):
+def presign(endpoint, bucket, key, access, secret, region="us-east-1", expires=86400, method="GET"):
     u = urllib.parse.urlsplit(endpoint)
     now = datetime.datetime.now(datetime.timezone.utc)
     amz_date, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
@@ -27,7 +28,7 @@ def presign(endpoint, bucket, key, access, secret, region="us-east-1", expires=8
     query = "&".join(
         f"{urllib.parse.quote(k, safe='-_.~')}={urllib.parse.quote(v, safe='-_.~')}" for k, v in sorted(params.items())
     )
-    canonical = "\n".join(["GET", path, query, f"host:{u.netloc}", "", "host", "UNSIGNED-PAYLOAD"])
+    canonical = "\n".join([method, path, query, f"host:{u.netloc}", "", "host", "UNSIGNED-PAYLOAD"])
     to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
 
     def mac(k, m):
@@ -42,4 +43,6 @@ if __name__ == "__main__":
     a = sys.argv[1:]
     if len(a) < 5:
         sys.exit(__doc__)
-    print(presign(*a[:5], *(a[5:6] or ["us-east-1"]), *(int(x) for x in a[6:7])))
+    region = a[5] if len(a) > 5 else "us-east-1"
+    expires = int(a[6]) if len(a) > 6 else 86400
+    print(presign(*a[:5], region, expires, os.environ.get("METHOD", "GET")))

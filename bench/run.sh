@@ -75,23 +75,40 @@ pids+=($!)
 "$s3bin" --access AKIABENCH --secret bench-secret --port 127.0.0.1:18082 posix "$work/s3" >"$work/s3.log" 2>&1 &
 pids+=($!)
 wait_port 18082 versitygw
-AWS_ACCESS_KEY_ID=AKIABENCH AWS_SECRET_ACCESS_KEY=bench-secret "$bin/videodelivery-agent" --storage s3://bench \
-  --s3-endpoint http://127.0.0.1:18082 --s3-region us-east-1 --s3-path-style --listen 127.0.0.1:18083 \
-  --admin-listen 127.0.0.1:19093 "${agent_flags[@]}" >"$work/agent-s3.log" 2>&1 &
-pids+=($!)
-wait_port 18080 agent; wait_port 18081 nginx; wait_port 18083 "agent on S3"
+s3_agent() { # port admin-port extra-flags...
+  local port=$1 admin=$2
+  shift 2
+  AWS_ACCESS_KEY_ID=AKIABENCH AWS_SECRET_ACCESS_KEY=bench-secret "$bin/videodelivery-agent" --storage s3://bench \
+    --s3-endpoint http://127.0.0.1:18082 --s3-region us-east-1 --s3-path-style --listen "127.0.0.1:$port" \
+    --admin-listen "127.0.0.1:$admin" "${agent_flags[@]}" "$@" >"$work/agent-$port.log" 2>&1 &
+  pids+=($!)
+  wait_port "$port" "agent on S3"
+}
+s3_agent 18083 19093                        # slice cache on (256 MiB): warm after the first pass
+s3_agent 18084 19094 --cache-size-mib 0     # no cache: every byte from S3, what a cold cache costs at best
+wait_port 18080 agent; wait_port 18081 nginx
 
 presigned() { python3 bench/presign.py http://127.0.0.1:18082 bench "$1" AKIABENCH bench-secret; }
+# Upload through the S3 API so the objects have ETags (files written behind versitygw's back have none, and
+# the agent then cannot cache them).
+for f in big.mp4 whole.mp4; do
+  cp "$media/$f" "$work/$f"
+  code=$(curl -s -o /dev/null -w '%{http_code}' -T "$work/$f" "$(METHOD=PUT python3 bench/presign.py \
+    http://127.0.0.1:18082 bench "$f" AKIABENCH bench-secret)")
+  [ "$code" = 200 ] || fail "uploading $f to the S3 server answered $code"
+done
 declare -A url=(
   [agent.whole]=http://127.0.0.1:18080/videos/whole.mp4 [agent.ranges]=http://127.0.0.1:18080/videos/big.mp4
   [nginx.whole]=http://127.0.0.1:18081/videos/whole.mp4 [nginx.ranges]=http://127.0.0.1:18081/videos/big.mp4
   [agent-s3.whole]=http://127.0.0.1:18083/videos/whole.mp4 [agent-s3.ranges]=http://127.0.0.1:18083/videos/big.mp4
+  [agent-s3-cold.whole]=http://127.0.0.1:18084/videos/whole.mp4 [agent-s3-cold.ranges]=http://127.0.0.1:18084/videos/big.mp4
+  [agent.tiny]=http://127.0.0.1:18080/videos/big.mp4 [nginx.tiny]=http://127.0.0.1:18081/videos/big.mp4
   [s3.whole]=$(presigned whole.mp4) [s3.ranges]=$(presigned big.mp4)
 )
 
 # Sanity: every server returns the right bytes for a range and the right status without a token.
 dd if="$media/big.mp4" bs=1 skip=1000000 count=65536 status=none >"$work/expect"
-for s in agent nginx agent-s3 s3; do
+for s in agent nginx agent-s3 agent-s3-cold s3; do
   code=$(curl -s -o "$work/got" -w '%{http_code}' -H "$auth" -H 'Range: bytes=1000000-1065535' "${url[$s.ranges]}")
   [ "$code" = 206 ] || fail "$s answered $code to a range request"
   cmp -s "$work/got" "$work/expect" || fail "$s returned the wrong bytes"
@@ -100,24 +117,41 @@ done
 
 raw=$work/raw
 mkdir -p "$raw"
+ulimit -n 65536 2>/dev/null || true
+cell() { # server case conns run
+  local threads=$(($3 == 1 ? 1 : 2)) extra=()
+  case $2 in
+    ranges) extra=(-s bench/ranges.lua) ;;
+    tiny) extra=(-H 'Range: bytes=0-1') ;;   # the Safari probe
+  esac
+  FILE_SIZE=$BIG wrk -t"$threads" -c"$3" -d"$DURATION" --latency "${extra[@]}" -H "$auth" "${url[$1.$2]}" \
+    >"$raw/$1.$2.$3.$4.txt"
+}
 echo "bench: $RUNS runs x $DURATION per cell" >&2
 for run in $(seq "$RUNS"); do
   for case in whole ranges; do
+    for conns in 1 64 1000; do
+      for s in agent nginx; do cell "$s" "$case" "$conns" "$run"; done
+    done
     for conns in 1 64; do
-      threads=$((conns == 1 ? 1 : 2))
-      for s in agent nginx agent-s3 s3; do
-        script=()
-        [ "$case" = ranges ] && script=(-s bench/ranges.lua)
-        FILE_SIZE=$BIG wrk -t"$threads" -c"$conns" -d"$DURATION" --latency "${script[@]}" -H "$auth" \
-          "${url[$s.$case]}" >"$raw/$s.$case.$conns.$run.txt"
-      done
+      for s in agent-s3 agent-s3-cold s3; do cell "$s" "$case" "$conns" "$run"; done
     done
   done
+  for s in agent nginx; do cell "$s" tiny 64 "$run"; done
   echo "bench: run $run done" >&2
 done
 
-verify=$(cargo bench -q -p vd-token --bench verify 2>/dev/null | grep -B1 'time:' | grep -v '^--$' || true)
-operator=$(cargo bench -q -p videodelivery-operator --bench scale 2>/dev/null | grep '^|' || true)
+# 100 viewers of one hot video through a fresh agent on S3: how many bytes does storage serve?
+s3_agent 18085 19095
+seq 100 | xargs -P 100 -I{} curl -s -o /dev/null -H "$auth" http://127.0.0.1:18085/videos/whole.mp4
+read_bytes=$(curl -s http://127.0.0.1:19095/metrics | awk '$1 == "videodelivery_agent_storage_read_bytes_total" {print $2}')
+sent_bytes=$(curl -s http://127.0.0.1:19095/metrics | awk '$1 == "videodelivery_agent_sent_bytes_total" {print $2}')
+
+verify=skipped operator=skipped
+if [ "${CARGO_BENCHES:-1}" = 1 ]; then   # CARGO_BENCHES=0 skips these two (quick check of the script)
+  verify=$(cargo bench -q -p vd-token --bench verify 2>/dev/null | grep -B1 'time:' | grep -v '^--$' || true)
+  operator=$(cargo bench -q -p videodelivery-operator --bench scale 2>/dev/null | grep '^|' || true)
+fi
 
 {
   echo "# Benchmark results"
@@ -131,7 +165,8 @@ operator=$(cargo bench -q -p videodelivery-operator --bench scale 2>/dev/null | 
   echo "agent $("$bin/videodelivery-agent" --version | awk '{print $2}') (release build)."
   echo
   echo "Files: whole = ${WHOLE} bytes fetched whole; ranges = random 1 MiB ranges (any offset) in a ${BIG}-byte file."
-  echo "The agent checks a Bearer token on every request (nginx has no auth; the agent's cost is included)."
+  echo "The agent checks a Bearer token on every request (nginx has no auth; the agent's cost is included);"
+  echo "its slice cache (256 MiB, 1 MiB slices) is on and warm after the first run. tiny = \`Range: bytes=0-1\`."
   echo "nginx: \`sendfile on; tcp_nopush on;\`, \`worker_processes auto\`, access log off. Agent: rate limit off."
   echo "wrk: 1 connection on 1 thread, 64 connections on 2 threads; \`wrk --latency\` percentiles."
   echo
@@ -139,7 +174,15 @@ operator=$(cargo bench -q -p videodelivery-operator --bench scale 2>/dev/null | 
   python3 bench/report.py "$raw" agent=nginx
   echo
   echo "## Agent in front of S3 vs direct presigned GETs to the S3 server (versitygw, posix backend)"
-  python3 bench/report.py "$raw" agent-s3=s3
+  echo
+  echo "Warm: the agent's slice cache holds the files after the first pass. Cold: the same agent with"
+  echo "\`--cache-size-mib 0\`, every byte read from S3 (a cold cache can do no better)."
+  python3 bench/report.py "$raw" agent-s3=s3 agent-s3-cold=s3
+  echo
+  echo "## 100 viewers of one hot video"
+  echo
+  echo "100 concurrent \`curl\`s of the whole ${WHOLE}-byte file through a fresh agent on S3: the agent sent"
+  echo "$sent_bytes bytes and read $read_bytes bytes from storage ($(python3 -c "print(f'{$read_bytes / $WHOLE:.2f}')") copies of the file)."
   echo
   echo "## Token verification (criterion, \`cargo bench -p vd-token --bench verify\`)"
   echo
