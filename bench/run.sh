@@ -147,8 +147,9 @@ seq 100 | xargs -P 100 -I{} curl -s -o /dev/null -H "$auth" http://127.0.0.1:180
 read_bytes=$(curl -s http://127.0.0.1:19095/metrics | awk '$1 == "videodelivery_agent_storage_read_bytes_total" {print $2}')
 sent_bytes=$(curl -s http://127.0.0.1:19095/metrics | awk '$1 == "videodelivery_agent_sent_bytes_total" {print $2}')
 
-verify=skipped operator=skipped
-if [ "${CARGO_BENCHES:-1}" = 1 ]; then   # CARGO_BENCHES=0 skips these two (quick check of the script)
+verify=skipped operator=skipped slow=skipped
+if [ "${CARGO_BENCHES:-1}" = 1 ]; then   # CARGO_BENCHES=0 skips these (quick check of the script)
+  slow=$(cargo bench -q -p videodelivery-agent --bench slow_clients 2>/dev/null | grep '^|' || true)
   verify=$(cargo bench -q -p vd-token --bench verify 2>/dev/null | grep -B1 'time:' | grep -v '^--$' || true)
   operator=$(cargo bench -q -p videodelivery-operator --bench scale 2>/dev/null | grep '^|' || true)
 fi
@@ -183,6 +184,13 @@ fi
   echo
   echo "100 concurrent \`curl\`s of the whole ${WHOLE}-byte file through a fresh agent on S3: the agent sent"
   echo "$sent_bytes bytes and read $read_bytes bytes from storage ($(python3 -c "print(f'{$read_bytes / $WHOLE:.2f}')") copies of the file)."
+  echo
+  echo "## 10,000 slow viewers (\`cargo bench -p videodelivery-agent --bench slow_clients\`)"
+  echo
+  echo "Each connection reads a 32 MiB video at 64 KiB/s from one agent (cache on); a stream 'kept moving' if it got"
+  echo "at least half its rate over the run. The clients run on the same 2 cores."
+  echo
+  echo "$slow"
   echo
   echo "## Token verification (criterion, \`cargo bench -p vd-token --bench verify\`)"
   echo

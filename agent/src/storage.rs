@@ -187,13 +187,55 @@ async fn file_stream(
     file: std::fs::File,
     range: Range<u64>,
 ) -> Result<BoxStream<'static, Result<Bytes, StorageError>>, StorageError> {
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    let io = |e: std::io::Error| StorageError::Unavailable(format!("reading a local file: {e}"));
-    let mut file = tokio::fs::File::from_std(file);
-    file.set_max_buf_size(FILE_CHUNK);
-    file.seek(std::io::SeekFrom::Start(range.start)).await.map_err(io)?;
-    let reader = file.take(range.end - range.start);
-    Ok(tokio_util::io::ReaderStream::with_capacity(reader, FILE_CHUNK).map_err(io).boxed())
+    // Each chunk is one positioned read straight into the buffer that becomes the body chunk: no seek, and no
+    // copy through an intermediate buffer (tokio::fs::File reads into its own buffer, then copies; callgrind
+    // showed that copy as most of the agent's instructions per MiB).
+    let file = Arc::new(file);
+    let end = range.end;
+    let chunks = futures::stream::try_unfold(range.start, move |pos| {
+        let file = file.clone();
+        async move {
+            if pos >= end {
+                return Ok(None);
+            }
+            let len = (end - pos).min(FILE_CHUNK as u64) as usize;
+            let read = tokio::task::spawn_blocking(move || pread_exact(&file, pos, len));
+            let chunk = read
+                .await
+                .map_err(|e| StorageError::Unavailable(format!("reading a local file: {e}")))?
+                .map_err(|e| StorageError::Unavailable(format!("reading a local file: {e}")))?;
+            Ok(Some((chunk, pos + len as u64)))
+        }
+    });
+    Ok(chunks.boxed())
+}
+
+/// Reads `len` bytes at `pos` into a fresh buffer without first zeroing it (zeroing showed as the next hot spot
+/// once the copy was gone).
+fn pread_exact(file: &std::fs::File, pos: u64, len: usize) -> std::io::Result<Bytes> {
+    use std::os::fd::AsRawFd;
+    let mut buf = bytes::BytesMut::with_capacity(len);
+    while buf.len() < len {
+        let filled = buf.len();
+        let at = libc::off_t::try_from(pos + filled as u64).map_err(std::io::Error::other)?;
+        let spare = buf.spare_capacity_mut();
+        let want = (len - filled).min(spare.len());
+        // SAFETY: the kernel writes at most `want` bytes into the spare capacity, which is valid for writes of
+        // that many bytes; only the bytes it reports written are then marked initialised.
+        let n = unsafe { libc::pread(file.as_raw_fd(), spare.as_mut_ptr().cast(), want, at) };
+        match n {
+            // SAFETY: the kernel initialised exactly `n` bytes after the filled part.
+            n if n > 0 => unsafe { buf.set_len(filled + n as usize) },
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(buf.freeze())
 }
 
 #[cfg(test)]
