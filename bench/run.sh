@@ -203,4 +203,7 @@ fi
   echo "$operator"
 } >bench/RESULTS.md
 echo "bench: wrote bench/RESULTS.md" >&2
+if [ "${CARGO_BENCHES:-1}" = 1 ]; then
+  bash bench/profile.sh >/dev/null && echo "bench: wrote bench/PROFILE.md" >&2
+fi
 cat bench/RESULTS.md
