@@ -18,6 +18,7 @@ T = 1767225600  # 2026-01-01T00:00:00Z: the "now" most vectors use.
 SKEW = 30
 MAX_LIFETIME = 86400
 BASE_URL = "https://media.example.com"
+ROUTE_PREFIX = "/videos"  # the agent's route prefix, where the path carrier (spec §5.4) starts
 
 
 def secret(label: str) -> bytes:
@@ -173,6 +174,11 @@ def sign_vector(name, c):
     if c.get("ip"):
         claims["ip"] = c["ip"]
     url_path = BASE_URL + encode_path(c["path"])
+    extra = {}
+    if c.get("prefix"):
+        # Path carrier: the token as the segment after {route-prefix}/t/.
+        rest = c["path"][len(ROUTE_PREFIX):]
+        extra["path_url"] = BASE_URL + encode_path(ROUTE_PREFIX) + "/t/" + token + encode_path(rest)
     return {
         "name": name,
         "claims": claims,
@@ -182,6 +188,7 @@ def sign_vector(name, c):
         "token": token,
         "url": url_path + "?" + form(params),
         "token_url": url_path + "?" + form([("token", token)]),
+        **extra,
     }
 
 
@@ -210,6 +217,13 @@ def flip_last(s: str) -> str:
 
 
 GOOD = tok()
+ABC = tok(prefix="/videos/abc/")
+
+
+def in_path(token: str, rest: str) -> str:
+    return f"{ROUTE_PREFIX}/t/{token}/{rest}"
+
+
 VERIFY = [
     # Valid, through every carrier.
     ("signed-url parameters", dict(path=P, query=q()), "valid"),
@@ -245,6 +259,22 @@ VERIFY = [
     ("query carrier wins over bearer", dict(path=P, query="token=" + GOOD, authorization="Bearer v1.garbage"), "valid"),
     ("non-bearer authorization falls through to cookie", dict(path=P, authorization="Basic dXNlcjpwYXNz",
                                                               cookies=["vd_token=" + GOOD]), "valid"),
+    # Path carrier (spec §5.4): checked against the path without /t/{token}.
+    ("path carrier on a playlist", dict(path=in_path(ABC, "abc/master.m3u8")), "valid"),
+    ("path carrier on a segment in a subfolder", dict(path=in_path(ABC, "abc/720p/seg1.m4s")), "valid"),
+    ("path carrier with an encoded object path", dict(path=in_path(tok(prefix="/videos/série/"), "s%C3%A9rie/a%20b.m4s")),
+     "valid"),
+    ("path carrier wins over a bad cookie", dict(path=in_path(ABC, "abc/seg1.ts"), cookies=["vd_token=v1.garbage"]), "valid"),
+    ("a deeper t folder is an ordinary folder", dict(path="/videos/abc/t/x/seg1.ts", query="token=" + ABC), "valid"),
+    ("t outside the route prefix is not a carrier", dict(path=in_path(ABC, "abc/seg1.ts").replace("/videos/", "/other/", 1)),
+     "missing"),
+    ("path carrier needs a prefix token", dict(path=in_path(GOOD, "a.mp4")), "malformed"),
+    ("path carrier that is not a token", dict(path=in_path("garbage", "abc/seg1.ts")), "malformed"),
+    ("path carrier and a query token together", dict(path=in_path(ABC, "abc/seg1.ts"), query="token=" + ABC), "malformed"),
+    ("path carrier and signed-url parameters together", dict(path=in_path(ABC, "abc/seg1.ts"), query=q()), "malformed"),
+    ("path carrier with a changed signature", dict(path=in_path(flip_last(ABC), "abc/seg1.ts")), "bad_signature"),
+    ("path carrier expired", dict(now=T + 3600 + SKEW + 1, path=in_path(ABC, "abc/seg1.ts")), "expired"),
+    ("path carrier outside its prefix", dict(path=in_path(ABC, "other/seg1.ts")), "wrong_scope"),
     # Missing.
     ("no carrier at all", dict(path=P), "missing"),
     ("only unrelated query parameters", dict(path=P, query="t=42"), "missing"),
@@ -377,6 +407,7 @@ def main() -> None:
         "policy": {"clock_skew": SKEW, "max_lifetime": MAX_LIFETIME},
         "now": T,
         "base_url": BASE_URL,
+        "route_prefix": ROUTE_PREFIX,
         "keyring": keyring_doc(),
         "paths": [
             {"name": n, "raw": raw, "kind": "prefix" if prefix else "path",

@@ -8,13 +8,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use vd_token::{KeyState, Keyring, Policy, Verifier};
+use vd_token::{KeyState, Keyring, Policy, Signer, Verifier};
 
 use crate::metrics::{Metrics, StateLabel};
 
 /// The current verifier, swapped atomically when the keyring changes; requests never wait for a reload.
 pub struct Auth {
     current: ArcSwapOption<Verifier>,
+    /// Signs the tokens the agent derives (rewritten manifests, sessions) with the keyring's active key.
+    signer: ArcSwapOption<Signer>,
     policy: Policy,
     path: PathBuf,
     last: std::sync::Mutex<Vec<u8>>,
@@ -22,11 +24,21 @@ pub struct Auth {
 
 impl Auth {
     pub fn new(path: PathBuf, policy: Policy) -> Auth {
-        Auth { current: ArcSwapOption::empty(), policy, path, last: std::sync::Mutex::new(Vec::new()) }
+        Auth {
+            current: ArcSwapOption::empty(),
+            signer: ArcSwapOption::empty(),
+            policy,
+            path,
+            last: std::sync::Mutex::new(Vec::new()),
+        }
     }
 
     pub fn verifier(&self) -> Option<Arc<Verifier>> {
         self.current.load_full()
+    }
+
+    pub fn signer(&self) -> Option<Arc<Signer>> {
+        self.signer.load_full()
     }
 
     /// Loads the file if it changed. A broken file keeps the last good keyring and is reported.
@@ -43,6 +55,7 @@ impl Auth {
         }
         let kids: Vec<&str> = ring.keys().iter().map(|k| k.kid()).collect();
         tracing::info!(keys = ?kids, "keyring loaded");
+        self.signer.store(Some(Arc::new(Signer::new(&ring))));
         self.current.store(Some(Arc::new(Verifier::new(&ring, self.policy))));
         *last = bytes;
         Ok(true)

@@ -79,6 +79,19 @@ pub struct Config {
     /// Size of a cached slice in KiB: ranges are assembled from aligned slices of this size.
     #[arg(long, env = "VD_SLICE_SIZE_KIB", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(64..=65536))]
     pub slice_size_kib: u64,
+    /// Rewrite HLS playlists and DASH manifests so every segment URI on this host carries a prefix token
+    /// (token format §5.6). Off by default: it costs a pass over each manifest and mints a token per request.
+    #[arg(long, env = "VD_REWRITE_MANIFESTS")]
+    pub rewrite_manifests: bool,
+    /// Lifetime of the cookie that {route-prefix}/session sets (token format §5.5); capped at --max-token-lifetime.
+    #[arg(long, env = "VD_SESSION_TTL", default_value = "4h", value_parser = humantime::parse_duration)]
+    pub session_ttl: Duration,
+    /// Send the session cookie without `Secure`: plain-HTTP development only.
+    #[arg(long, env = "VD_SESSION_COOKIE_INSECURE")]
+    pub session_cookie_insecure: bool,
+    /// SameSite of the session cookie: none lets players on another site send it (and needs Secure).
+    #[arg(long, env = "VD_SESSION_COOKIE_SAME_SITE", value_enum, default_value = "none")]
+    pub session_cookie_same_site: SameSite,
     #[arg(long, env = "VD_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 }
@@ -87,4 +100,21 @@ pub struct Config {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum SameSite {
+    None,
+    Lax,
+    Strict,
+}
+
+impl SameSite {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SameSite::None => "None",
+            SameSite::Lax => "Lax",
+            SameSite::Strict => "Strict",
+        }
+    }
 }

@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod cache;
 pub mod config;
+pub mod manifest;
 pub mod metrics;
 pub mod range;
 pub mod server;
@@ -39,6 +40,8 @@ pub enum StartError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("--route-prefix must start with '/' and be a canonical path: {0:?}")]
     RoutePrefix(String),
+    #[error("--session-cookie-same-site=none needs a Secure cookie: browsers drop it with --session-cookie-insecure")]
+    InsecureSameSiteNone,
 }
 
 /// A started agent: its bound addresses and its shared state.
@@ -53,10 +56,18 @@ pub struct Agent {
 impl Agent {
     /// Binds both ports, builds the storage client and loads the keyring (a missing keyring is not fatal: the
     /// agent reports not-ready and keeps polling for it).
-    pub async fn bind(config: Config) -> Result<Agent, StartError> {
+    pub async fn bind(mut config: Config) -> Result<Agent, StartError> {
         let prefix = config.route_prefix.trim_end_matches('/');
         if !prefix.is_empty() && vd_token::canonical_path(prefix).is_err() {
             return Err(StartError::RoutePrefix(config.route_prefix.clone()));
+        }
+        if config.session_ttl > config.max_token_lifetime {
+            // A session token is still a token: the lifetime cap applies to it too (token format §5.5).
+            tracing::info!(session_ttl = ?config.max_token_lifetime, "--session-ttl capped at --max-token-lifetime");
+            config.session_ttl = config.max_token_lifetime;
+        }
+        if config.session_cookie_insecure && config.session_cookie_same_site == config::SameSite::None {
+            return Err(StartError::InsecureSameSiteNone);
         }
         let location = Location::parse(&config.storage)?;
         let s3 = S3Options {

@@ -10,6 +10,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::Stream;
+use futures::{StreamExt, TryStreamExt};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -17,12 +18,14 @@ use http_body::Frame;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use ipnet::IpNet;
+use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use vd_token::{Reason, RequestAuth, canonical_path};
+use vd_token::{Claims, Reason, RequestAuth, Scope, canonical_path};
 
 use crate::auth::Auth;
 use crate::cache::SliceCache;
 use crate::config::Config;
+use crate::manifest;
 use crate::metrics::{Metrics, ReasonLabel, StatusLabel};
 use crate::range::{self, Plan};
 use crate::storage::{Meta, Storage, StorageError};
@@ -78,10 +81,15 @@ async fn route(state: &State, peer: SocketAddr, req: &Request<hyper::body::Incom
     if method == Method::OPTIONS {
         return Ok(preflight(&state.config, req.headers()));
     }
-    if method != Method::GET && method != Method::HEAD {
+    let raw_path = req.uri().path();
+    let carried = vd_token::split_path_carrier(raw_path, &state.route_prefix);
+    let is_session = carried.is_none() && raw_path.strip_prefix(state.route_prefix.as_str()) == Some("/session");
+    let allowed = method == Method::GET || method == Method::HEAD || (is_session && method == Method::POST);
+    if !allowed {
         let mut r =
             error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "only GET, HEAD and OPTIONS are served");
-        r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, OPTIONS"));
+        let allow = if is_session { "GET, POST, OPTIONS" } else { "GET, HEAD, OPTIONS" };
+        r.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
         return Err(r);
     }
     let client = client_ip(&state.config.trusted_proxies, peer.ip(), req.headers());
@@ -94,8 +102,12 @@ async fn route(state: &State, peer: SocketAddr, req: &Request<hyper::body::Incom
         r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         return Err(r);
     }
+    if is_session {
+        return session(state, req, client);
+    }
 
-    let raw_path = req.uri().path();
+    // With the path carrier, the token comes out of the path before anything else looks at it (spec §5.4).
+    let raw_path = carried.as_ref().map_or(raw_path, |c| c.path.as_str());
     let path = canonical_path(raw_path).map_err(|e| error(StatusCode::BAD_REQUEST, "bad_path", &e.to_string()))?;
     let object = path
         .strip_prefix(state.route_prefix.as_str())
@@ -103,8 +115,15 @@ async fn route(state: &State, peer: SocketAddr, req: &Request<hyper::body::Incom
         .filter(|rest| !rest.is_empty())
         .ok_or_else(|| error(StatusCode::NOT_FOUND, "not_found", "no such route"))?;
 
+    // A manifest fetched through the path carrier needs no rewrite: its relative URIs inherit the token.
+    let manifest = manifest::Kind::of(object).filter(|_| state.config.rewrite_manifests && carried.is_none());
+    let mut claims = None;
     if !state.config.public_prefixes.iter().any(|p| path.starts_with(p.as_str())) {
-        authorize(state, &path, req, client)?;
+        let auth = Authorize { path: &path, path_token: carried.as_ref().map(|c| c.token), client };
+        claims = authorize(state, req, &auth, manifest.is_some())?;
+    }
+    if let (Some(kind), Some(claims)) = (manifest, claims) {
+        return serve_manifest(state, req, object, raw_path, &path, kind, &claims).await;
     }
 
     let meta = {
@@ -155,11 +174,7 @@ async fn route(state: &State, peer: SocketAddr, req: &Request<hyper::body::Incom
     let body = if method == Method::HEAD || range.is_empty() {
         empty()
     } else {
-        let permit = state.streams.clone().try_acquire_owned().map_err(|_| {
-            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "busy", "too many streams; try again shortly");
-            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            r
-        })?;
+        let permit = stream_permit(state)?;
         let (opened, cached) = state
             .cache
             .read(&state.storage, object, meta.etag.as_deref(), meta.size, range.clone())
@@ -182,38 +197,211 @@ async fn route(state: &State, peer: SocketAddr, req: &Request<hyper::body::Incom
     Ok(r)
 }
 
+/// A slot among the streams the agent serves at once, or 503 with Retry-After.
+#[expect(clippy::result_large_err)]
+fn stream_permit(state: &State) -> Result<OwnedSemaphorePermit, Response<Body>> {
+    state.streams.clone().try_acquire_owned().map_err(|_| {
+        let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "busy", "too many streams; try again shortly");
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        r
+    })
+}
+
+/// What a request presents for verification.
+struct Authorize<'a> {
+    path: &'a str,
+    path_token: Option<&'a str>,
+    client: IpAddr,
+}
+
+/// Checks the request's token; with `want_claims`, returns its claims for tokens derived from it.
 // The refusal is the response itself; boxing it would only add an allocation per refused request.
 #[expect(clippy::result_large_err)]
 fn authorize(
     state: &State,
-    path: &str,
     req: &Request<hyper::body::Incoming>,
-    client: IpAddr,
-) -> Result<(), Response<Body>> {
+    a: &Authorize<'_>,
+    want_claims: bool,
+) -> Result<Option<Claims>, Response<Body>> {
     let Some(verifier) = state.auth.verifier() else {
         return Err(error(StatusCode::SERVICE_UNAVAILABLE, "no_keyring", "no keyring is loaded yet"));
     };
     let cookies: Vec<&str> = req.headers().get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).collect();
     let auth = RequestAuth {
-        path,
+        path: a.path,
+        query: req.uri().query(),
+        authorization: req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()),
+        cookies: &cookies,
+        client_ip: Some(a.client),
+        path_token: a.path_token,
+    };
+    let verdict = if want_claims {
+        verifier.verify_claims(&auth, unix_now()).map(Some)
+    } else {
+        verifier.verify(&auth, unix_now()).map(|_| None)
+    };
+    verdict.map_err(|reason| refusal(state, reason))
+}
+
+/// 401 for a missing token, 403 for every other reason, with the reason's code; never the token itself.
+fn refusal(state: &State, reason: Reason) -> Response<Body> {
+    state.metrics.rejections.get_or_create(&ReasonLabel { reason: reason.code() }).inc();
+    let status = if reason == Reason::Missing { StatusCode::UNAUTHORIZED } else { StatusCode::FORBIDDEN };
+    let word = if reason == Reason::Missing { "unauthorized" } else { "forbidden" };
+    let mut r = json(status, word, reason.code(), &reason.to_string());
+    if reason == Reason::Missing {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    r
+}
+
+/// `{route-prefix}/session` (spec §5.5): trades a valid prefix token for a cookie scoped to its prefix that lives
+/// for the configured session lifetime, so a long viewing never meets an expired token.
+#[expect(clippy::result_large_err)]
+fn session(state: &State, req: &Request<hyper::body::Incoming>, client: IpAddr) -> Answer {
+    let (Some(verifier), Some(signer)) = (state.auth.verifier(), state.auth.signer()) else {
+        return Err(error(StatusCode::SERVICE_UNAVAILABLE, "no_keyring", "no keyring is loaded yet"));
+    };
+    let cookies: Vec<&str> = req.headers().get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).collect();
+    let auth = RequestAuth {
+        path: req.uri().path(),
         query: req.uri().query(),
         authorization: req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()),
         cookies: &cookies,
         client_ip: Some(client),
+        path_token: None,
     };
-    match verifier.verify(&auth, unix_now()) {
-        Ok(_) => Ok(()),
-        Err(reason) => {
-            state.metrics.rejections.get_or_create(&ReasonLabel { reason: reason.code() }).inc();
-            let status = if reason == Reason::Missing { StatusCode::UNAUTHORIZED } else { StatusCode::FORBIDDEN };
-            let word = if reason == Reason::Missing { "unauthorized" } else { "forbidden" };
-            let mut r = json(status, word, reason.code(), &reason.to_string());
-            if reason == Reason::Missing {
-                r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    let now = unix_now();
+    let presented = verifier.verify_session(&auth, now).map_err(|reason| refusal(state, reason))?;
+    let Scope::Prefix(prefix) = presented.scope else {
+        return Err(refusal(state, Reason::WrongScope));
+    };
+    let ttl = state.config.session_ttl.as_secs();
+    let claims = Claims {
+        kid: signer.kid().to_owned(),
+        exp: now + ttl,
+        nbf: None,
+        scope: Scope::Prefix(prefix.clone()),
+        ip: presented.ip,
+    };
+    let cfg = &state.config;
+    let cookie = format!(
+        "{}={}; Path={}; Max-Age={ttl}; HttpOnly{}; SameSite={}",
+        vd_token::COOKIE_NAME,
+        signer.token(&claims),
+        vd_token::encode_path(&prefix),
+        if cfg.session_cookie_insecure { "" } else { "; Secure" },
+        cfg.session_cookie_same_site.as_str(),
+    );
+    let mut r = json_value(StatusCode::OK, &serde_json::json!({ "prefix": prefix, "expires": claims.exp }));
+    r.headers_mut().insert(header::SET_COOKIE, hv(&cookie));
+    Ok(r)
+}
+
+/// A rewritten HLS playlist or DASH manifest (spec §5.6). Its bytes depend on the token, so it gets its own ETag,
+/// ignores Range (RFC 9110 §14.2 lets a server send the whole representation) and carries a Content-Length only
+/// when the rewrite fits in the first 64 KiB; longer ones stream.
+async fn serve_manifest(
+    state: &State,
+    req: &Request<hyper::body::Incoming>,
+    object: &str,
+    raw_path: &str,
+    path: &str,
+    kind: manifest::Kind,
+    presented: &Claims,
+) -> Answer {
+    let Some(signer) = state.auth.signer() else {
+        return Err(error(StatusCode::SERVICE_UNAVAILABLE, "no_keyring", "no keyring is loaded yet"));
+    };
+    // Scope: the presented prefix, or the manifest's folder for a token that named the manifest alone.
+    let scope = match &presented.scope {
+        Scope::Prefix(p) => p.clone(),
+        Scope::Path(p) => p[..=p.rfind('/').unwrap_or(0)].to_owned(),
+    };
+    let claims = Claims {
+        kid: signer.kid().to_owned(),
+        exp: presented.exp,
+        nbf: None,
+        scope: Scope::Prefix(scope.clone()),
+        ip: presented.ip,
+    };
+    let token = signer.token(&claims);
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers().get(header::HOST).and_then(|v| v.to_str().ok()))
+        .unwrap_or("localhost");
+    let Some(rewriter) = manifest::Rewriter::new(host, raw_path, &scope, &token) else {
+        return Err(error(StatusCode::BAD_REQUEST, "bad_host", "the Host header is not a valid authority"));
+    };
+    debug_assert!(path.starts_with(scope.as_str()));
+
+    let meta = state.storage.head(object).await.map_err(storage_error)?;
+    let etag = meta.etag.as_deref().map(|tag| {
+        let digest = Sha256::digest(token.as_bytes());
+        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        format!("\"{}-vd{hex}\"", tag.trim_start_matches("W/").trim_matches('"'))
+    });
+    let mut headers = HeaderMap::new();
+    if let Some(tag) = &etag {
+        headers.insert(header::ETAG, hv(tag));
+    }
+    headers.insert(header::LAST_MODIFIED, http_date(meta.last_modified));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-cache"));
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("none"));
+    headers.insert(header::CONTENT_TYPE, hv(content_type_for(object)));
+    if not_modified(req.headers(), etag.as_deref(), &meta) {
+        let mut r = Response::new(empty());
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        *r.headers_mut() = headers;
+        return Ok(r);
+    }
+    let mut resp = Response::new(empty());
+    if req.method() == Method::HEAD || meta.size == 0 {
+        if meta.size == 0 {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+        }
+        *resp.headers_mut() = headers;
+        return Ok(resp);
+    }
+    let permit = stream_permit(state)?;
+    let (opened, _) = state
+        .cache
+        .read(&state.storage, object, meta.etag.as_deref(), meta.size, 0..meta.size)
+        .await
+        .map_err(storage_error)?;
+    let source = opened.stream.map_err(std::io::Error::other).boxed();
+    let mut rewritten = Box::pin(manifest::rewrite(kind, rewriter, source));
+    let mut head = bytes::BytesMut::new();
+    let mut complete = false;
+    while head.len() < 64 * 1024 {
+        match rewritten.next().await {
+            Some(Ok(chunk)) => head.extend_from_slice(&chunk),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, object, "manifest could not be rewritten");
+                let msg = format!("the manifest could not be rewritten: {e}");
+                return Err(error(StatusCode::BAD_GATEWAY, "bad_manifest", &msg));
             }
-            Err(r)
+            None => {
+                complete = true;
+                break;
+            }
         }
     }
+    let head = head.freeze();
+    let stream: futures::stream::BoxStream<'static, Result<Bytes, StorageError>> = if complete {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(head.len() as u64));
+        futures::stream::once(async move { Ok(head) }).boxed()
+    } else {
+        let rest = rewritten.map_err(|e| StorageError::Unavailable(e.to_string()));
+        futures::stream::once(async move { Ok(head) }).chain(rest).boxed()
+    };
+    let body =
+        Metered { inner: stream, metrics: state.metrics.clone(), _permit: Guard::new(permit, state.metrics.clone()) };
+    *resp.body_mut() = BodyExt::boxed_unsync(StreamBody::new(body));
+    *resp.headers_mut() = headers;
+    Ok(resp)
 }
 
 /// The client's address: the peer's, or the last untrusted hop of X-Forwarded-For when the peer is a trusted proxy.
@@ -308,17 +496,23 @@ pub fn content_type_for(object: &str) -> &'static str {
     }
 }
 
-fn origin_allowed<'a>(config: &Config, headers: &'a HeaderMap) -> Option<&'a HeaderValue> {
+/// The request's Origin if it may read answers, and whether it may do so with credentials (cookies): only an
+/// origin listed by name, never one let in by `*` (spec §5.5).
+fn origin_allowed<'a>(config: &Config, headers: &'a HeaderMap) -> Option<(&'a HeaderValue, bool)> {
     let origin = headers.get(header::ORIGIN)?;
     let o = origin.to_str().ok()?;
-    config.cors_origins.iter().any(|a| a == "*" || a == o).then_some(origin)
+    let named = config.cors_origins.iter().any(|a| a == o);
+    (named || config.cors_origins.iter().any(|a| a == "*")).then_some((origin, named))
 }
 
 /// CORS headers on every answer to an allowed origin, so players on another origin can read ranges.
 fn cors(config: &Config, req: &HeaderMap, resp: &mut HeaderMap) {
     resp.append(header::VARY, HeaderValue::from_static("Origin"));
-    if let Some(origin) = origin_allowed(config, req) {
+    if let Some((origin, credentials)) = origin_allowed(config, req) {
         resp.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        if credentials {
+            resp.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+        }
         resp.insert(
             header::ACCESS_CONTROL_EXPOSE_HEADERS,
             HeaderValue::from_static("Content-Range, Content-Length, Accept-Ranges, ETag"),
@@ -331,7 +525,7 @@ fn preflight(config: &Config, req: &HeaderMap) -> Response<Body> {
     *r.status_mut() = StatusCode::NO_CONTENT;
     if origin_allowed(config, req).is_some() {
         let h = r.headers_mut();
-        h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, HEAD, OPTIONS"));
+        h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, HEAD, POST, OPTIONS"));
         h.insert(
             header::ACCESS_CONTROL_ALLOW_HEADERS,
             HeaderValue::from_static("Range, Authorization, If-Range, If-None-Match, If-Modified-Since"),
@@ -355,7 +549,11 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
 
 /// A small JSON body a person and a program can both read. Never contains the token.
 fn json(status: StatusCode, error: &str, reason: &str, message: &str) -> Response<Body> {
-    let body = serde_json::json!({ "error": error, "reason": reason, "message": message }).to_string();
+    json_value(status, &serde_json::json!({ "error": error, "reason": reason, "message": message }))
+}
+
+fn json_value(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let body = value.to_string();
     let mut r = Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed_unsync());
     *r.status_mut() = status;
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));

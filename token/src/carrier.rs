@@ -74,3 +74,21 @@ pub(crate) fn cookies<'a>(headers: &'a [&'a str]) -> impl Iterator<Item = &'a st
         .filter(|(name, _)| *name == crate::COOKIE_NAME)
         .map(|(_, value)| value.trim_matches('"'))
 }
+
+/// A compact token carried as a path segment: `{route-prefix}/t/{token}/{object path}` (spec §5.4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathCarrier<'a> {
+    /// The compact token, exactly as it appears in the URL.
+    pub token: &'a str,
+    /// The raw request path with `/t/{token}` taken out: what the token is checked against and what is served.
+    pub path: String,
+}
+
+/// Finds the path carrier in a raw request path. `route_prefix` is the agent's route prefix (`/videos`, or `""`
+/// for the root); a trailing `/` on it is ignored. `None` means the path does not use this carrier.
+pub fn split_path_carrier<'a>(raw_path: &'a str, route_prefix: &str) -> Option<PathCarrier<'a>> {
+    let prefix = route_prefix.trim_end_matches('/');
+    let rest = raw_path.strip_prefix(prefix)?.strip_prefix("/t/")?;
+    let (token, object) = rest.split_once('/').unwrap_or((rest, ""));
+    Some(PathCarrier { token, path: format!("{prefix}/{object}") })
+}

@@ -141,6 +141,17 @@ impl<'a> RawClaims<'a> {
     }
 }
 
+impl Parsed<'_> {
+    /// Owned claims, for a caller that mints tokens derived from this one.
+    pub fn to_claims(self) -> Claims {
+        let scope = match self.raw.scope_kind {
+            PathKind::Path => Scope::Path(self.raw.scope.to_owned()),
+            PathKind::Prefix => Scope::Prefix(self.raw.scope.to_owned()),
+        };
+        Claims { kid: self.raw.kid.to_owned(), exp: self.exp, nbf: self.nbf, scope, ip: self.ip }
+    }
+}
+
 /// Key ids: 1–64 of `A–Z a–z 0–9 _ -` (spec §2).
 pub(crate) fn valid_kid(kid: &str) -> bool {
     (1..=64).contains(&kid.len()) && kid.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')

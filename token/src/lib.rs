@@ -15,6 +15,7 @@ pub mod rotation;
 mod sign;
 mod verify;
 
+pub use carrier::{PathCarrier, split_path_carrier};
 pub use claims::{Claims, Scope};
 pub use ip::{IpRange, IpRangeError};
 pub use keyring::{Key, KeyState, Keyring, KeyringError, MAX_SECRET_LEN, MIN_SECRET_LEN};

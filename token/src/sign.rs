@@ -48,6 +48,10 @@ pub enum SignError {
     NotBeforeAfterExpiry,
     #[error("the expiry does not fit in 11 digits")]
     ExpiryTooLarge,
+    #[error("the path carrier needs a prefix token: give a prefix")]
+    PathCarrierNeedsPrefix,
+    #[error("the path is not under the route prefix {0:?}")]
+    OutsideRoutePrefix(String),
 }
 
 /// Signs with a keyring's active key, the only key a signer may use (spec §7.2).
@@ -135,5 +139,27 @@ impl Signer {
             }
         }
         Ok(format!("{}{}?{}", req.base_url.trim_end_matches('/'), encode_path(req.path), query.finish()))
+    }
+
+    /// A URL with the token as a path segment, `{route-prefix}/t/{token}/{rest}` (spec §5.4), so that relative
+    /// URIs in a playlist inherit it. Needs a prefix scope; `req.carrier` is not used.
+    pub fn path_url(&self, req: &UrlRequest<'_>, route_prefix: &str) -> Result<String, SignError> {
+        if req.prefix.is_none() {
+            return Err(SignError::PathCarrierNeedsPrefix);
+        }
+        let route = route_prefix.trim_end_matches('/');
+        let rest = req
+            .path
+            .strip_prefix(route)
+            .filter(|rest| rest.starts_with('/'))
+            .ok_or_else(|| SignError::OutsideRoutePrefix(route.to_owned()))?;
+        let claims = self.claims(req)?;
+        Ok(format!(
+            "{}{}/t/{}{}",
+            req.base_url.trim_end_matches('/'),
+            encode_path(route),
+            self.token(&claims),
+            encode_path(rest)
+        ))
     }
 }

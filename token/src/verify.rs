@@ -8,7 +8,7 @@ use hmac::Mac;
 use subtle::ConstantTimeEq;
 
 use crate::carrier::{self, Found, Params};
-use crate::claims::{HmacSha256, Parsed, RawClaims};
+use crate::claims::{Claims, HmacSha256, Parsed, RawClaims};
 use crate::ip::IpRange;
 use crate::keyring::Keyring;
 use crate::path::{MAX_PATH_LEN, PathKind};
@@ -96,6 +96,8 @@ pub struct RequestAuth<'a> {
     pub cookies: &'a [&'a str],
     /// The client's address, if known.
     pub client_ip: Option<IpAddr>,
+    /// A token found in the URL path (see [`crate::split_path_carrier`]); `path` is then the path without it.
+    pub path_token: Option<&'a str>,
 }
 
 /// A request that may be served.
@@ -107,6 +109,15 @@ pub struct Grant<'v> {
     pub exp: u64,
     /// Whether the token opens a whole prefix.
     pub prefix: bool,
+}
+
+/// Which scope rule applies (spec §6 rule 8, §5.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// The request's path must be in scope.
+    Request,
+    /// A session exchange: the token must be a prefix token; the request's path is not compared.
+    Session,
 }
 
 struct VerifyKey {
@@ -152,19 +163,50 @@ impl Verifier {
 
     /// The verdict for one request at `now` (Unix seconds): the first rule of spec §6 that applies.
     pub fn verify(&self, req: &RequestAuth<'_>, now: u64) -> Result<Grant<'_>, Reason> {
+        self.run(req, now, Mode::Request, None)
+    }
+
+    /// The same verdict as [`Verifier::verify`], and on success the token's claims, for minting tokens derived
+    /// from it (rewritten playlists). Allocates; the plain `verify` is the hot path.
+    pub fn verify_claims(&self, req: &RequestAuth<'_>, now: u64) -> Result<Claims, Reason> {
+        let mut out = None;
+        self.run(req, now, Mode::Request, Some(&mut out))?;
+        out.ok_or(Reason::Malformed)
+    }
+
+    /// A session exchange (spec §5.5): every rule of §6 except that, instead of comparing the request's path,
+    /// the token must have a prefix scope (else `wrong_scope`). Returns the token's claims.
+    pub fn verify_session(&self, req: &RequestAuth<'_>, now: u64) -> Result<Claims, Reason> {
+        let mut out = None;
+        self.run(req, now, Mode::Session, Some(&mut out))?;
+        out.ok_or(Reason::Malformed)
+    }
+
+    fn run(&self, req: &RequestAuth<'_>, now: u64, mode: Mode, out: Out<'_>) -> Result<Grant<'_>, Reason> {
+        let ctx = Ctx { req, now, mode };
+        if let Some(token) = req.path_token {
+            // One carrier per request: a path token with a query token or signed-URL parameters is ambiguous.
+            if let Some(query) = req.query
+                && carrier::from_query(query).map_err(|()| Reason::Malformed)?.is_some()
+            {
+                return Err(Reason::Malformed);
+            }
+            return self.check_token(token, &ctx, true, out);
+        }
         if let Some(query) = req.query {
             match carrier::from_query(query).map_err(|()| Reason::Malformed)? {
-                Some(Found::Token(token)) => return self.check_token(&token, req, now),
-                Some(Found::Params(params)) => return self.check_params(&params, req, now),
+                Some(Found::Token(token)) => return self.check_token(&token, &ctx, false, out),
+                Some(Found::Params(params)) => return self.check_params(&params, &ctx, out),
                 None => {}
             }
         }
         if let Some(token) = req.authorization.and_then(carrier::from_authorization) {
-            return self.check_token(token, req, now);
+            return self.check_token(token, &ctx, false, out);
         }
         let mut first = None;
+        let mut out = out;
         for token in carrier::cookies(req.cookies) {
-            match self.check_token(token, req, now) {
+            match self.check_token(token, &ctx, false, out.as_deref_mut()) {
                 Ok(grant) => return Ok(grant),
                 Err(reason) => {
                     first.get_or_insert(reason);
@@ -174,7 +216,7 @@ impl Verifier {
         Err(first.unwrap_or(Reason::Missing))
     }
 
-    fn check_token(&self, token: &str, req: &RequestAuth<'_>, now: u64) -> Result<Grant<'_>, Reason> {
+    fn check_token(&self, token: &str, ctx: &Ctx<'_>, prefix_only: bool, out: Out<'_>) -> Result<Grant<'_>, Reason> {
         let body = token.strip_prefix(crate::TOKEN_PREFIX).ok_or(Reason::Malformed)?;
         let (claims_b64, sig_b64) = body.split_once('.').ok_or(Reason::Malformed)?;
         if sig_b64.len() != 43 || claims_b64.len() > MAX_CLAIMS_LEN.div_ceil(3) * 4 {
@@ -185,17 +227,21 @@ impl Verifier {
         let n = URL_SAFE_NO_PAD.decode_slice(claims_b64, &mut buf).map_err(|_| Reason::Malformed)?;
         let text = std::str::from_utf8(&buf[..n]).map_err(|_| Reason::Malformed)?;
         let claims = RawClaims::from_text(text).and_then(RawClaims::parse).ok_or(Reason::Malformed)?;
-        self.check(&claims, &signature, req, now)
+        // The path carrier exists so that relative URIs inherit the token: only a prefix token can open them.
+        if prefix_only && claims.raw.scope_kind != PathKind::Prefix {
+            return Err(Reason::Malformed);
+        }
+        self.check(&claims, &signature, ctx, out)
     }
 
-    fn check_params(&self, p: &Params<'_>, req: &RequestAuth<'_>, now: u64) -> Result<Grant<'_>, Reason> {
+    fn check_params(&self, p: &Params<'_>, ctx: &Ctx<'_>, out: Out<'_>) -> Result<Grant<'_>, Reason> {
         let (Some(exp), Some(kid), Some(sig)) = (&p.expires, &p.kid, &p.signature) else {
             return Err(Reason::Malformed);
         };
         let signature = decode_signature(sig)?;
         let (scope_kind, scope) = match &p.prefix {
             Some(prefix) => (PathKind::Prefix, prefix.as_ref()),
-            None => (PathKind::Path, req.path),
+            None => (PathKind::Path, ctx.req.path),
         };
         let raw = RawClaims {
             kid,
@@ -210,16 +256,11 @@ impl Verifier {
             return Err(Reason::Malformed);
         }
         let claims = raw.parse().ok_or(Reason::Malformed)?;
-        self.check(&claims, &signature, req, now)
+        self.check(&claims, &signature, ctx, out)
     }
 
-    fn check(
-        &self,
-        c: &Parsed<'_>,
-        signature: &[u8; 32],
-        req: &RequestAuth<'_>,
-        now: u64,
-    ) -> Result<Grant<'_>, Reason> {
+    fn check(&self, c: &Parsed<'_>, signature: &[u8; 32], ctx: &Ctx<'_>, out: Out<'_>) -> Result<Grant<'_>, Reason> {
+        let (req, now) = (ctx.req, ctx.now);
         let key = self
             .keys
             .iter()
@@ -242,9 +283,10 @@ impl Verifier {
         if c.exp.saturating_sub(start) > max_lifetime.saturating_add(skew) {
             return Err(Reason::LifetimeTooLong);
         }
-        let in_scope = match c.raw.scope_kind {
-            PathKind::Path => req.path == c.raw.scope,
-            PathKind::Prefix => req.path.starts_with(c.raw.scope),
+        let in_scope = match (ctx.mode, c.raw.scope_kind) {
+            (Mode::Session, kind) => kind == PathKind::Prefix,
+            (Mode::Request, PathKind::Path) => req.path == c.raw.scope,
+            (Mode::Request, PathKind::Prefix) => req.path.starts_with(c.raw.scope),
         };
         if !in_scope {
             return Err(Reason::WrongScope);
@@ -254,8 +296,21 @@ impl Verifier {
         {
             return Err(Reason::WrongIp);
         }
+        if let Some(out) = out {
+            *out = Some(c.to_claims());
+        }
         Ok(Grant { kid: &key.kid, exp: c.exp, prefix: c.raw.scope_kind == PathKind::Prefix })
     }
+}
+
+/// Where [`Verifier::verify_claims`] wants the verified claims.
+type Out<'o> = Option<&'o mut Option<Claims>>;
+
+/// One verification's inputs.
+struct Ctx<'r> {
+    req: &'r RequestAuth<'r>,
+    now: u64,
+    mode: Mode,
 }
 
 fn decode_signature(text: &str) -> Result<[u8; 32], Reason> {

@@ -24,9 +24,14 @@ proptest! {
         let path = canonical_path(&path).map(|p| p.into_owned()).unwrap_or_else(|_| "/x".into());
         let with_token = format!("token={token}");
         for q in [Some(query.as_str()), Some(with_token.as_str()), None] {
-            let cookies = [cookie.as_str()];
-            let req = RequestAuth { path: &path, query: q, authorization: Some(&auth), cookies: &cookies, client_ip: None };
-            let _ = verifier.verify(&req, now);
+            for path_token in [None, Some(token.as_str())] {
+                let cookies = [cookie.as_str()];
+                let req = RequestAuth {
+                    path: &path, query: q, authorization: Some(&auth), cookies: &cookies, client_ip: None, path_token,
+                };
+                let _ = verifier.verify(&req, now);
+                let _ = verifier.verify_session(&req, now);
+            }
         }
     }
 

@@ -78,6 +78,7 @@ fn sign_vectors() {
     let v = vectors();
     let ring = keyring(&v);
     let base = s(&v["base_url"]);
+    let mut path_urls = 0;
     for case in v["sign"].as_array().unwrap() {
         let name = &case["name"];
         let claims = claims_of(&case["claims"]);
@@ -103,9 +104,22 @@ fn sign_vectors() {
         };
         assert_eq!(signer.url(&req(vd_token::Carrier::Query)).unwrap(), s(&case["url"]), "{name}");
         assert_eq!(signer.url(&req(vd_token::Carrier::Token)).unwrap(), s(&case["token_url"]), "{name}");
+        match case.get("path_url") {
+            Some(url) => {
+                let got = signer.path_url(&req(vd_token::Carrier::Query), s(&v["route_prefix"])).unwrap();
+                assert_eq!(got, s(url), "{name}");
+                path_urls += 1;
+            }
+            None => assert_eq!(
+                signer.path_url(&req(vd_token::Carrier::Query), s(&v["route_prefix"])),
+                Err(vd_token::SignError::PathCarrierNeedsPrefix),
+                "{name}"
+            ),
+        }
         // The URL path is the encoded canonical path.
         assert!(s(&case["url"]).starts_with(&format!("{base}{}", encode_path(path))));
     }
+    assert!(path_urls >= 2, "the path carrier needs sign vectors");
 }
 
 #[test]
@@ -117,7 +131,10 @@ fn verify_vectors() {
     let mut seen = std::collections::BTreeSet::new();
     for case in cases {
         let r = &case["request"];
-        let path = canonical_path(s(&r["path"])).expect("verify vectors use valid paths");
+        // A path carrier comes out of the raw path first; the rest is the request's path (spec §5.4).
+        let carried = vd_token::split_path_carrier(s(&r["path"]), s(&v["route_prefix"]));
+        let raw_path = carried.as_ref().map_or(s(&r["path"]), |c| c.path.as_str());
+        let path = canonical_path(raw_path).expect("verify vectors use valid paths");
         let cookies: Vec<&str> =
             r.get("cookies").map(|c| c.as_array().unwrap().iter().map(s).collect()).unwrap_or_default();
         let client_ip: Option<IpAddr> = r.get("client_ip").map(|ip| s(ip).parse().unwrap());
@@ -127,6 +144,7 @@ fn verify_vectors() {
             authorization: r.get("authorization").map(s),
             cookies: &cookies,
             client_ip,
+            path_token: carried.as_ref().map(|c| c.token),
         };
         let got = match verifier.verify(&req, case["now"].as_u64().unwrap()) {
             Ok(_) => "valid",

@@ -50,9 +50,13 @@ enum Command {
         /// Scheme and host of the agent or CDN.
         #[arg(long, env = "VD_BASE_URL", default_value = "http://127.0.0.1:8080")]
         base_url: String,
-        /// query: ?expires=…&kid=…&signature=…; token: ?token=v1.…
+        /// query: ?expires=…&kid=…&signature=…; token: ?token=v1.…; path: {route-prefix}/t/v1.…/… (HLS and DASH:
+        /// relative segment URIs inherit it; needs --prefix).
         #[arg(long, value_enum, default_value = "query")]
         carrier: CarrierArg,
+        /// The agent's route prefix, where the path carrier goes.
+        #[arg(long, env = "VD_ROUTE_PREFIX", default_value = "/videos")]
+        route_prefix: String,
         /// Print only the compact token (for a Bearer header or a cookie).
         #[arg(long)]
         token_only: bool,
@@ -69,6 +73,9 @@ enum Command {
         /// The client address the agent would see.
         #[arg(long)]
         client_ip: Option<std::net::IpAddr>,
+        /// The agent's route prefix, where a path carrier would be.
+        #[arg(long, env = "VD_ROUTE_PREFIX", default_value = "/videos")]
+        route_prefix: String,
         #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
         max_lifetime: Duration,
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
@@ -111,6 +118,7 @@ enum Command {
 enum CarrierArg {
     Query,
     Token,
+    Path,
 }
 
 fn main() -> ExitCode {
@@ -126,7 +134,18 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Keygen { out, force } => keygen(out.as_deref(), force),
-        Command::Sign { keyring, path, ttl, not_before_in, prefix, ip, base_url, carrier, token_only } => {
+        Command::Sign {
+            keyring,
+            path,
+            ttl,
+            not_before_in,
+            prefix,
+            ip,
+            base_url,
+            carrier,
+            route_prefix,
+            token_only,
+        } => {
             let ring = read_keyring(&keyring)?;
             let now = unix_now()?;
             let prefix = match prefix.as_deref() {
@@ -143,22 +162,34 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ip,
                 carrier: match carrier {
                     CarrierArg::Query => Carrier::Query,
-                    CarrierArg::Token => Carrier::Token,
+                    CarrierArg::Token | CarrierArg::Path => Carrier::Token,
                 },
             };
             let signer = Signer::new(&ring);
-            let out = if token_only { signer.token(&signer.claims(&req)?) } else { signer.url(&req)? };
+            let out = match carrier {
+                _ if token_only => signer.token(&signer.claims(&req)?),
+                CarrierArg::Path => signer.path_url(&req, &route_prefix)?,
+                CarrierArg::Query | CarrierArg::Token => signer.url(&req)?,
+            };
             println!("{out}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Verify { keyring, url, bearer, client_ip, max_lifetime, clock_skew, now } => {
+        Command::Verify { keyring, url, bearer, client_ip, route_prefix, max_lifetime, clock_skew, now } => {
             let ring = read_keyring(&keyring)?;
             let policy = Policy { max_lifetime: max_lifetime.as_secs(), clock_skew: clock_skew.as_secs() };
             let (raw_path, query) = split_url(&url)?;
+            let carried = vd_token::split_path_carrier(raw_path, &route_prefix);
+            let raw_path = carried.as_ref().map_or(raw_path, |c| c.path.as_str());
             let path = canonical_path(raw_path).map_err(|e| anyhow!("the URL's path is invalid: {e}"))?;
             let authorization = bearer.map(|t| format!("Bearer {t}"));
-            let req =
-                RequestAuth { path: &path, query, authorization: authorization.as_deref(), cookies: &[], client_ip };
+            let req = RequestAuth {
+                path: &path,
+                query,
+                authorization: authorization.as_deref(),
+                cookies: &[],
+                client_ip,
+                path_token: carried.as_ref().map(|c| c.token),
+            };
             let now = now.map_or_else(unix_now, Ok)?;
             match Verifier::new(&ring, policy).verify(&req, now) {
                 Ok(grant) => {

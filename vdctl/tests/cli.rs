@@ -81,6 +81,34 @@ fn prefix_token_opens_the_folder_only() {
 }
 
 #[test]
+fn path_carrier_url_opens_relative_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let ring = keyring(&dir);
+    let sign = |extra: &[&str]| {
+        let mut args = vec!["sign", "--keyring", &ring, "--path", "/media/abc/master.m3u8", "--carrier", "path"];
+        args.extend_from_slice(extra);
+        vdctl(&args)
+    };
+    let out = sign(&["--prefix", "--route-prefix", "/media", "--base-url", "https://cdn.example"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let url = stdout(&out).trim().to_owned();
+    assert!(url.starts_with("https://cdn.example/media/t/v1.") && url.ends_with("/abc/master.m3u8"), "{url}");
+    // A segment URI relative to the playlist keeps the token segment.
+    let segment = url.replace("/abc/master.m3u8", "/abc/720p/seg1.m4s");
+    let ok = vdctl(&["verify", "--keyring", &ring, "--route-prefix", "/media", &segment]);
+    assert_eq!(ok.status.code(), Some(0), "{}", stdout(&ok));
+    let outside = url.replace("/abc/master.m3u8", "/abd/seg1.m4s");
+    let no = vdctl(&["verify", "--keyring", &ring, "--route-prefix", "/media", &outside]);
+    assert!(stdout(&no).starts_with("refused: wrong_scope"), "{}", stdout(&no));
+
+    let no_prefix = sign(&["--route-prefix", "/media"]);
+    assert_eq!(no_prefix.status.code(), Some(2));
+    assert!(stderr(&no_prefix).contains("needs a prefix token"), "{}", stderr(&no_prefix));
+    let wrong_route = sign(&["--prefix"]);
+    assert!(stderr(&wrong_route).contains("not under the route prefix \"/videos\""), "{}", stderr(&wrong_route));
+}
+
+#[test]
 fn ip_binding_is_checked() {
     let dir = tempfile::tempdir().unwrap();
     let ring = keyring(&dir);

@@ -66,8 +66,13 @@ export interface SignOptions {
   prefix?: string | true;
   /** Bind to a client address or CIDR range (canonicalised). */
   ip?: string;
-  /** `query`: `?expires=…&kid=…&signature=…` (default); `token`: `?token=v1.…`. */
-  carrier?: "query" | "token";
+  /**
+   * `query`: `?expires=…&kid=…&signature=…` (default); `token`: `?token=v1.…`; `path`: the token as a path segment,
+   * `{routePrefix}/t/{token}/…`, so relative URIs in HLS and DASH playlists inherit it (needs `prefix`).
+   */
+  carrier?: "query" | "token" | "path";
+  /** The agent's route prefix, where the path carrier goes (default `/videos`). */
+  routePrefix?: string;
   /** The current Unix time; defaults to the clock. */
   now?: number;
 }
@@ -126,6 +131,13 @@ export class Signer {
   async signUrl(o: SignOptions): Promise<string> {
     const claims = this.claims(o);
     const signed = await signWith(this.cryptoKey, claims);
+    const base = (o.baseUrl ?? "").replace(/\/+$/, "");
+    if (o.carrier === "path") {
+      if (claims.scope.kind !== "prefix") throw new SignError("the path carrier needs a prefix token: give prefix");
+      const route = (o.routePrefix ?? "/videos").replace(/\/+$/, "");
+      if (!o.path.startsWith(route + "/")) throw new SignError(`the path is not under the route prefix ${route}`);
+      return `${base}${encodePath(route)}/t/${signed.token}${encodePath(o.path.slice(route.length))}`;
+    }
     const params = new URLSearchParams();
     if (o.carrier === "token") {
       params.append("token", signed.token);
@@ -137,7 +149,7 @@ export class Signer {
       params.append("kid", claims.kid);
       params.append("signature", signed.signature);
     }
-    return `${(o.baseUrl ?? "").replace(/\/+$/, "")}${encodePath(o.path)}?${params.toString()}`;
+    return `${base}${encodePath(o.path)}?${params.toString()}`;
   }
 }
 

@@ -7,6 +7,7 @@ import { test } from "node:test";
 
 import {
   KeyringError,
+  SignError,
   Signer,
   canonicalIpRange,
   canonicalPath,
@@ -19,10 +20,11 @@ import {
 interface Vectors {
   now: number;
   base_url: string;
+  route_prefix: string;
   keyring: unknown;
   paths: { name: string; raw: string; kind: PathKind; canonical?: string }[];
   ip_ranges: { input: string; canonical?: string }[];
-  sign: { name: string; claims: Claims; path: string; signing_input: string; signature: string; token: string; url: string; token_url: string }[];
+  sign: { name: string; claims: Claims; path: string; signing_input: string; signature: string; token: string; url: string; token_url: string; path_url?: string }[];
   keyrings: { name: string; document: { keys?: { secret?: string }[] }; valid: boolean }[];
 }
 
@@ -72,6 +74,11 @@ test("sign vectors: signing input, signature, token and both URL forms", async (
     assert.equal(await signer.signUrl(opts), v.url, v.name);
     assert.equal(await signer.signUrl({ ...opts, carrier: "token" }), v.token_url, v.name);
     assert.equal(await signer.signToken(opts), v.token, v.name);
+    if (v.path_url !== undefined) {
+      assert.equal(await signer.signUrl({ ...opts, carrier: "path", routePrefix: vectors.route_prefix }), v.path_url, v.name);
+    } else {
+      await assert.rejects(signer.signUrl({ ...opts, carrier: "path", routePrefix: vectors.route_prefix }), SignError, v.name);
+    }
   }
 });
 

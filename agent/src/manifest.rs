@@ -1,0 +1,502 @@
+//! Manifest rewriting (spec §5.6): HLS playlists and DASH manifests whose URIs each carry a prefix token.
+//!
+//! Players resolve a playlist's relative URIs against its URL but drop its query string, so a token on the playlist
+//! never reaches the segments. The agent appends `token=` to every URI that resolves to its own host and inside the
+//! token's scope, and leaves everything else byte for byte as it was. The rewrite streams: HLS a line at a time,
+//! DASH an XML event at a time; neither holds more than one line or element beyond the output chunk.
+
+use std::borrow::Cow;
+use std::io;
+
+use bytes::{Bytes, BytesMut};
+use futures::Stream;
+use futures::stream::BoxStream;
+use quick_xml::events::{BytesStart, Event};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+use url::Url;
+
+/// Output is handed to hyper in chunks of about this size.
+const CHUNK: usize = 16 * 1024;
+/// Longest HLS line or DASH element accepted; a manifest with a longer one is not a manifest.
+const MAX_ITEM: usize = 64 * 1024;
+
+/// Which manifest format an object is, by its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Hls,
+    Dash,
+}
+
+impl Kind {
+    pub fn of(object: &str) -> Option<Kind> {
+        let ext = object.rsplit_once('.')?.1;
+        if ext.eq_ignore_ascii_case("m3u8") {
+            Some(Kind::Hls)
+        } else if ext.eq_ignore_ascii_case("mpd") {
+            Some(Kind::Dash)
+        } else {
+            None
+        }
+    }
+}
+
+/// Query parameters that already carry a token (spec §5.3); a URI with one is left alone.
+const CARRIER_PARAMS: [&str; 5] = ["token", "key", "expires", "kid", "signature"];
+
+/// Decides, URI by URI, whether to append the token.
+#[derive(Debug, Clone)]
+pub struct Rewriter {
+    /// The manifest's own URL (scheme `http`, the request's host), what relative URIs resolve against.
+    base: Url,
+    /// The canonical prefix the token opens.
+    scope: String,
+    /// `token=v1.…`, ready to append.
+    param: String,
+}
+
+impl Rewriter {
+    /// `host` is the request's authority; `raw_path` the manifest's path as requested; `scope` a canonical prefix.
+    pub fn new(host: &str, raw_path: &str, scope: &str, token: &str) -> Option<Rewriter> {
+        let base = Url::parse(&format!("http://{host}{raw_path}")).ok()?;
+        Some(Rewriter { base, scope: scope.to_owned(), param: format!("token={token}") })
+    }
+
+    /// The URI with the token appended, or `None` to leave it as it is.
+    pub fn uri(&self, uri: &str) -> Option<String> {
+        self.uri_against(&self.base, uri, uri)
+    }
+
+    /// `probe` is what is resolved (a DASH template with its `$…$` identifiers filled in); `uri` what is rewritten.
+    fn uri_against(&self, base: &Url, uri: &str, probe: &str) -> Option<String> {
+        if uri.trim().is_empty() {
+            return None;
+        }
+        let target = base.join(probe).ok()?;
+        let same_origin = matches!(target.scheme(), "http" | "https")
+            && target.host_str() == self.base.host_str()
+            && target.port() == self.base.port();
+        if !same_origin || target.query_pairs().any(|(k, _)| CARRIER_PARAMS.contains(&k.as_ref())) {
+            return None;
+        }
+        let path = vd_token::canonical_path(target.path()).ok()?;
+        if !path.starts_with(self.scope.as_str()) {
+            return None;
+        }
+        let (head, fragment) = match uri.split_once('#') {
+            Some((h, f)) => (h, Some(f)),
+            None => (uri, None),
+        };
+        let sep = match head.find('?') {
+            None => "?",
+            Some(_) if head.ends_with('?') || head.ends_with('&') => "",
+            Some(_) => "&",
+        };
+        let mut out = String::with_capacity(uri.len() + self.param.len() + 1);
+        out.push_str(head);
+        out.push_str(sep);
+        out.push_str(&self.param);
+        if let Some(f) = fragment {
+            out.push('#');
+            out.push_str(f);
+        }
+        Some(out)
+    }
+
+    /// One HLS line without its line end: a URI line, or a tag whose `URI="…"` attributes are rewritten.
+    pub fn hls_line<'l>(&self, line: &'l str) -> Cow<'l, str> {
+        let trimmed = line.trim();
+        if trimmed.is_empty() {
+            return Cow::Borrowed(line);
+        }
+        if !trimmed.starts_with('#') {
+            return self.uri(trimmed).map_or(Cow::Borrowed(line), Cow::Owned);
+        }
+        if !trimmed.starts_with("#EXT") {
+            return Cow::Borrowed(line);
+        }
+        // Attribute lists (RFC 8216 §4.2): NAME=VALUE pairs after the colon, separated by commas, quoted strings
+        // never containing a quote. Only the URI attribute names a resource.
+        let mut out = String::new();
+        let mut rest = line;
+        while let Some(at) = find_uri_attr(rest) {
+            let value_start = at + "URI=\"".len();
+            let Some(len) = rest[value_start..].find('"') else { break };
+            let value = &rest[value_start..value_start + len];
+            out.push_str(&rest[..value_start]);
+            match self.uri(value) {
+                Some(new) => out.push_str(&new),
+                None => out.push_str(value),
+            }
+            rest = &rest[value_start + len..];
+        }
+        if out.is_empty() {
+            return Cow::Borrowed(line);
+        }
+        out.push_str(rest);
+        Cow::Owned(out)
+    }
+}
+
+/// The byte offset of the next `URI="` that starts an attribute (after `:` or `,`), not the end of a longer name.
+fn find_uri_attr(s: &str) -> Option<usize> {
+    let mut from = 0;
+    while let Some(off) = s[from..].find("URI=\"") {
+        let at = from + off;
+        if at > 0 && matches!(s.as_bytes()[at - 1], b':' | b',') {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+    None
+}
+
+/// A DASH template with each `$Identifier…$` replaced by `0`, so it can be resolved like a plain URI.
+fn dash_probe(template: &str) -> Cow<'_, str> {
+    if !template.contains('$') {
+        return Cow::Borrowed(template);
+    }
+    let mut out = String::with_capacity(template.len());
+    let mut parts = template.split('$');
+    out.push_str(parts.next().unwrap_or_default());
+    // Between each pair of `$` is an identifier (or nothing, for `$$`, a literal dollar).
+    while let Some(ident) = parts.next() {
+        out.push_str(if ident.is_empty() { "$" } else { "0" });
+        out.push_str(parts.next().unwrap_or_default());
+    }
+    Cow::Owned(out)
+}
+
+/// DASH attributes that hold a URI or URI template.
+const DASH_URI_ATTRS: [&[u8]; 4] = [b"media", b"initialization", b"index", b"sourceURL"];
+
+/// The rewritten manifest as a stream of chunks.
+pub fn rewrite(
+    kind: Kind,
+    rewriter: Rewriter,
+    source: BoxStream<'static, io::Result<Bytes>>,
+) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+    let reader = tokio_util::io::StreamReader::new(source);
+    let state = match kind {
+        Kind::Hls => State::Hls { reader, line: Vec::new() },
+        Kind::Dash => {
+            let base = rewriter.base.clone();
+            State::Dash {
+                reader: Box::new(quick_xml::Reader::from_reader(reader)),
+                buf: Vec::new(),
+                bases: vec![base],
+                in_base_url: false,
+            }
+        }
+    };
+    futures::stream::try_unfold((rewriter, state, false), |(rw, mut state, done)| async move {
+        if done {
+            return Ok(None);
+        }
+        let mut out = BytesMut::with_capacity(CHUNK + 1024);
+        let finished = state.fill(&rw, &mut out).await?;
+        if finished && out.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some((out.freeze(), (rw, state, finished))))
+    })
+}
+
+type Source = tokio_util::io::StreamReader<BoxStream<'static, io::Result<Bytes>>, Bytes>;
+
+enum State {
+    Hls {
+        reader: Source,
+        line: Vec<u8>,
+    },
+    Dash {
+        reader: Box<quick_xml::Reader<Source>>,
+        buf: Vec<u8>,
+        /// The base URL in effect at each open element (`BaseURL` children change their parent's).
+        bases: Vec<Url>,
+        in_base_url: bool,
+    },
+}
+
+fn invalid(msg: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.to_owned())
+}
+
+impl State {
+    /// Appends about a chunk of rewritten output; `true` when the source is exhausted.
+    async fn fill(&mut self, rw: &Rewriter, out: &mut BytesMut) -> io::Result<bool> {
+        match self {
+            State::Hls { reader, line } => fill_hls(reader, line, rw, out).await,
+            State::Dash { reader, buf, bases, in_base_url } => {
+                fill_dash(reader, buf, bases, in_base_url, rw, out).await
+            }
+        }
+    }
+}
+
+async fn fill_hls(reader: &mut Source, line: &mut Vec<u8>, rw: &Rewriter, out: &mut BytesMut) -> io::Result<bool> {
+    while out.len() < CHUNK {
+        line.clear();
+        let n = (&mut *reader).take(MAX_ITEM as u64 + 1).read_until(b'\n', line).await?;
+        if n == 0 {
+            return Ok(true);
+        }
+        if line.len() > MAX_ITEM {
+            return Err(invalid("a playlist line is longer than 64 KiB"));
+        }
+        let text = std::str::from_utf8(line).map_err(|_| invalid("the playlist is not UTF-8 (RFC 8216 §4.1)"))?;
+        let body = text.trim_end_matches(['\n', '\r']);
+        out.extend_from_slice(rw.hls_line(body).as_bytes());
+        out.extend_from_slice(&text.as_bytes()[body.len()..]);
+    }
+    Ok(false)
+}
+
+async fn fill_dash(
+    reader: &mut quick_xml::Reader<Source>,
+    buf: &mut Vec<u8>,
+    bases: &mut Vec<Url>,
+    in_base_url: &mut bool,
+    rw: &Rewriter,
+    out: &mut BytesMut,
+) -> io::Result<bool> {
+    let mut w = quick_xml::Writer::new(Vec::with_capacity(CHUNK + 1024));
+    let xml = |e: quick_xml::Error| invalid(&format!("the manifest is not well-formed XML: {e}"));
+    let finished = loop {
+        if w.get_ref().len() >= CHUNK {
+            break false;
+        }
+        if buf.len() > MAX_ITEM {
+            return Err(invalid("a manifest element is longer than 64 KiB"));
+        }
+        buf.clear();
+        let event = reader.read_event_into_async(buf).await.map_err(xml)?;
+        let top = bases.last().cloned().unwrap_or_else(|| rw.base.clone());
+        match event {
+            Event::Eof => break true,
+            Event::Start(e) => {
+                *in_base_url = e.local_name().as_ref() == b"BaseURL";
+                bases.push(top.clone());
+                w.write_event(Event::Start(dash_element(rw, &top, e)?))?;
+            }
+            Event::Empty(e) => w.write_event(Event::Empty(dash_element(rw, &top, e)?))?,
+            Event::End(e) => {
+                *in_base_url = false;
+                bases.pop();
+                w.write_event(Event::End(e))?;
+            }
+            Event::Text(t) => {
+                if *in_base_url
+                    && let Ok(text) = t.decode()
+                    && let Ok(resolved) = top.join(text.trim())
+                    && bases.len() >= 2
+                {
+                    // A BaseURL sets the base of the element that contains it.
+                    let parent = bases.len() - 2;
+                    bases[parent] = resolved;
+                }
+                w.write_event(Event::Text(t))?;
+            }
+            other => w.write_event(other)?,
+        }
+    };
+    out.extend_from_slice(w.get_ref());
+    Ok(finished)
+}
+
+/// The element with its URI attributes rewritten; other attributes keep their exact text.
+fn dash_element<'e>(rw: &Rewriter, base: &Url, e: BytesStart<'e>) -> io::Result<BytesStart<'e>> {
+    let mut changed = Vec::new();
+    for attr in e.attributes() {
+        let attr = attr.map_err(|err| invalid(&format!("bad attribute in the manifest: {err}")))?;
+        if !DASH_URI_ATTRS.contains(&attr.key.as_ref()) {
+            continue;
+        }
+        let Ok(value) = attr.normalized_value(quick_xml::XmlVersion::Implicit1_0) else { continue };
+        if let Some(new) = rw.uri_against(base, &value, &dash_probe(&value)) {
+            changed.push((attr.key.as_ref().to_vec(), new));
+        }
+    }
+    if changed.is_empty() {
+        return Ok(e);
+    }
+    let name = String::from_utf8_lossy(e.name().as_ref()).into_owned();
+    let mut new = BytesStart::new(name);
+    for attr in e.attributes().flatten() {
+        match changed.iter().find(|(k, _)| k.as_slice() == attr.key.as_ref()) {
+            Some((k, v)) => new.push_attribute((k.as_slice(), quick_xml::escape::escape(v.as_str()).as_bytes())),
+            None => new.push_attribute(attr),
+        }
+    }
+    Ok(new.into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::*;
+
+    const TOKEN: &str = "v1.abc.def";
+
+    fn rw() -> Rewriter {
+        Rewriter::new("media.example:8080", "/videos/film/master.m3u8", "/videos/film/", TOKEN).unwrap()
+    }
+
+    #[test]
+    fn relative_uris_get_the_token() {
+        let r = rw();
+        assert_eq!(r.uri("720p/index.m3u8").as_deref(), Some("720p/index.m3u8?token=v1.abc.def"));
+        assert_eq!(r.uri("seg%201.ts").as_deref(), Some("seg%201.ts?token=v1.abc.def"));
+        assert_eq!(r.uri("./a/../b.ts").as_deref(), Some("./a/../b.ts?token=v1.abc.def"));
+    }
+
+    #[test]
+    fn query_and_fragment_are_kept() {
+        let r = rw();
+        assert_eq!(r.uri("seg1.ts?v=2").as_deref(), Some("seg1.ts?v=2&token=v1.abc.def"));
+        assert_eq!(r.uri("seg1.ts?").as_deref(), Some("seg1.ts?token=v1.abc.def"));
+        assert_eq!(r.uri("seg1.ts?v=2#t=10").as_deref(), Some("seg1.ts?v=2&token=v1.abc.def#t=10"));
+    }
+
+    #[test]
+    fn absolute_uris_on_this_host_get_the_token_others_do_not() {
+        let r = rw();
+        assert_eq!(r.uri("/videos/film/a.ts").as_deref(), Some("/videos/film/a.ts?token=v1.abc.def"));
+        assert_eq!(
+            r.uri("http://media.example:8080/videos/film/a.ts").as_deref(),
+            Some("http://media.example:8080/videos/film/a.ts?token=v1.abc.def")
+        );
+        assert_eq!(r.uri("https://cdn.other.example/videos/film/a.ts"), None, "another host never sees the token");
+        assert_eq!(r.uri("//cdn.other.example/videos/film/a.ts"), None);
+        assert_eq!(r.uri("http://media.example:9999/videos/film/a.ts"), None, "another port is another origin");
+        assert_eq!(r.uri("data:text/plain,hi"), None);
+        assert_eq!(r.uri("skd://key-id"), None);
+    }
+
+    #[test]
+    fn uris_outside_the_scope_or_already_signed_are_left() {
+        let r = rw();
+        assert_eq!(r.uri("../other/a.ts"), None);
+        assert_eq!(r.uri("/videos/film2/a.ts"), None);
+        assert_eq!(r.uri("a.ts?token=v1.x.y"), None);
+        assert_eq!(r.uri("a.ts?expires=1&kid=k&signature=s"), None);
+        assert_eq!(r.uri("a%2F..%2F..%2Fb.ts"), None, "an encoded climb is not a valid path");
+        assert_eq!(r.uri(""), None);
+    }
+
+    #[test]
+    fn hls_tags_with_uri_attributes() {
+        let r = rw();
+        let key = r#"#EXT-X-KEY:METHOD=AES-128,URI="key.bin",IV=0x1"#;
+        assert_eq!(r.hls_line(key), r#"#EXT-X-KEY:METHOD=AES-128,URI="key.bin?token=v1.abc.def",IV=0x1"#);
+        let map = r#"#EXT-X-MAP:URI="init.mp4",BYTERANGE="720@0""#;
+        assert_eq!(r.hls_line(map), r#"#EXT-X-MAP:URI="init.mp4?token=v1.abc.def",BYTERANGE="720@0""#);
+        let media = r#"#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="a",NAME="en",URI="audio/en.m3u8""#;
+        assert_eq!(
+            r.hls_line(media),
+            r#"#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="a",NAME="en",URI="audio/en.m3u8?token=v1.abc.def""#
+        );
+        let foreign = r#"#EXT-X-KEY:METHOD=SAMPLE-AES,URI="skd://abc",KEYFORMAT="com.apple.streamingkeydelivery""#;
+        assert_eq!(r.hls_line(foreign), foreign);
+        let not_an_attr = r#"#EXT-X-SESSION-DATA:DATA-ID="x",VALUE="SOURCEURI=\"a.ts\"""#;
+        assert_eq!(r.hls_line(not_an_attr), not_an_attr, "only an attribute named URI counts");
+        assert_eq!(r.hls_line("#EXTINF:4.0,"), "#EXTINF:4.0,");
+        assert_eq!(r.hls_line("# a comment with URI=\"x.ts\""), "# a comment with URI=\"x.ts\"");
+        assert_eq!(r.hls_line("#EXT-X-BYTERANGE:1000@0"), "#EXT-X-BYTERANGE:1000@0");
+    }
+
+    #[test]
+    fn dash_templates_are_resolved_with_identifiers_filled_in() {
+        assert_eq!(dash_probe("chunk-$RepresentationID$-$Number%05d$.m4s"), "chunk-0-0.m4s");
+        assert_eq!(dash_probe("a$$b"), "a$b");
+        let r = Rewriter::new("h", "/videos/film/manifest.mpd", "/videos/film/", TOKEN).unwrap();
+        let base = r.base.clone();
+        let t = "chunk-$RepresentationID$-$Number%05d$.m4s";
+        assert_eq!(
+            r.uri_against(&base, t, &dash_probe(t)).as_deref(),
+            Some("chunk-$RepresentationID$-$Number%05d$.m4s?token=v1.abc.def")
+        );
+    }
+
+    async fn run(kind: Kind, r: Rewriter, input: &'static str, piece: usize) -> String {
+        let chunks: Vec<io::Result<Bytes>> =
+            input.as_bytes().chunks(piece).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+        let out: Vec<io::Result<Bytes>> = rewrite(kind, r, futures::stream::iter(chunks).boxed()).collect().await;
+        let out: Vec<Bytes> = out.into_iter().collect::<io::Result<_>>().unwrap();
+        String::from_utf8(out.concat()).unwrap()
+    }
+
+    const MEDIA_PLAYLIST: &str = "#EXTM3U\r\n#EXT-X-VERSION:7\r\n#EXT-X-MAP:URI=\"init.mp4\"\r\n#EXTINF:2.0,\r\n\
+        seg0.m4s\r\n#EXT-X-BYTERANGE:500@0\r\n#EXTINF:2.0,\r\nall.m4s\r\n#EXTINF:2.0,\r\n\
+        https://other.example/ad.m4s\r\n#EXT-X-ENDLIST";
+
+    #[tokio::test]
+    async fn hls_stream_keeps_line_ends_and_splits_anywhere() {
+        let want = MEDIA_PLAYLIST
+            .replace("init.mp4", "init.mp4?token=v1.abc.def")
+            .replace("seg0.m4s", "seg0.m4s?token=v1.abc.def")
+            .replace("all.m4s", "all.m4s?token=v1.abc.def");
+        for piece in [1, 3, 7, 1000] {
+            assert_eq!(run(Kind::Hls, rw(), MEDIA_PLAYLIST, piece).await, want, "input in pieces of {piece}");
+        }
+    }
+
+    #[tokio::test]
+    async fn hls_rejects_a_line_longer_than_the_bound() {
+        let long: &'static str = Box::leak(format!("#EXTM3U\n{}\n", "a".repeat(MAX_ITEM + 10)).into_boxed_str());
+        let chunks = vec![Ok(Bytes::from_static(long.as_bytes()))];
+        let out: Vec<io::Result<Bytes>> =
+            rewrite(Kind::Hls, rw(), futures::stream::iter(chunks).boxed()).collect().await;
+        assert!(out.iter().any(|c| c.as_ref().is_err_and(|e| e.kind() == io::ErrorKind::InvalidData)));
+    }
+
+    const MPD: &str = r#"<?xml version="1.0" encoding="utf-8"?>
+<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="static" mediaPresentationDuration="PT6S">
+  <!-- made by a test -->
+  <Period id="0" start="PT0S">
+    <AdaptationSet id="0" contentType="video" segmentAlignment="true">
+      <Representation id="0" mimeType="video/mp4" codecs="avc1.64001e" bandwidth="300000" width="320" height="180">
+        <SegmentTemplate timescale="12800" initialization="init-stream$RepresentationID$.m4s" media="chunk-stream$RepresentationID$-$Number%05d$.m4s" startNumber="1" duration="25600"/>
+      </Representation>
+    </AdaptationSet>
+    <AdaptationSet id="1" contentType="audio">
+      <BaseURL>audio/</BaseURL>
+      <Representation id="1" mimeType="audio/mp4" bandwidth="64000">
+        <SegmentList duration="2"><Initialization sourceURL="init.mp4"/><SegmentURL media="a1.m4s" mediaRange="0-99"/></SegmentList>
+      </Representation>
+    </AdaptationSet>
+    <AdaptationSet id="2" contentType="text">
+      <BaseURL>https://subs.other.example/</BaseURL>
+      <Representation id="2" mimeType="text/vtt" bandwidth="100"><SegmentTemplate media="sub-$Number$.vtt"/></Representation>
+    </AdaptationSet>
+  </Period>
+</MPD>
+"#;
+
+    #[tokio::test]
+    async fn dash_uri_attributes_get_the_token_within_scope_and_host() {
+        let r = Rewriter::new("media.example", "/videos/film/manifest.mpd", "/videos/film/", TOKEN).unwrap();
+        for piece in [5, 4096] {
+            let out = run(Kind::Dash, r.clone(), MPD, piece).await;
+            assert!(out.contains(r#"initialization="init-stream$RepresentationID$.m4s?token=v1.abc.def""#), "{out}");
+            assert!(out.contains(r#"media="chunk-stream$RepresentationID$-$Number%05d$.m4s?token=v1.abc.def""#));
+            assert!(out.contains(r#"sourceURL="init.mp4?token=v1.abc.def""#), "{out}");
+            assert!(out.contains(r#"media="a1.m4s?token=v1.abc.def" mediaRange="0-99""#), "{out}");
+            assert!(out.contains(r#"media="sub-$Number$.vtt""#), "a BaseURL on another host keeps the token away");
+            assert!(out.contains("<!-- made by a test -->") && out.contains("<BaseURL>audio/</BaseURL>"));
+            assert!(out.starts_with(r#"<?xml version="1.0" encoding="utf-8"?>"#));
+        }
+        // A scope that does not cover the audio folder leaves its URIs alone.
+        let narrow = Rewriter::new("media.example", "/videos/film/manifest.mpd", "/videos/film/video/", TOKEN).unwrap();
+        let out = run(Kind::Dash, narrow, MPD, 4096).await;
+        assert!(!out.contains("token="), "{out}");
+    }
+
+    #[tokio::test]
+    async fn dash_reports_broken_xml() {
+        let chunks = vec![Ok(Bytes::from_static(b"<MPD><Period></MPD>"))];
+        let out: Vec<io::Result<Bytes>> =
+            rewrite(Kind::Dash, rw(), futures::stream::iter(chunks).boxed()).collect().await;
+        assert!(out.iter().any(|c| c.is_err()), "mismatched end tags are an error");
+    }
+}
