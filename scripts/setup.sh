@@ -6,9 +6,14 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v python3 >/dev/null || need_apt+=(python3)
 command -v node >/dev/null || need_apt+=(nodejs npm)
+# The browser playback test: ffmpeg makes the media, Debian's Chromium plays it (driven by Playwright).
+command -v ffmpeg >/dev/null || need_apt+=(ffmpeg)
+command -v chromium >/dev/null || need_apt+=(chromium)
 if ((${#need_apt[@]})); then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need_apt[@]}"
 fi
 
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
@@ -20,6 +25,5 @@ bash tests/controlplane/build.sh >/dev/null
 bash tests/s3/build.sh >/dev/null
 cargo build --workspace --locked --bins
 
-if [ -d sdk/typescript ] && [ -f sdk/typescript/package-lock.json ]; then
-  (cd sdk/typescript && npm ci --no-audit --no-fund)
-fi
+(cd sdk/typescript && npm ci --no-audit --no-fund)
+(cd tests/browser && npm ci --no-audit --no-fund)

@@ -1,0 +1,297 @@
+//! Real playback in Debian's Chromium (headless, driven by Playwright): media made by ffmpeg in the test, served by
+//! real agents from a local directory and from a real S3 server, played as MP4 in a `<video>` element, as HLS through
+//! hls.js and as DASH through dash.js, with a token on the master playlist only (rewritten manifests), in the path
+//! (path carrier), and through a cookie session. Needs ffmpeg, chromium and `npm ci` in tests/browser, which
+//! `scripts/setup.sh` installs; a missing one fails the test and names what to install.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use vd_token::{Carrier, Signer, UrlRequest};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+fn run(cmd: &mut Command, what: &str) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run {:?} ({e}); run scripts/setup.sh", cmd.get_program()));
+    assert!(out.status.success(), "{what} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Six seconds of test pattern and tone: an MP4 (moov first), HLS in two renditions with fMP4 segments, and DASH.
+fn make_media(dir: &Path) {
+    for sub in ["film/hls", "film/dash"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    let ff = |args: &[&str]| {
+        let mut c = Command::new("ffmpeg");
+        c.current_dir(dir).args(["-hide_banner", "-loglevel", "error", "-y"]).args(args);
+        run(&mut c, "ffmpeg");
+    };
+    ff(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=320x180:rate=25",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:sample_rate=44100",
+        "-t",
+        "6",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-pix_fmt",
+        "yuv420p",
+        "-g",
+        "25",
+        "-c:a",
+        "aac",
+        "-b:a",
+        "64k",
+        "-movflags",
+        "+faststart",
+        "film/film.mp4",
+    ]);
+    ff(&[
+        "-i",
+        "film/film.mp4",
+        "-map",
+        "0:v",
+        "-map",
+        "0:a",
+        "-map",
+        "0:v",
+        "-map",
+        "0:a",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-g",
+        "25",
+        "-c:a",
+        "aac",
+        "-filter:v:1",
+        "scale=160:90",
+        "-b:v:0",
+        "400k",
+        "-b:v:1",
+        "150k",
+        "-f",
+        "hls",
+        "-hls_time",
+        "2",
+        "-hls_playlist_type",
+        "vod",
+        "-hls_segment_type",
+        "fmp4",
+        "-master_pl_name",
+        "master.m3u8",
+        "-var_stream_map",
+        "v:0,a:0 v:1,a:1",
+        "-hls_segment_filename",
+        "film/hls/r%v/seg%d.m4s",
+        "film/hls/r%v/index.m3u8",
+    ]);
+    ff(&[
+        "-i",
+        "film/film.mp4",
+        "-map",
+        "0:v",
+        "-map",
+        "0:a",
+        "-c",
+        "copy",
+        "-f",
+        "dash",
+        "-seg_duration",
+        "2",
+        "-use_template",
+        "1",
+        "-use_timeline",
+        "0",
+        "film/dash/manifest.mpd",
+    ]);
+}
+
+fn files(dir: &Path) -> Vec<(String, PathBuf)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.strip_prefix(dir).unwrap().to_string_lossy().into_owned(), p));
+            }
+        }
+    }
+    out
+}
+
+struct Minter {
+    signer: Signer,
+    base: String,
+}
+
+impl Minter {
+    fn new(agent: &TestAgent) -> Minter {
+        Minter { signer: Signer::new(&agent.keyring), base: format!("http://{}", agent.addr) }
+    }
+    fn req<'a>(&'a self, path: &'a str, prefix: Option<&'a str>) -> UrlRequest<'a> {
+        UrlRequest {
+            base_url: &self.base,
+            path,
+            exp: now() + 900,
+            nbf: None,
+            prefix,
+            ip: None,
+            carrier: Carrier::Token,
+        }
+    }
+    /// `?token=` for exactly this path: what a backend hands out for a master playlist.
+    fn exact(&self, path: &str) -> String {
+        self.signer.url(&self.req(path, None)).unwrap()
+    }
+    fn path_carrier(&self, path: &str, prefix: &str) -> String {
+        self.signer.path_url(&self.req(path, Some(prefix)), "/videos").unwrap()
+    }
+    fn prefix_token(&self, prefix: &str) -> String {
+        let req = self.req("/videos/film/film.mp4", Some(prefix));
+        self.signer.token(&self.signer.claims(&req).unwrap())
+    }
+}
+
+fn tamper(url: &str) -> String {
+    // Change a character inside the token's signature, its part after the second dot of `v1.`.
+    let t = url.find("v1.").unwrap() + 3;
+    let i = t + url[t..].find('.').unwrap() + 5;
+    let c = if &url[i..=i] == "A" { "B" } else { "A" };
+    format!("{}{c}{}", &url[..i], &url[i + 1..])
+}
+
+fn play(port: u16, scenarios: serde_json::Value) -> Vec<serde_json::Value> {
+    let dir = repo().join("tests/browser");
+    assert!(
+        dir.join("node_modules/playwright-core").exists(),
+        "tests/browser/node_modules is missing: run scripts/setup.sh (npm ci in tests/browser)"
+    );
+    let config = serde_json::json!({ "port": port, "scenarios": scenarios }).to_string();
+    let out = run(Command::new("node").current_dir(&dir).arg("play.mjs").arg(config), "the browser run");
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("bad report from play.mjs ({e}): {out}"))
+}
+
+fn status_count(metrics: &str, status: u16) -> u64 {
+    let key = format!("videodelivery_agent_requests_total{{status=\"{status}\"}} ");
+    metrics.lines().find_map(|l| l.strip_prefix(&key)).map_or(0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_plays_mp4_hls_and_dash_with_one_token() {
+    let media = tempfile::tempdir().unwrap();
+    make_media(media.path());
+
+    // SAFETY: set before any thread of this test reads the environment; the S3 client reads it at agent start.
+    unsafe {
+        std::env::set_var("AWS_ACCESS_KEY_ID", vd_testsupport::S3Server::ACCESS_KEY);
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", vd_testsupport::S3Server::SECRET_KEY);
+        std::env::set_var("AWS_REGION", "us-east-1");
+    }
+    let s3 = vd_testsupport::S3Server::start().unwrap();
+    for (key, path) in files(media.path()) {
+        s3.put("media", &key, &std::fs::read(path).unwrap()).unwrap();
+    }
+
+    // The page lives on its own origin (another port), as a web app does; it is same-site with the agents, so a
+    // SameSite=Lax cookie reaches them from credentialed requests.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let cors = format!("--cors-origin=http://127.0.0.1:{port}");
+    let common = [cors.as_str(), "--session-cookie-insecure", "--session-cookie-same-site=lax"];
+    let with = |extra: &[&'static str]| common.iter().copied().chain(extra.iter().copied()).collect::<Vec<_>>();
+    let rewriting = TestAgent::start_with(copy_of(media.path()), &with(&["--rewrite-manifests"]), None).await;
+    let plain = TestAgent::start_with(copy_of(media.path()), &with(&[]), None).await;
+    let endpoint: &'static str = Box::leak(format!("--s3-endpoint={}", s3.endpoint).into_boxed_str());
+    let on_s3 = TestAgent::start_with(
+        tempfile::tempdir().unwrap(),
+        &with(&["--rewrite-manifests", endpoint, "--s3-path-style"]),
+        Some("s3://media".into()),
+    )
+    .await;
+    let (rw, pl, s3m) = (Minter::new(&rewriting), Minter::new(&plain), Minter::new(&on_s3));
+    let plain_base = format!("http://{}", plain.addr);
+
+    let scenarios = serde_json::json!([
+        { "name": "mp4, local", "kind": "mp4", "url": rw.exact("/videos/film/film.mp4") },
+        { "name": "mp4, S3", "kind": "mp4", "url": s3m.exact("/videos/film/film.mp4") },
+        { "name": "hls.js, token on the master only, rewritten, local", "kind": "hls",
+          "url": rw.exact("/videos/film/hls/master.m3u8") },
+        { "name": "hls.js, token on the master only, rewritten, S3", "kind": "hls",
+          "url": s3m.exact("/videos/film/hls/master.m3u8") },
+        { "name": "hls.js, path carrier, no rewriting", "kind": "hls",
+          "url": pl.path_carrier("/videos/film/hls/master.m3u8", "/videos/film/hls/") },
+        { "name": "dash.js, token on the manifest only, rewritten", "kind": "dash",
+          "url": rw.exact("/videos/film/dash/manifest.mpd") },
+        { "name": "dash.js, path carrier, no rewriting", "kind": "dash",
+          "url": pl.path_carrier("/videos/film/dash/manifest.mpd", "/videos/film/") },
+        { "name": "hls.js, cookie session, no token in any URL", "kind": "hls", "credentials": true,
+          "session": format!("{plain_base}/videos/session?token={}", pl.prefix_token("/videos/film/")),
+          "url": format!("{plain_base}/videos/film/hls/master.m3u8") },
+    ]);
+    let reports = play(port, scenarios);
+    assert_eq!(reports.len(), 8);
+    for r in &reports {
+        let steps = r["steps"].as_array().unwrap();
+        assert!(r["errors"].as_array().unwrap().is_empty(), "{}: {r}", r["name"]);
+        assert_eq!(steps.len(), 3, "{}: start, middle and end: {r}", r["name"]);
+        assert!(steps.iter().all(|s| s["ok"] == true), "{}: currentTime advanced after every seek: {r}", r["name"]);
+        let duration = r["duration"].as_f64().unwrap();
+        assert!((5.5..6.6).contains(&duration), "{}: the whole film is there: {r}", r["name"]);
+        assert_eq!(r["ended"], true, "{}: played to the end: {r}", r["name"]);
+    }
+    assert_eq!(reports[7]["session"], 200);
+    for agent in [&rewriting, &plain, &on_s3] {
+        let m = agent.metrics().await;
+        assert_eq!((status_count(&m, 401), status_count(&m, 403)), (0, 0), "no request was refused:\n{m}");
+        assert!(status_count(&m, 200) + status_count(&m, 206) > 3, "{m}");
+    }
+
+    // A tampered token does not play, whichever way it travels.
+    let negatives = serde_json::json!([
+        { "name": "tampered mp4", "kind": "mp4", "url": tamper(&rw.exact("/videos/film/film.mp4")), "timeoutMs": 4000 },
+        { "name": "tampered master", "kind": "hls", "url": tamper(&rw.exact("/videos/film/hls/master.m3u8")),
+          "timeoutMs": 4000 },
+        { "name": "tampered path carrier", "kind": "hls", "timeoutMs": 4000,
+          "url": tamper(&pl.path_carrier("/videos/film/hls/master.m3u8", "/videos/film/hls/")) },
+        { "name": "no session", "kind": "hls", "credentials": true, "timeoutMs": 4000,
+          "url": format!("{plain_base}/videos/film/hls/master.m3u8") },
+    ]);
+    let reports = play(port, negatives);
+    for r in &reports {
+        assert!(!r["errors"].as_array().unwrap().is_empty(), "{} must fail: {r}", r["name"]);
+        let first = &r["steps"][0];
+        assert!(first["reached"].as_f64().unwrap() < 0.5, "{} must not play: {r}", r["name"]);
+    }
+    let refused = |m: &str| status_count(m, 401) + status_count(m, 403);
+    assert!(refused(&rewriting.metrics().await) >= 2);
+    assert!(refused(&plain.metrics().await) >= 2);
+}
+
+fn copy_of(src: &Path) -> tempfile::TempDir {
+    let dst = tempfile::tempdir().unwrap();
+    for (key, path) in files(src) {
+        let to = dst.path().join(key);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(path, to).unwrap();
+    }
+    dst
+}
