@@ -29,98 +29,29 @@ fn make_media(dir: &Path) {
     for sub in ["film/hls", "film/dash"] {
         std::fs::create_dir_all(dir.join(sub)).unwrap();
     }
-    let ff = |args: &[&str]| {
+    // Arguments split at spaces; `tail` holds the ones that contain a space.
+    let ff = |args: &str, tail: &[&str]| {
         let mut c = Command::new("ffmpeg");
-        c.current_dir(dir).args(["-hide_banner", "-loglevel", "error", "-y"]).args(args);
+        c.current_dir(dir).args(["-hide_banner", "-loglevel", "error", "-y"]);
+        c.args(args.split_whitespace()).args(tail);
         run(&mut c, "ffmpeg");
     };
-    ff(&[
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc2=size=320x180:rate=25",
-        "-f",
-        "lavfi",
-        "-i",
-        "sine=frequency=440:sample_rate=44100",
-        "-t",
-        "6",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-pix_fmt",
-        "yuv420p",
-        "-g",
-        "25",
-        "-c:a",
-        "aac",
-        "-b:a",
-        "64k",
-        "-movflags",
-        "+faststart",
-        "film/film.mp4",
-    ]);
-    ff(&[
-        "-i",
-        "film/film.mp4",
-        "-map",
-        "0:v",
-        "-map",
-        "0:a",
-        "-map",
-        "0:v",
-        "-map",
-        "0:a",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-g",
-        "25",
-        "-c:a",
-        "aac",
-        "-filter:v:1",
-        "scale=160:90",
-        "-b:v:0",
-        "400k",
-        "-b:v:1",
-        "150k",
-        "-f",
-        "hls",
-        "-hls_time",
-        "2",
-        "-hls_playlist_type",
-        "vod",
-        "-hls_segment_type",
-        "fmp4",
-        "-master_pl_name",
-        "master.m3u8",
-        "-var_stream_map",
-        "v:0,a:0 v:1,a:1",
-        "-hls_segment_filename",
-        "film/hls/r%v/seg%d.m4s",
-        "film/hls/r%v/index.m3u8",
-    ]);
-    ff(&[
-        "-i",
-        "film/film.mp4",
-        "-map",
-        "0:v",
-        "-map",
-        "0:a",
-        "-c",
-        "copy",
-        "-f",
-        "dash",
-        "-seg_duration",
-        "2",
-        "-use_template",
-        "1",
-        "-use_timeline",
-        "0",
-        "film/dash/manifest.mpd",
-    ]);
+    ff(
+        "-f lavfi -i testsrc2=size=320x180:rate=25 -f lavfi -i sine=frequency=440:sample_rate=44100 -t 6 \
+         -c:v libx264 -preset ultrafast -pix_fmt yuv420p -g 25 -c:a aac -b:a 64k -movflags +faststart film/film.mp4",
+        &[],
+    );
+    ff(
+        "-i film/film.mp4 -map 0:v -map 0:a -map 0:v -map 0:a -c:v libx264 -preset ultrafast -g 25 -c:a aac \
+         -filter:v:1 scale=160:90 -b:v:0 400k -b:v:1 150k -f hls -hls_time 2 -hls_playlist_type vod \
+         -hls_segment_type fmp4 -master_pl_name master.m3u8 -hls_segment_filename film/hls/r%v/seg%d.m4s",
+        &["-var_stream_map", "v:0,a:0 v:1,a:1", "film/hls/r%v/index.m3u8"],
+    );
+    ff(
+        "-i film/film.mp4 -map 0:v -map 0:a -c copy -f dash -seg_duration 2 -use_template 1 -use_timeline 0 \
+         film/dash/manifest.mpd",
+        &[],
+    );
 }
 
 fn files(dir: &Path) -> Vec<(String, PathBuf)> {
