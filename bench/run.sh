@@ -141,6 +141,15 @@ for run in $(seq "$RUNS"); do
   echo "bench: run $run done" >&2
 done
 
+# Time to first byte at 64 connections, random 1 MiB ranges, agent (cache warm) vs nginx, interleaved per run:
+# wrk times whole responses, so a small client of our own (agent/benches/ttfb.rs) times the first body byte.
+ttfb=skipped
+if [ "${CARGO_BENCHES:-1}" = 1 ]; then
+  ttfb=$(VD_TTFB_SERVERS="agent=${url[agent.ranges]} nginx=${url[nginx.ranges]}" VD_TTFB_AUTH="Bearer $token" \
+    VD_TTFB_FILE_SIZE=$BIG VD_TTFB_CONNS=64 VD_TTFB_RUNS=$RUNS VD_TTFB_SECONDS=${DURATION%s} \
+    cargo bench -q -p videodelivery-agent --bench ttfb 2>/dev/null | grep -E '^\||^p99' || true)
+fi
+
 # 100 viewers of one hot video through a fresh agent on S3: how many bytes does storage serve?
 s3_agent 18085 19095
 seq 100 | xargs -P 100 -I{} curl -s -o /dev/null -H "$auth" http://127.0.0.1:18085/videos/whole.mp4
@@ -173,6 +182,13 @@ fi
   echo
   echo "## Agent vs nginx (local files, page cache warm)"
   python3 bench/report.py "$raw" agent=nginx
+  echo
+  echo "## Time to first byte at 64 connections (\`cargo bench -p videodelivery-agent --bench ttfb\`)"
+  echo
+  echo "64 keep-alive connections per server asking for random 1 MiB ranges of the ${BIG}-byte file back to back,"
+  echo "timed from sending the request to the first body byte; median over $RUNS runs of ${DURATION}, servers in turn."
+  echo
+  echo "$ttfb"
   echo
   echo "## Agent in front of S3 vs direct presigned GETs to the S3 server (versitygw, posix backend)"
   echo

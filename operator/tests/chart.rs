@@ -228,10 +228,23 @@ async fn scenario(client: &Client, ns: &str, operator: &mut Process) -> Result<(
     vds.patch("a", &PatchParams::default(), &Patch::Merge(&fixed)).await.map_err(|e| e.to_string())?;
     wait_for("HPA removed", || async { hpas.get_opt("a-agent").await.ok()?.is_none().then_some(()) }).await?;
 
-    // A broken keyring is reported, and the repeated event is counted.
+    // Let the scale-down settle: the controller manager writes the Deployment's status while pods come and go, and
+    // each write wakes the operator, which would hide a missing Secret watch.
+    wait_for("a settled at one ready agent", || async {
+        vd_testsupport::mark_pods_ready(client, ns, &selector("a")).await.ok()?;
+        let d = deployments.get("a-agent").await.ok()?;
+        let s = d.status?;
+        (s.replicas? == 1 && s.ready_replicas? == 1 && s.observed_generation == d.metadata.generation).then_some(())
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // A broken keyring is reported at once (only the Secret watch can see it that fast), and the repeated event is
+    // counted.
     let broken = serde_json::json!({"data": {"keyring.json": "e30="}});
     secrets.patch("a-keyring", &PatchParams::default(), &Patch::Merge(&broken)).await.map_err(|e| e.to_string())?;
-    wait_for("KeyringInvalid", || cond("a", "KeysReady", "False", Some("KeyringInvalid"))).await?;
+    wait_within("KeyringInvalid", Duration::from_secs(3), || cond("a", "KeysReady", "False", Some("KeyringInvalid")))
+        .await?;
     let touch = serde_json::json!({"metadata": {"annotations": {"touched": "1"}}});
     vds.patch("a", &PatchParams::default(), &Patch::Merge(&touch)).await.map_err(|e| e.to_string())?;
     wait_for("a repeated event counted", || async {
