@@ -203,8 +203,8 @@ fi
   echo
   echo "## 10,000 slow viewers (\`cargo bench -p videodelivery-agent --bench slow_clients\`)"
   echo
-  echo "Each connection reads a 32 MiB video at 64 KiB/s from one agent (cache on); a stream 'kept moving' if it got"
-  echo "at least half its rate over the run. The clients run on the same 2 cores."
+  echo "Each connection reads a 32 MiB video at 64 KiB/s from one agent (cache on); the table counts streams still receiving data in the"
+  echo "last 5 s and streams that got at least half their rate over the run. The clients run on the same 2 cores."
   echo
   echo "$slow"
   echo

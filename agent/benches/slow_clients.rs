@@ -81,12 +81,13 @@ async fn main() {
 
     let request = Arc::new(format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n").into_bytes());
     let progressed = Arc::new(AtomicU64::new(0));
+    let alive = Arc::new(AtomicU64::new(0));
     let total = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let deadline = start + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
     for i in 0..clients {
-        let (request, progressed, total) = (request.clone(), progressed.clone(), total.clone());
+        let (request, progressed, total, alive) = (request.clone(), progressed.clone(), total.clone(), alive.clone());
         tasks.push(tokio::spawn(async move {
             // Spread the connects over the first second.
             tokio::time::sleep(Duration::from_micros(i * 1_000_000 / clients.max(1))).await;
@@ -96,15 +97,23 @@ async fn main() {
             }
             let mut buf = vec![0u8; 8192];
             let mut got = 0u64;
+            let mut late = 0u64;
             let tick = Duration::from_secs_f64(8192.0 / rate as f64);
             while Instant::now() < deadline {
                 match s.read(&mut buf).await {
                     Ok(0) | Err(_) => break,
                     Ok(n) => got += n as u64,
                 }
+                if deadline.saturating_duration_since(Instant::now()) < Duration::from_secs(5) {
+                    late += 1;
+                }
                 tokio::time::sleep(tick).await;
             }
             total.fetch_add(got, Ordering::Relaxed);
+            // Still progressing: bytes arrived during the last 5 s of the run.
+            if late > 0 {
+                alive.fetch_add(1, Ordering::Relaxed);
+            }
             // Moving: at least half the rate over the run, headers included.
             if got >= rate * (seconds - 2) / 2 {
                 progressed.fetch_add(1, Ordering::Relaxed);
@@ -123,12 +132,15 @@ async fn main() {
     let _ = agent.kill();
     let _ = agent.wait();
     let moving = progressed.load(Ordering::Relaxed);
+    let alive = alive.load(Ordering::Relaxed);
     println!(
-        "| clients | rate each | seconds | streams that kept moving | bytes delivered | agent RSS idle | agent peak RSS |"
+        "| clients | rate each | seconds | streams still receiving in the last 5 s | streams at half their rate or more | \
+         bytes delivered | agent RSS idle | agent peak RSS |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     println!(
-        "| {clients} | 64 KiB/s | {seconds} | {moving} / {clients} | {:.0} MiB | {idle:.1} MiB | {peak:.1} MiB |",
+        "| {clients} | 64 KiB/s | {seconds} | {alive} / {clients} | {moving} / {clients} | {:.0} MiB | {idle:.1} MiB | \
+         {peak:.1} MiB |",
         total.load(Ordering::Relaxed) as f64 / 1048576.0
     );
 }

@@ -1,6 +1,7 @@
 //! A cache of fixed-size, aligned slices of objects, so a popular video is read from storage once, not once per
-//! viewer. Slices are keyed by object and ETag: a changed object has a new ETag and is never served stale. The
-//! cache is bounded in bytes; concurrent requests for one missing slice share one storage read.
+//! viewer. Slices are keyed by object and ETag: a changed object has a new ETag, so its old slices are never
+//! served once its new metadata is known (see `metadata.rs`). The cache is bounded in bytes; concurrent requests
+//! for one missing slice share one storage read.
 
 use std::ops::Range;
 use std::sync::Arc;

@@ -79,6 +79,10 @@ pub struct Config {
     /// Size of a cached slice in KiB: ranges are assembled from aligned slices of this size.
     #[arg(long, env = "VD_SLICE_SIZE_KIB", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(64..=65536))]
     pub slice_size_kib: u64,
+    /// How long an object's size and ETag are remembered: a warm cache then answers without asking storage, and a
+    /// replaced object is noticed within this time (every storage read still checks the ETag). 0 asks every time.
+    #[arg(long, env = "VD_METADATA_TTL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub metadata_ttl: Duration,
     /// Rewrite HLS playlists and DASH manifests so every segment URI on this host carries a prefix token
     /// (token format §5.6). Off by default: it costs a pass over each manifest and mints a token per request.
     #[arg(long, env = "VD_REWRITE_MANIFESTS")]

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod manifest;
+pub mod metadata;
 pub mod metrics;
 pub mod range;
 pub mod server;

@@ -26,6 +26,7 @@ use crate::auth::Auth;
 use crate::cache::SliceCache;
 use crate::config::Config;
 use crate::manifest;
+use crate::metadata::MetaCache;
 use crate::metrics::{Metrics, ReasonLabel, StatusLabel};
 use crate::range::{self, Plan};
 use crate::storage::{Meta, Storage, StorageError};
@@ -37,6 +38,7 @@ pub struct State {
     pub config: Config,
     pub storage: Storage,
     pub cache: SliceCache,
+    pub meta: MetaCache,
     pub auth: Arc<Auth>,
     pub metrics: Arc<Metrics>,
     pub limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
@@ -53,7 +55,8 @@ impl State {
         let route_prefix = config.route_prefix.trim_end_matches('/').to_owned();
         let streams = Arc::new(Semaphore::new(config.max_streams));
         let cache = SliceCache::new(config.cache_size_mib << 20, config.slice_size_kib << 10, metrics.clone());
-        State { config, storage, cache, auth, metrics, limiter, streams, route_prefix }
+        let meta = MetaCache::new(config.metadata_ttl);
+        State { config, storage, cache, meta, auth, metrics, limiter, streams, route_prefix }
     }
 }
 
@@ -126,12 +129,39 @@ async fn route(state: &State, peer: SocketAddr, req: &Request<hyper::body::Incom
         return serve_manifest(state, req, object, raw_path, &path, kind, &claims).await;
     }
 
-    let meta = {
-        let t = Instant::now();
-        let meta = state.storage.head(object).await;
-        state.metrics.storage_latency.observe(t.elapsed().as_secs_f64());
-        meta.map_err(storage_error)?
-    };
+    // Metadata may be remembered (--metadata-ttl). A storage read that finds another ETag starts the answer over,
+    // once, with fresh metadata, so a replaced object is served whole and new, never spliced.
+    match serve(state, req, object).await {
+        Ok(r) => Ok(r),
+        Err(Failure::Answer(r)) => Err(r),
+        Err(Failure::Changed) => {
+            state.meta.invalidate(object).await;
+            match serve(state, req, object).await {
+                Ok(r) => Ok(r),
+                Err(Failure::Answer(r)) => Err(r),
+                Err(Failure::Changed) => Err(storage_error(StorageError::Changed)),
+            }
+        }
+    }
+}
+
+/// Why [`serve`] did not produce a response.
+enum Failure {
+    Answer(Response<Body>),
+    /// Storage holds another version than the metadata said.
+    Changed,
+}
+
+impl From<Response<Body>> for Failure {
+    fn from(r: Response<Body>) -> Failure {
+        Failure::Answer(r)
+    }
+}
+
+/// The object, a range of it, or a 304 or 416, once the request is authorized.
+async fn serve(state: &State, req: &Request<hyper::body::Incoming>, object: &str) -> Result<Response<Body>, Failure> {
+    let method = req.method();
+    let meta = state.meta.get(&state.storage, object, &state.metrics).await.map_err(storage_error)?;
     let etag = meta.etag.as_deref().map(quote_etag);
     let mut headers = HeaderMap::new();
     headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
@@ -162,7 +192,7 @@ async fn route(state: &State, peer: SocketAddr, req: &Request<hyper::body::Incom
                 error(StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable", "the range is outside the object");
             r.headers_mut().insert(header::CONTENT_RANGE, hv(&format!("bytes */{}", meta.size)));
             r.headers_mut().insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-            return Err(r);
+            return Err(r.into());
         }
     };
     if status == StatusCode::PARTIAL_CONTENT {
@@ -175,11 +205,13 @@ async fn route(state: &State, peer: SocketAddr, req: &Request<hyper::body::Incom
         empty()
     } else {
         let permit = stream_permit(state)?;
-        let (opened, cached) = state
-            .cache
-            .read(&state.storage, object, meta.etag.as_deref(), meta.size, range.clone())
-            .await
-            .map_err(storage_error)?;
+        let (opened, cached) =
+            state.cache.read(&state.storage, object, meta.etag.as_deref(), meta.size, range.clone()).await.map_err(
+                |e| match e {
+                    StorageError::Changed => Failure::Changed,
+                    e => Failure::Answer(storage_error(e)),
+                },
+            )?;
         headers.insert("x-cache", HeaderValue::from_static(cached.as_str()));
         content_type = opened.content_type;
         let stream = Metered {
@@ -337,7 +369,7 @@ async fn serve_manifest(
     };
     debug_assert!(path.starts_with(scope.as_str()));
 
-    let meta = state.storage.head(object).await.map_err(storage_error)?;
+    let meta = state.meta.get(&state.storage, object, &state.metrics).await.map_err(storage_error)?;
     let etag = meta.etag.as_deref().map(|tag| {
         let digest = Sha256::digest(token.as_bytes());
         let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();

@@ -43,7 +43,8 @@ async fn ranges_across_slices_are_exact_and_hit_the_second_time() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_changed_object_is_never_served_stale() {
-    let agent = TestAgent::start(&[]).await;
+    // --metadata-ttl=0: storage is asked for the ETag on every request.
+    let agent = TestAgent::start(&["--metadata-ttl=0"]).await;
     let old = content(300_000);
     let path = agent.put("clip.mp4", &old);
     let url = agent.signed("/videos/clip.mp4", Carrier::Query);
@@ -61,6 +62,41 @@ async fn a_changed_object_is_never_served_stale() {
     assert_ne!(header(&h3, "etag"), header(&h1, "etag"));
     assert_eq!(header(&h3, "x-cache"), "MISS");
     assert!(body[..] == new[..100_000], "served the old bytes after the object changed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn remembered_metadata_is_refreshed_by_a_changed_etag_or_after_its_ttl() {
+    let agent = TestAgent::start(&["--metadata-ttl=1500ms", "--slice-size-kib=64"]).await;
+    let old = content(400_000);
+    let path = agent.put("clip.mp4", &old);
+    let url = agent.signed("/videos/clip.mp4", Carrier::Query);
+    let (_, h1, _) = get(&url, &[("range", "bytes=0-999")]).await;
+    let (_, h2, _) = get(&url, &[("range", "bytes=0-999")]).await;
+    assert_eq!(header(&h2, "x-cache"), "HIT");
+    let heads = metric(&agent.metrics().await, "videodelivery_agent_storage_latency_seconds_count");
+    assert_eq!(heads, 1, "the second request did not ask storage");
+
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let new: Vec<u8> = old.iter().map(|b| b ^ 0x5a).collect();
+    std::fs::write(&path, &new).unwrap();
+    // A slice that has to come from storage: the read carries the remembered ETag, storage refuses it, and the
+    // answer starts over with fresh metadata: new bytes and the new ETag, never a mix.
+    let (status, h3, body) = get(&url, &[("range", "bytes=300000-300999")]).await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    assert!(body[..] == new[300_000..301_000], "old bytes after a changed ETag");
+    assert_ne!(header(&h3, "etag"), header(&h1, "etag"));
+    // Now the new metadata is remembered: the first slice is read again, for the new ETag.
+    let (_, h4, body) = get(&url, &[("range", "bytes=0-999")]).await;
+    assert_eq!((header(&h4, "x-cache"), header(&h4, "etag")), ("MISS", header(&h3, "etag")));
+    assert!(body[..] == new[..1000]);
+
+    // Replaced again: cached slices may answer for at most the TTL, then the new version is served.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(&path, &old).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1600));
+    let (_, h5, body) = get(&url, &[("range", "bytes=0-999")]).await;
+    assert!(body[..] == old[..1000], "still the replaced bytes after the TTL");
+    assert_ne!(header(&h5, "etag"), header(&h4, "etag"));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -210,6 +210,55 @@ pub struct AgentsSpec {
     pub rate_limit: RateLimitSpec,
     #[serde(default)]
     pub cache: CacheSpec,
+    #[serde(default)]
+    pub playback: PlaybackSpec,
+}
+
+/// HLS and DASH playback with one token (token format §5.4–§5.6). The path carrier needs no setting.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PlaybackSpec {
+    /// Rewrite HLS playlists and DASH manifests so every segment URI on the agents' host carries a token derived
+    /// from the one on the playlist.
+    #[serde(default)]
+    pub rewrite_manifests: bool,
+    #[serde(default)]
+    pub session: SessionSpec,
+}
+
+/// The cookie that `{routePrefix}/session` trades for a prefix token.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.sameSite != 'None' || self.secureCookie")
+    .message("agents.playback.session: sameSite None needs secureCookie (browsers drop such cookies otherwise)"))]
+pub struct SessionSpec {
+    /// How long a session lasts, whatever the token that opened it; capped at signing.maxTokenLifetime.
+    #[serde(default = "default_session_ttl", rename = "ttl")]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = 32))]
+    pub ttl: String,
+    /// Mark the cookie `Secure` (HTTPS only). Turn off only for plain-HTTP development.
+    #[serde(default = "default_true")]
+    pub secure_cookie: bool,
+    /// `None` lets players on another site send the cookie; `Lax` or `Strict` keep it to the same site.
+    #[serde(default = "default_same_site")]
+    #[schemars(extend("enum" = ["None", "Lax", "Strict"]))]
+    pub same_site: String,
+}
+
+fn default_session_ttl() -> String {
+    "4h".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_same_site() -> String {
+    "None".into()
+}
+
+impl Default for SessionSpec {
+    fn default() -> Self {
+        SessionSpec { ttl: default_session_ttl(), secure_cookie: true, same_site: default_same_site() }
+    }
 }
 
 /// Each agent's in-memory cache of hot video slices. Keep `sizeMiB` below the memory limit.
@@ -259,6 +308,7 @@ impl Default for AgentsSpec {
             cors_origins: Vec::new(),
             rate_limit: RateLimitSpec::default(),
             cache: CacheSpec::default(),
+            playback: PlaybackSpec::default(),
         }
     }
 }

@@ -159,6 +159,15 @@ pub fn agent_args(vd: &VideoDelivery) -> Vec<String> {
     }
     args.extend(s.agents.public_prefixes.iter().map(|p| format!("--public-prefix={p}")));
     args.extend(s.agents.cors_origins.iter().map(|o| format!("--cors-origin={o}")));
+    let playback = &s.agents.playback;
+    if playback.rewrite_manifests {
+        args.push("--rewrite-manifests".into());
+    }
+    args.push(format!("--session-ttl={}", playback.session.ttl));
+    args.push(format!("--session-cookie-same-site={}", playback.session.same_site.to_ascii_lowercase()));
+    if !playback.session.secure_cookie {
+        args.push("--session-cookie-insecure".into());
+    }
     args
 }
 

@@ -58,6 +58,10 @@ async fn nonsense_is_refused_at_apply_time_with_a_readable_message() {
             "agents.autoscaling.minReplicas must not be above maxReplicas",
         ),
         (
+            "storage: {url: 's3://videos'}\nagents: {playback: {session: {secureCookie: false}}}",
+            "sameSite None needs secureCookie",
+        ),
+        (
             "storage: {url: 's3://videos'}\nagents: {replicas: 3, autoscaling: {maxReplicas: 4}}",
             "set agents.replicas or agents.autoscaling, not both",
         ),

@@ -32,7 +32,8 @@ async fn a_videodelivery_becomes_keys_agents_and_a_truthful_status() {
         &ns,
         "media",
         "storage: {url: 's3://videos/prod', endpoint: 'http://minio:9000', pathStyle: true}\n\
-         agents: {replicas: 2, publicPrefixes: [/videos/public/], corsOrigins: ['https://app.example'], cache: {sizeMiB: 64}}",
+         agents: {replicas: 2, publicPrefixes: [/videos/public/], corsOrigins: ['https://app.example'], cache: {sizeMiB: 64}, \
+                  playback: {rewriteManifests: true, session: {ttl: 8h, sameSite: Lax}}}",
     )
     .await;
 
@@ -66,6 +67,9 @@ async fn a_videodelivery_becomes_keys_agents_and_a_truthful_status() {
         "--cors-origin=https://app.example",
         "--cache-size-mib=64",
         "--slice-size-kib=1024",
+        "--rewrite-manifests",
+        "--session-ttl=8h",
+        "--session-cookie-same-site=lax",
     ] {
         assert!(args.iter().any(|a| a == want), "{want} missing from {args:?}");
     }
