@@ -390,10 +390,9 @@ async fn serve_manifest(
         return Ok(r);
     }
     let mut resp = Response::new(empty());
-    if req.method() == Method::HEAD || meta.size == 0 {
-        if meta.size == 0 {
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
-        }
+    // HEAD runs the rewrite too (its body is dropped in `handle`), so it reports the same Content-Length as GET.
+    if meta.size == 0 {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
         *resp.headers_mut() = headers;
         return Ok(resp);
     }
