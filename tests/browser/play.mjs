@@ -20,7 +20,8 @@ await new Promise((resolve) => server.listen(config.port, "127.0.0.1", resolve))
 
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-  args: ["--no-sandbox", "--autoplay-policy=no-user-gesture-required", "--mute-audio"],
+  // No sandbox (CI runs as root); /tmp instead of a container's small /dev/shm.
+  args: ["--no-sandbox", "--disable-dev-shm-usage", "--autoplay-policy=no-user-gesture-required", "--mute-audio"],
 });
 const results = [];
 try {
