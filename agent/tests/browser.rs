@@ -1,6 +1,6 @@
 //! Real playback in Debian's Chromium (headless, driven by Playwright): media made by ffmpeg in the test, served by
 //! real agents from a local directory and from a real S3 server, played as MP4 in a `<video>` element, as HLS through
-//! hls.js and as DASH through dash.js, with a token on the master playlist only (rewritten manifests), in the path
+//! hls.js (fMP4 in two renditions, and AES-128 encrypted TS) and as DASH through dash.js, with a token on the master playlist only (rewritten manifests), in the path
 //! (path carrier), and through a cookie session. Needs ffmpeg, chromium and `npm ci` in tests/browser, which
 //! `scripts/setup.sh` installs; a missing one fails the test and names what to install.
 
@@ -46,6 +46,15 @@ fn make_media(dir: &Path) {
          -filter:v:1 scale=160:90 -b:v:0 400k -b:v:1 150k -f hls -hls_time 2 -hls_playlist_type vod \
          -hls_segment_type fmp4 -master_pl_name master.m3u8 -hls_segment_filename film/hls/r%v/seg%d.m4s",
         &["-var_stream_map", "v:0,a:0 v:1,a:1", "film/hls/r%v/index.m3u8"],
+    );
+    // AES-128 HLS: the playlist's EXT-X-KEY URI must carry the token too.
+    std::fs::create_dir_all(dir.join("film/enc")).unwrap();
+    std::fs::write(dir.join("film/enc/key.bin"), b"vd-test-aes-key!").unwrap();
+    std::fs::write(dir.join("keyinfo.txt"), "key.bin\nfilm/enc/key.bin\n").unwrap();
+    ff(
+        "-i film/film.mp4 -c copy -f hls -hls_time 2 -hls_playlist_type vod -hls_key_info_file keyinfo.txt \
+         -hls_segment_filename film/enc/seg%d.ts film/enc/index.m3u8",
+        &[],
     );
     ff(
         "-i film/film.mp4 -map 0:v -map 0:a -c copy -f dash -seg_duration 2 -use_template 1 -use_timeline 0 \
@@ -98,7 +107,8 @@ impl Minter {
         self.signer.path_url(&self.req(path, Some(prefix)), "/videos").unwrap()
     }
     fn prefix_token(&self, prefix: &str) -> String {
-        let req = self.req("/videos/film/film.mp4", Some(prefix));
+        let inside = format!("{prefix}any");
+        let req = self.req(&inside, Some(prefix));
         self.signer.token(&self.signer.claims(&req).unwrap())
     }
 }
@@ -168,6 +178,8 @@ async fn chromium_plays_mp4_hls_and_dash_with_one_token() {
           "url": rw.exact("/videos/film/hls/master.m3u8") },
         { "name": "hls.js, token on the master only, rewritten, S3", "kind": "hls",
           "url": s3m.exact("/videos/film/hls/master.m3u8") },
+        { "name": "hls.js, AES-128 (EXT-X-KEY), token on the playlist only, rewritten", "kind": "hls",
+          "url": rw.exact("/videos/film/enc/index.m3u8") },
         { "name": "hls.js, path carrier, no rewriting", "kind": "hls",
           "url": pl.path_carrier("/videos/film/hls/master.m3u8", "/videos/film/hls/") },
         { "name": "dash.js, token on the manifest only, rewritten", "kind": "dash",
@@ -177,9 +189,12 @@ async fn chromium_plays_mp4_hls_and_dash_with_one_token() {
         { "name": "hls.js, cookie session, no token in any URL", "kind": "hls", "credentials": true,
           "session": format!("{plain_base}/videos/session?token={}", pl.prefix_token("/videos/film/")),
           "url": format!("{plain_base}/videos/film/hls/master.m3u8") },
+        { "name": "dash.js, cookie session, no token in any URL", "kind": "dash", "credentials": true,
+          "session": format!("{plain_base}/videos/session?token={}", pl.prefix_token("/videos/film/dash/")),
+          "url": format!("{plain_base}/videos/film/dash/manifest.mpd") },
     ]);
     let reports = play(port, scenarios);
-    assert_eq!(reports.len(), 8);
+    assert_eq!(reports.len(), 10);
     for r in &reports {
         let steps = r["steps"].as_array().unwrap();
         assert!(r["errors"].as_array().unwrap().is_empty(), "{}: {r}", r["name"]);
@@ -189,7 +204,7 @@ async fn chromium_plays_mp4_hls_and_dash_with_one_token() {
         assert!((5.5..6.6).contains(&duration), "{}: the whole film is there: {r}", r["name"]);
         assert_eq!(r["ended"], true, "{}: played to the end: {r}", r["name"]);
     }
-    assert_eq!(reports[7]["session"], 200);
+    assert_eq!((&reports[8]["session"], &reports[9]["session"]), (&200.into(), &200.into()));
     for agent in [&rewriting, &plain, &on_s3] {
         let m = agent.metrics().await;
         assert_eq!((status_count(&m, 401), status_count(&m, 403)), (0, 0), "no request was refused:\n{m}");
