@@ -270,15 +270,16 @@ async fn fill_dash(
         }
         buf.clear();
         let event = reader.read_event_into_async(buf).await.map_err(xml)?;
-        let top = bases.last().cloned().unwrap_or_else(|| rw.base.clone());
+        let top = bases.last().unwrap_or(&rw.base);
         match event {
             Event::Eof => break true,
             Event::Start(e) => {
                 *in_base_url = e.local_name().as_ref() == b"BaseURL";
+                let e = dash_element(rw, top, e)?;
                 bases.push(top.clone());
-                w.write_event(Event::Start(dash_element(rw, &top, e)?))?;
+                w.write_event(Event::Start(e))?;
             }
-            Event::Empty(e) => w.write_event(Event::Empty(dash_element(rw, &top, e)?))?,
+            Event::Empty(e) => w.write_event(Event::Empty(dash_element(rw, top, e)?))?,
             Event::End(e) => {
                 *in_base_url = false;
                 bases.pop();

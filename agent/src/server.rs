@@ -125,18 +125,22 @@ async fn route(state: &State, peer: SocketAddr, req: &Request<hyper::body::Incom
         let auth = Authorize { path: &path, path_token: carried.as_ref().map(|c| c.token), client };
         claims = authorize(state, req, &auth, manifest.is_some())?;
     }
-    if let (Some(kind), Some(claims)) = (manifest, claims) {
-        return serve_manifest(state, req, object, raw_path, &path, kind, &claims).await;
-    }
+    let rewrite = manifest.zip(claims.as_ref());
 
     // Metadata may be remembered (--metadata-ttl). A storage read that finds another ETag starts the answer over,
     // once, with fresh metadata, so a replaced object is served whole and new, never spliced.
-    match serve(state, req, object).await {
+    let answer = || async {
+        match rewrite {
+            Some((kind, claims)) => serve_manifest(state, req, object, raw_path, kind, claims).await,
+            None => serve(state, req, object).await,
+        }
+    };
+    match answer().await {
         Ok(r) => Ok(r),
         Err(Failure::Answer(r)) => Err(r),
         Err(Failure::Changed) => {
             state.meta.invalidate(object).await;
-            match serve(state, req, object).await {
+            match answer().await {
                 Ok(r) => Ok(r),
                 Err(Failure::Answer(r)) => Err(r),
                 Err(Failure::Changed) => Err(storage_error(StorageError::Changed)),
@@ -155,6 +159,15 @@ enum Failure {
 impl From<Response<Body>> for Failure {
     fn from(r: Response<Body>) -> Failure {
         Failure::Answer(r)
+    }
+}
+
+impl From<StorageError> for Failure {
+    fn from(e: StorageError) -> Failure {
+        match e {
+            StorageError::Changed => Failure::Changed,
+            e => Failure::Answer(storage_error(e)),
+        }
     }
 }
 
@@ -206,12 +219,7 @@ async fn serve(state: &State, req: &Request<hyper::body::Incoming>, object: &str
     } else {
         let permit = stream_permit(state)?;
         let (opened, cached) =
-            state.cache.read(&state.storage, object, meta.etag.as_deref(), meta.size, range.clone()).await.map_err(
-                |e| match e {
-                    StorageError::Changed => Failure::Changed,
-                    e => Failure::Answer(storage_error(e)),
-                },
-            )?;
+            state.cache.read(&state.storage, object, meta.etag.as_deref(), meta.size, range.clone()).await?;
         headers.insert("x-cache", HeaderValue::from_static(cached.as_str()));
         content_type = opened.content_type;
         let stream = Metered {
@@ -255,24 +263,40 @@ fn authorize(
     a: &Authorize<'_>,
     want_claims: bool,
 ) -> Result<Option<Claims>, Response<Body>> {
-    let Some(verifier) = state.auth.verifier() else {
-        return Err(error(StatusCode::SERVICE_UNAVAILABLE, "no_keyring", "no keyring is loaded yet"));
-    };
-    let cookies: Vec<&str> = req.headers().get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).collect();
-    let auth = RequestAuth {
-        path: a.path,
-        query: req.uri().query(),
-        authorization: req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()),
-        cookies: &cookies,
-        client_ip: Some(a.client),
-        path_token: a.path_token,
-    };
+    let verifier = state.auth.verifier().ok_or_else(no_keyring)?;
+    let cookies = cookies(req);
+    let auth = request_auth(req, a, &cookies);
     let verdict = if want_claims {
         verifier.verify_claims(&auth, unix_now()).map(Some)
     } else {
         verifier.verify(&auth, unix_now()).map(|_| None)
     };
     verdict.map_err(|reason| refusal(state, reason))
+}
+
+/// Each `Cookie` header's text (HTTP/2 may split cookies over several).
+fn cookies(req: &Request<hyper::body::Incoming>) -> Vec<&str> {
+    req.headers().get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).collect()
+}
+
+/// What the verifier looks at in a request.
+fn request_auth<'a>(
+    req: &'a Request<hyper::body::Incoming>,
+    a: &Authorize<'a>,
+    cookies: &'a [&'a str],
+) -> RequestAuth<'a> {
+    RequestAuth {
+        path: a.path,
+        query: req.uri().query(),
+        authorization: req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()),
+        cookies,
+        client_ip: Some(a.client),
+        path_token: a.path_token,
+    }
+}
+
+fn no_keyring() -> Response<Body> {
+    error(StatusCode::SERVICE_UNAVAILABLE, "no_keyring", "no keyring is loaded yet")
 }
 
 /// 401 for a missing token, 403 for every other reason, with the reason's code; never the token itself.
@@ -292,17 +316,10 @@ fn refusal(state: &State, reason: Reason) -> Response<Body> {
 #[expect(clippy::result_large_err)]
 fn session(state: &State, req: &Request<hyper::body::Incoming>, client: IpAddr) -> Answer {
     let (Some(verifier), Some(signer)) = (state.auth.verifier(), state.auth.signer()) else {
-        return Err(error(StatusCode::SERVICE_UNAVAILABLE, "no_keyring", "no keyring is loaded yet"));
+        return Err(no_keyring());
     };
-    let cookies: Vec<&str> = req.headers().get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).collect();
-    let auth = RequestAuth {
-        path: req.uri().path(),
-        query: req.uri().query(),
-        authorization: req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()),
-        cookies: &cookies,
-        client_ip: Some(client),
-        path_token: None,
-    };
+    let cookies = cookies(req);
+    let auth = request_auth(req, &Authorize { path: req.uri().path(), path_token: None, client }, &cookies);
     let now = unix_now();
     let presented = verifier.verify_session(&auth, now).map_err(|reason| refusal(state, reason))?;
     let Scope::Prefix(prefix) = presented.scope else {
@@ -338,13 +355,10 @@ async fn serve_manifest(
     req: &Request<hyper::body::Incoming>,
     object: &str,
     raw_path: &str,
-    path: &str,
     kind: manifest::Kind,
     presented: &Claims,
-) -> Answer {
-    let Some(signer) = state.auth.signer() else {
-        return Err(error(StatusCode::SERVICE_UNAVAILABLE, "no_keyring", "no keyring is loaded yet"));
-    };
+) -> Result<Response<Body>, Failure> {
+    let signer = state.auth.signer().ok_or_else(no_keyring)?;
     // Scope: the presented prefix, or the manifest's folder for a token that named the manifest alone.
     let scope = match &presented.scope {
         Scope::Prefix(p) => p.clone(),
@@ -365,15 +379,14 @@ async fn serve_manifest(
         .or_else(|| req.headers().get(header::HOST).and_then(|v| v.to_str().ok()))
         .unwrap_or("localhost");
     let Some(rewriter) = manifest::Rewriter::new(host, raw_path, &scope, &token) else {
-        return Err(error(StatusCode::BAD_REQUEST, "bad_host", "the Host header is not a valid authority"));
+        return Err(error(StatusCode::BAD_REQUEST, "bad_host", "the Host header is not a valid authority").into());
     };
-    debug_assert!(path.starts_with(scope.as_str()));
 
     let meta = state.meta.get(&state.storage, object, &state.metrics).await.map_err(storage_error)?;
     let etag = meta.etag.as_deref().map(|tag| {
         let digest = Sha256::digest(token.as_bytes());
-        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-        format!("\"{}-vd{hex}\"", tag.trim_start_matches("W/").trim_matches('"'))
+        let short = u64::from_be_bytes(digest[..8].try_into().expect("SHA-256 has 32 bytes"));
+        format!("\"{}-vd{short:016x}\"", tag.trim_start_matches("W/").trim_matches('"'))
     });
     let mut headers = HeaderMap::new();
     if let Some(tag) = &etag {
@@ -397,11 +410,7 @@ async fn serve_manifest(
         return Ok(resp);
     }
     let permit = stream_permit(state)?;
-    let (opened, _) = state
-        .cache
-        .read(&state.storage, object, meta.etag.as_deref(), meta.size, 0..meta.size)
-        .await
-        .map_err(storage_error)?;
+    let (opened, _) = state.cache.read(&state.storage, object, meta.etag.as_deref(), meta.size, 0..meta.size).await?;
     let source = opened.stream.map_err(std::io::Error::other).boxed();
     let mut rewritten = Box::pin(manifest::rewrite(kind, rewriter, source));
     let mut head = bytes::BytesMut::new();
@@ -412,7 +421,7 @@ async fn serve_manifest(
             Some(Err(e)) => {
                 tracing::warn!(error = %e, object, "manifest could not be rewritten");
                 let msg = format!("the manifest could not be rewritten: {e}");
-                return Err(error(StatusCode::BAD_GATEWAY, "bad_manifest", &msg));
+                return Err(error(StatusCode::BAD_GATEWAY, "bad_manifest", &msg).into());
             }
             None => {
                 complete = true;
