@@ -74,14 +74,14 @@ async fn signed_urls_keep_working_through_a_full_rotation() {
     };
     secrets.create(&PostParams::default(), &creds).await.unwrap();
     let _op = Operator::start(cp, &ns, &[]);
-    // grace = 3 + 5 + 1 = 9 s < 12 s interval: published at +9 s, promoted at +12 s, old key gone at +22 s.
+    // grace = 4 + 5 + 1 = 10 s < 12 s interval: published at +8 s, promoted at +12 s, old key gone at +23 s.
     common::create(
         &client,
         &ns,
         "media",
         &format!(
             "storage: {{url: 's3://media', endpoint: '{}', region: us-east-1, pathStyle: true, credentialsSecretRef: {{name: s3}}}}\n\
-             signing: {{rotationInterval: 12s, propagationDelay: 3s, maxTokenLifetime: 5s, clockSkew: 1s}}\n\
+             signing: {{rotationInterval: 12s, propagationDelay: 4s, maxTokenLifetime: 5s, clockSkew: 1s}}\n\
              agents: {{replicas: 1, rateLimit: {{requestsPerSecond: 0}}}}",
             s3.endpoint
         ),
@@ -120,10 +120,31 @@ async fn signed_urls_keep_working_through_a_full_rotation() {
     .await;
     wait_ready(&client, &ns, "media", "True", Some("Ready")).await;
 
+    // The kubelet, on its own task as on a node: watch the Secret (a poll every 100 ms) and apply each change to the
+    // volume one second after it was seen. The agent's own poll adds up to one more second: 2 s of the 4 s propagationDelay.
+    let kubelet = {
+        let secrets = secrets.clone();
+        let dir = volume.path().to_path_buf();
+        let mut last_rv = keyring_secret.metadata.resource_version.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let Ok(s) = secrets.get("media-keyring").await else { continue };
+                if s.metadata.resource_version == last_rv {
+                    continue;
+                }
+                last_rv = s.metadata.resource_version.clone();
+                let (dir, ring) = (dir.clone(), s.data.unwrap()["keyring.json"].0.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    vd_testsupport::write_secret_volume(&dir, &[("keyring.json", &ring)]).unwrap();
+                });
+            }
+        })
+    };
+
     let http = HttpClient::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
     let base = format!("http://127.0.0.1:{port}");
-    let mut last_rv = keyring_secret.metadata.resource_version.clone();
-    let mut pending_update: Option<(Instant, Secret)> = None;
     let mut kids = std::collections::BTreeSet::new();
     let (mut ok, mut early_token_ok) = (0u32, 0u32);
     // A token signed right at the start and used until it expires (5 s), across the key publication.
@@ -132,18 +153,7 @@ async fn signed_urls_keep_working_through_a_full_rotation() {
     let mut i = 0u64;
     while start.elapsed() < Duration::from_secs(26) {
         i += 1;
-        // Kubelet: pick up Secret changes, apply them one second later.
         let s = secrets.get("media-keyring").await.unwrap();
-        if s.metadata.resource_version != last_rv {
-            last_rv = s.metadata.resource_version.clone();
-            pending_update = Some((Instant::now() + Duration::from_secs(1), s.clone()));
-        }
-        if let Some((at, s)) = &pending_update
-            && Instant::now() >= *at
-        {
-            write_volume(s);
-            pending_update = None;
-        }
 
         // Backend: sign with the active key as the Secret shows it right now.
         let data = s.data.as_ref().unwrap();
@@ -196,6 +206,7 @@ async fn signed_urls_keep_working_through_a_full_rotation() {
         }
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
+    kubelet.abort();
     assert!(kids.len() >= 2, "the test ran through a promotion: signed with {kids:?}");
     assert!(ok > 50 && early_token_ok > 5, "{ok} fresh and {early_token_ok} early-token ranges served");
     let (ring, _) = common::keyring(&client, &ns, "media").await.unwrap();
