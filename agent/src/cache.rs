@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures::stream;
-use futures::{StreamExt, TryStreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use moka::future::Cache;
 use moka::notification::RemovalCause;
 
@@ -120,7 +120,8 @@ impl SliceCache {
             .map(move |index| {
                 let loader = loader.clone();
                 let key = SliceKey { object: object.clone(), etag: etag.clone(), index };
-                async move { loader.get(key, span(index)).await.map(|s| cut(index, s)) }
+                // Boxed: the read-ahead queue sizes its nodes to this future, and a pointer is all it needs.
+                async move { loader.get(key, span(index)).await.map(|s| cut(index, s)) }.boxed()
             })
             // Read-ahead of one slice: storage latency overlaps with sending.
             .buffered(2);

@@ -138,7 +138,9 @@ impl Agent {
                     };
                     let _ = stream.set_nodelay(true);
                     let state = state.clone();
-                    let service = service_fn(move |req| server::handle(state.clone(), peer, req));
+                    // hyper keeps a slot the size of the service's future for the whole connection: boxing the
+                    // future makes that slot a pointer, and the request's state lives only while it is answered.
+                    let service = service_fn(move |req| Box::pin(server::handle(state.clone(), peer, req)));
                     let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                     let conn = graceful.watch(conn);
                     tokio::spawn(async move {
