@@ -36,7 +36,7 @@ pub enum Status {
     Hit,
     /// At least one slice was loaded from storage.
     Miss,
-    /// Not cacheable (no ETag, cache off, or a range larger than the cache): streamed straight from storage.
+    /// Not cacheable (no ETag, or cache off or smaller than a slice): streamed straight from storage.
     Bypass,
 }
 
@@ -77,7 +77,7 @@ impl SliceCache {
 
     /// The bytes of `range` of an object of `size` bytes, from cached slices where possible. The first slice is
     /// ready before this returns (so storage errors become a status code); the rest stream as the client reads,
-    /// with the next slice loading while the current one is sent.
+    /// with the next slice loading while the current one is sent, so a stream holds at most two slices.
     pub async fn read(
         &self,
         storage: &Storage,
@@ -89,8 +89,11 @@ impl SliceCache {
         let (Some(slices), Some(etag)) = (&self.slices, etag) else {
             return self.bypass(storage, object, etag, range).await;
         };
-        // A range that would churn a large part of the cache is streamed straight through.
-        if range.end - range.start > self.capacity / 4 {
+        // Every range goes through slices, however long: a player's first request for a film is `bytes=0-` (the
+        // whole film), and every viewer's should share the same slices. A long read cannot flush hot slices:
+        // moka admits a new slice only over victims used less often (TinyLFU). Only a cache too small to hold
+        // one slice is passed by.
+        if self.slice_size > self.capacity {
             return self.bypass(storage, object, Some(etag), range).await;
         }
         let object: Arc<str> = object.into();

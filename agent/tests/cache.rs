@@ -1,5 +1,5 @@
 //! The slice cache: exact bytes across slice boundaries, never stale after an object changes, bounded under
-//! pressure, and one storage read for many concurrent viewers of the same slice.
+//! pressure without losing hot slices to a long read, and one storage read for many concurrent viewers.
 
 mod common;
 
@@ -18,6 +18,21 @@ fn metric(text: &str, name: &str) -> u64 {
 }
 
 const KIB: u64 = 1024;
+
+/// `n` viewers asking for the same range at the same moment; each must get 206. Returns their bodies.
+async fn viewers_at_once(n: usize, url: &str, range: &str) -> Vec<bytes::Bytes> {
+    let viewers = (0..n).map(|_| {
+        let (url, range) = (url.to_owned(), range.to_owned());
+        tokio::spawn(async move { get(&url, &[("range", &range)]).await })
+    });
+    let mut bodies = Vec::new();
+    for v in futures::future::join_all(viewers).await {
+        let (status, _, body) = v.unwrap();
+        assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+        bodies.push(body);
+    }
+    bodies
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ranges_across_slices_are_exact_and_hit_the_second_time() {
@@ -117,10 +132,40 @@ async fn the_cache_stays_within_its_size_under_pressure() {
     let m = agent.metrics().await;
     assert!(metric(&m, "videodelivery_agent_cache_evictions_total") >= 100, "{m}");
     assert!(metric(&m, "videodelivery_agent_cache_size_bytes") <= 1 << 20);
-    // A whole-object read larger than a quarter of the cache streams straight through.
+
+    // A hot clip, then a read of the whole 8 MiB film through the 1 MiB cache: exact bytes, the cache stays
+    // within its size, and the scan does not push the clip out (a new slice is admitted only over colder ones).
+    let clip = content(128 * KIB as usize);
+    agent.put("clip.mp4", &clip);
+    let clip_url = agent.signed("/videos/clip.mp4", Carrier::Query);
+    for _ in 0..12 {
+        let (_, _, body) = get(&clip_url, &[]).await;
+        assert!(body[..] == clip[..]);
+    }
     let (_, h, body) = get(&url, &[]).await;
-    assert_eq!(header(&h, "x-cache"), "BYPASS");
+    assert_eq!(header(&h, "x-cache"), "MISS");
+    assert!(body[..] == src[..], "the whole film through a cache an eighth its size");
+    let (_, h, _) = get(&clip_url, &[]).await;
+    assert_eq!(header(&h, "x-cache"), "HIT", "a one-off scan evicted a hot clip");
+    assert!(metric(&agent.metrics().await, "videodelivery_agent_cache_size_bytes") <= 1 << 20);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn viewers_of_a_whole_film_larger_than_a_slice_share_its_storage_reads() {
+    // What a `<video>` element asks first is the whole film (`bytes=0-`); ten viewers at once, then one more.
+    let agent = TestAgent::start(&["--cache-size-mib=8", "--slice-size-kib=256"]).await;
+    let src = content(6 << 20);
+    agent.put("film.mp4", &src);
+    let url = agent.signed("/videos/film.mp4", Carrier::Query);
+    for body in viewers_at_once(10, &url, "bytes=0-").await {
+        assert!(body[..] == src[..], "a viewer got different bytes");
+    }
+    let m = agent.metrics().await;
+    assert_eq!(metric(&m, "videodelivery_agent_storage_read_bytes_total"), 6 << 20, "10 viewers, one copy read");
+    let (_, h, body) = get(&url, &[("range", "bytes=0-")]).await;
     assert!(body[..] == src[..]);
+    assert_eq!(header(&h, "x-cache"), "HIT");
+    assert_eq!(metric(&agent.metrics().await, "videodelivery_agent_storage_read_bytes_total"), 6 << 20);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -129,13 +174,7 @@ async fn concurrent_viewers_of_a_cold_slice_share_one_storage_read() {
     let src = content(4 << 20);
     agent.put("hot.mp4", &src);
     let url = agent.signed("/videos/hot.mp4", Carrier::Query);
-    let viewers = (0..32).map(|_| {
-        let url = url.clone();
-        tokio::spawn(async move { get(&url, &[("range", "bytes=1048576-2097151")]).await })
-    });
-    for v in futures::future::join_all(viewers).await {
-        let (status, _, body) = v.unwrap();
-        assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    for body in viewers_at_once(32, &url, "bytes=1048576-2097151").await {
         assert!(body[..] == src[1 << 20..2 << 20]);
     }
     let m = agent.metrics().await;
