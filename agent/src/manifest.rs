@@ -184,7 +184,7 @@ pub fn rewrite(
                 reader: Box::new(quick_xml::Reader::from_reader(reader)),
                 buf: Vec::new(),
                 bases: vec![base],
-                in_base_url: false,
+                base_url: None,
             }
         }
     };
@@ -213,7 +213,9 @@ enum State {
         buf: Vec<u8>,
         /// The base URL in effect at each open element (`BaseURL` children change their parent's).
         bases: Vec<Url>,
-        in_base_url: bool,
+        /// The text of the `BaseURL` element being read, entities resolved; `None` outside one (or if it holds
+        /// an entity this reader cannot resolve, so it is left alone).
+        base_url: Option<String>,
     },
 }
 
@@ -226,9 +228,7 @@ impl State {
     async fn fill(&mut self, rw: &Rewriter, out: &mut BytesMut) -> io::Result<bool> {
         match self {
             State::Hls { reader, line } => fill_hls(reader, line, rw, out).await,
-            State::Dash { reader, buf, bases, in_base_url } => {
-                fill_dash(reader, buf, bases, in_base_url, rw, out).await
-            }
+            State::Dash { reader, buf, bases, base_url } => fill_dash(reader, buf, bases, base_url, rw, out).await,
         }
     }
 }
@@ -255,7 +255,7 @@ async fn fill_dash(
     reader: &mut quick_xml::Reader<Source>,
     buf: &mut Vec<u8>,
     bases: &mut Vec<Url>,
-    in_base_url: &mut bool,
+    base_url: &mut Option<String>,
     rw: &Rewriter,
     out: &mut BytesMut,
 ) -> io::Result<bool> {
@@ -274,34 +274,59 @@ async fn fill_dash(
         match event {
             Event::Eof => break true,
             Event::Start(e) => {
-                *in_base_url = e.local_name().as_ref() == b"BaseURL";
+                if e.local_name().as_ref() == b"BaseURL" {
+                    *base_url = Some(String::new());
+                }
                 let e = dash_element(rw, top, e)?;
                 bases.push(top.clone());
                 w.write_event(Event::Start(e))?;
             }
             Event::Empty(e) => w.write_event(Event::Empty(dash_element(rw, top, e)?))?,
             Event::End(e) => {
-                *in_base_url = false;
-                bases.pop();
-                w.write_event(Event::End(e))?;
-            }
-            Event::Text(t) => {
-                if *in_base_url
-                    && let Ok(text) = t.decode()
+                // A BaseURL sets the base of the element that contains it, once its whole text is known.
+                if e.local_name().as_ref() == b"BaseURL"
+                    && let Some(text) = base_url.take()
                     && let Ok(resolved) = top.join(text.trim())
                     && bases.len() >= 2
                 {
-                    // A BaseURL sets the base of the element that contains it.
                     let parent = bases.len() - 2;
                     bases[parent] = resolved;
                 }
+                bases.pop();
+                w.write_event(Event::End(e))?;
+            }
+            // The reader hands text and each `&…;` reference as separate events.
+            Event::Text(t) => {
+                if let Some(text) = base_url.as_mut() {
+                    match t.decode() {
+                        Ok(piece) => text.push_str(&piece),
+                        Err(_) => *base_url = None,
+                    }
+                }
                 w.write_event(Event::Text(t))?;
+            }
+            Event::GeneralRef(r) => {
+                if let Some(text) = base_url.as_mut() {
+                    match reference(&r) {
+                        Some(c) => text.push_str(&c),
+                        None => *base_url = None,
+                    }
+                }
+                w.write_event(Event::GeneralRef(r))?;
             }
             other => w.write_event(other)?,
         }
     };
     out.extend_from_slice(w.get_ref());
     Ok(finished)
+}
+
+/// What `&…;` stands for: a character reference or one of XML's five predefined entities (an MPD has no DTD).
+fn reference(r: &quick_xml::events::BytesRef) -> Option<String> {
+    if let Ok(Some(c)) = r.resolve_char_ref() {
+        return Some(c.to_string());
+    }
+    quick_xml::escape::resolve_predefined_entity(&r.decode().ok()?).map(str::to_owned)
 }
 
 /// The element with its URI attributes rewritten; other attributes keep their exact text.
@@ -491,6 +516,22 @@ mod tests {
         let narrow = Rewriter::new("media.example", "/videos/film/manifest.mpd", "/videos/film/video/", TOKEN).unwrap();
         let out = run(Kind::Dash, narrow, MPD, 4096).await;
         assert!(!out.contains("token="), "{out}");
+    }
+
+    #[tokio::test]
+    async fn dash_base_urls_are_read_with_their_entities() {
+        let mpd = r#"<MPD><Period>
+<AdaptationSet><BaseURL>https://cdn.example/films?a=1&amp;b=2/</BaseURL><SegmentTemplate media="v-$Number$.m4s"/></AdaptationSet>
+<AdaptationSet><BaseURL>au&#100;io/</BaseURL><SegmentList><SegmentURL media="a1.m4s"/></SegmentList></AdaptationSet>
+</Period></MPD>"#;
+        // Only the audio folder is in scope: its BaseURL has to be read whole, `&#100;` included.
+        let r = Rewriter::new("media.example", "/videos/film/manifest.mpd", "/videos/film/audio/", TOKEN).unwrap();
+        for piece in [3, 4096] {
+            let out = run(Kind::Dash, r.clone(), mpd, piece).await;
+            assert!(out.contains(r#"<SegmentURL media="a1.m4s?token=v1.abc.def"/>"#), "{out}");
+            assert!(out.contains(r#"media="v-$Number$.m4s""#), "a BaseURL on another host, after `&amp;`: {out}");
+            assert!(out.contains("films?a=1&amp;b=2/") && out.contains("au&#100;io/"), "references kept: {out}");
+        }
     }
 
     #[tokio::test]
