@@ -1,6 +1,7 @@
 //! Many slow viewers at once: N connections (default 10,000) each reading a video at 64 KiB/s from one agent
 //! process. Reports the agent's peak memory and whether every stream kept moving, as Markdown.
-//! Run: `cargo bench -p videodelivery-agent --bench slow_clients` (VD_SLOW_CLIENTS, VD_SLOW_SECONDS to change).
+//! Run: `cargo bench -p videodelivery-agent --bench slow_clients` (VD_SLOW_CLIENTS, VD_SLOW_SECONDS to change;
+//! VD_SLOW_FILES=N spreads the viewers over N different videos, a long-tail catalogue rather than one hit).
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -48,19 +49,30 @@ async fn main() {
     std::fs::create_dir(&media).unwrap();
     let film: Vec<u8> = (0..32u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
     std::fs::write(media.join("film.mp4"), &film).unwrap();
+    let files = env_or("VD_SLOW_FILES", 1).max(1);
+    for i in 1..files {
+        // Same bytes, different objects: each has its own cache entries, as different films would.
+        std::fs::hard_link(media.join("film.mp4"), media.join(format!("film-{i}.mp4"))).unwrap();
+    }
     let keyring = vd_token::rotation::generate(now(), &mut vd_token::rotation::os_random).unwrap();
     std::fs::write(dir.path().join("keyring.json"), keyring.to_json()).unwrap();
     let signer = vd_token::Signer::new(&keyring);
-    let req = vd_token::UrlRequest {
-        base_url: "",
-        path: "/videos/film.mp4",
-        exp: now() + 3600,
-        nbf: None,
-        prefix: None,
-        ip: None,
-        carrier: vd_token::Carrier::Query,
-    };
-    let path = signer.url(&req).unwrap();
+    let requests: Vec<Arc<Vec<u8>>> = (0..files)
+        .map(|i| {
+            let name = if i == 0 { "/videos/film.mp4".to_owned() } else { format!("/videos/film-{i}.mp4") };
+            let req = vd_token::UrlRequest {
+                base_url: "",
+                path: &name,
+                exp: now() + 3600,
+                nbf: None,
+                prefix: None,
+                ip: None,
+                carrier: vd_token::Carrier::Query,
+            };
+            let path = signer.url(&req).unwrap();
+            Arc::new(format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n").into_bytes())
+        })
+        .collect();
 
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -79,7 +91,6 @@ async fn main() {
     }
     let idle = rss_mib(agent.id(), "VmRSS:");
 
-    let request = Arc::new(format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n").into_bytes());
     let progressed = Arc::new(AtomicU64::new(0));
     let alive = Arc::new(AtomicU64::new(0));
     let total = Arc::new(AtomicU64::new(0));
@@ -87,7 +98,8 @@ async fn main() {
     let deadline = start + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
     for i in 0..clients {
-        let (request, progressed, total, alive) = (request.clone(), progressed.clone(), total.clone(), alive.clone());
+        let request = requests[(i % files) as usize].clone();
+        let (progressed, total, alive) = (progressed.clone(), total.clone(), alive.clone());
         tasks.push(tokio::spawn(async move {
             // Spread the connects over the first second.
             tokio::time::sleep(Duration::from_micros(i * 1_000_000 / clients.max(1))).await;
@@ -134,12 +146,12 @@ async fn main() {
     let moving = progressed.load(Ordering::Relaxed);
     let alive = alive.load(Ordering::Relaxed);
     println!(
-        "| clients | rate each | seconds | streams still receiving in the last 5 s | streams at half their rate or more | \
+        "| clients | videos | rate each | seconds | streams still receiving in the last 5 s | streams at half their rate or more | \
          bytes delivered | agent RSS idle | agent peak RSS |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| {clients} | 64 KiB/s | {seconds} | {alive} / {clients} | {moving} / {clients} | {:.0} MiB | {idle:.1} MiB | \
+        "| {clients} | {files} | 64 KiB/s | {seconds} | {alive} / {clients} | {moving} / {clients} | {:.0} MiB | {idle:.1} MiB | \
          {peak:.1} MiB |",
         total.load(Ordering::Relaxed) as f64 / 1048576.0
     );
