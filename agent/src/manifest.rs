@@ -316,6 +316,9 @@ async fn fill_dash(
             }
             other => w.write_event(other)?,
         }
+        if base_url.as_ref().is_some_and(|t| t.len() > MAX_ITEM) {
+            return Err(invalid("a manifest BaseURL is longer than 64 KiB"));
+        }
     };
     out.extend_from_slice(w.get_ref());
     Ok(finished)
@@ -532,6 +535,16 @@ mod tests {
             assert!(out.contains(r#"media="v-$Number$.m4s""#), "a BaseURL on another host, after `&amp;`: {out}");
             assert!(out.contains("films?a=1&amp;b=2/") && out.contains("au&#100;io/"), "references kept: {out}");
         }
+    }
+
+    #[tokio::test]
+    async fn dash_refuses_a_base_url_beyond_the_bound_even_in_small_pieces() {
+        let long: &'static str =
+            Box::leak(format!("<MPD><BaseURL>{}</BaseURL></MPD>", "a&amp;".repeat(MAX_ITEM / 2 + 1)).into_boxed_str());
+        let chunks = vec![Ok(Bytes::from_static(long.as_bytes()))];
+        let out: Vec<io::Result<Bytes>> =
+            rewrite(Kind::Dash, rw(), futures::stream::iter(chunks).boxed()).collect().await;
+        assert!(out.iter().any(|c| c.as_ref().is_err_and(|e| e.kind() == io::ErrorKind::InvalidData)));
     }
 
     #[tokio::test]
