@@ -33,6 +33,12 @@ fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
 
+/// Writes the keyring Secret into a secret volume the way a kubelet does (only the item the pod asks for).
+fn mount_keyring(dir: &Path, s: &Secret) {
+    let ring = &s.data.as_ref().unwrap()["keyring.json"].0;
+    vd_testsupport::write_secret_volume(dir, &[("keyring.json", ring)]).unwrap();
+}
+
 /// Starts the agent the way a kubelet starts the pod template's container.
 fn run_pod(d: &Deployment, secrets: &BTreeMap<String, Secret>, volume: &Path, port: u16, log: &Path) -> Process {
     let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
@@ -100,11 +106,7 @@ async fn signed_urls_keep_working_through_a_full_rotation() {
     // The kubelet: mount the keyring volume (only the items the pod asks for), start the container, keep the
     // volume in step with the Secret one second late, and report the pod ready.
     let volume = tempfile::tempdir().unwrap();
-    let write_volume = |s: &Secret| {
-        let ring = &s.data.as_ref().unwrap()["keyring.json"].0;
-        vd_testsupport::write_secret_volume(volume.path(), &[("keyring.json", ring)]).unwrap();
-    };
-    write_volume(&keyring_secret);
+    mount_keyring(volume.path(), &keyring_secret);
     let port = free_port();
     let all = BTreeMap::from([("s3".to_string(), creds)]);
     let agent = run_pod(&d, &all, volume.path(), port, &cp.dir().join(format!("agent-{ns}.log")));
@@ -120,8 +122,9 @@ async fn signed_urls_keep_working_through_a_full_rotation() {
     .await;
     wait_ready(&client, &ns, "media", "True", Some("Ready")).await;
 
-    // The kubelet, on its own task as on a node: watch the Secret (a poll every 100 ms) and apply each change to the
-    // volume one second after it was seen. The agent's own poll adds up to one more second: 2 s of the 4 s propagationDelay.
+    // The kubelet, on its own task as on a node: watch the Secret (a poll every 100 ms) and apply each change to
+    // the volume one second after it was seen. The agent's own poll adds up to one more second: 2 s of the 4 s
+    // propagationDelay.
     let kubelet = {
         let secrets = secrets.clone();
         let dir = volume.path().to_path_buf();
@@ -134,10 +137,10 @@ async fn signed_urls_keep_working_through_a_full_rotation() {
                     continue;
                 }
                 last_rv = s.metadata.resource_version.clone();
-                let (dir, ring) = (dir.clone(), s.data.unwrap()["keyring.json"].0.clone());
+                let dir = dir.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    vd_testsupport::write_secret_volume(&dir, &[("keyring.json", &ring)]).unwrap();
+                    mount_keyring(&dir, &s);
                 });
             }
         })
