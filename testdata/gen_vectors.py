@@ -54,8 +54,15 @@ def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def claims_text(kid, exp, scope, nbf=None, ip=None) -> str:
-    return "\n".join([kid, str(exp), "" if nbf is None else str(nbf), scope, ip or ""])
+VIA = ("manifest", "session")  # spec §2: marks a token an agent minted; never minted by a backend
+
+
+def claims_text(kid, exp, scope, nbf=None, ip=None, via=None) -> str:
+    lines = [kid, str(exp), "" if nbf is None else str(nbf), scope, ip or ""]
+    if via is not None:
+        assert via in VIA, via
+        lines.append("via:" + via)  # the optional sixth line (spec §4)
+    return "\n".join(lines)
 
 
 def mac(kid: str, text: str, key: bytes | None = None) -> str:
@@ -63,8 +70,8 @@ def mac(kid: str, text: str, key: bytes | None = None) -> str:
     return b64url(hmac.new(key, ("VD1\n" + text).encode(), hashlib.sha256).digest())
 
 
-def compact(kid, exp, scope, nbf=None, ip=None, key=None, text=None) -> str:
-    text = claims_text(kid, exp, scope, nbf, ip) if text is None else text
+def compact(kid, exp, scope, nbf=None, ip=None, key=None, text=None, via=None) -> str:
+    text = claims_text(kid, exp, scope, nbf, ip, via) if text is None else text
     return "v1." + b64url(text.encode()) + "." + mac(kid, text, key)
 
 
@@ -159,20 +166,39 @@ SIGN = [
     ("characters that need encoding", dict(kid="k-active", exp=T + 600, path="/videos/a+b&c=d?#%.mp4")),
     ("everything", dict(kid="k-active", exp=T + 900, nbf=T, path="/videos/série/1080p/seg 1.m4s",
                         prefix="/videos/série/", ip="198.51.100.0/24")),
+    # Tokens an agent mints (spec §5.5, §5.6): compact only, so these vectors have no URL forms.
+    ("agent-minted manifest token", dict(kid="k-active", exp=T + 7200, path="/videos/abc/720p/seg1.ts",
+                                         prefix="/videos/abc/", via="manifest")),
+    ("agent-minted manifest path token", dict(kid="k-active", exp=T + 7200, path="/videos/abc/720p/index.m3u8",
+                                              ip="203.0.113.7/32", via="manifest")),
+    ("agent-minted session token", dict(kid="k-active", exp=T + 14400, path="/videos/abc/master.m3u8",
+                                        prefix="/videos/abc/", ip="2001:db8::/64", via="session")),
 ]
 
 
 def sign_vector(name, c):
     scope = f"prefix:{c['prefix']}" if c.get("prefix") else f"path:{c['path']}"
-    text = claims_text(c["kid"], c["exp"], scope, c.get("nbf"), c.get("ip"))
-    token = compact(c["kid"], c["exp"], scope, c.get("nbf"), c.get("ip"))
-    params = query_params(c["kid"], c["exp"], c["path"], c.get("prefix"), c.get("nbf"), c.get("ip"))
+    text = claims_text(c["kid"], c["exp"], scope, c.get("nbf"), c.get("ip"), c.get("via"))
+    token = compact(c["kid"], c["exp"], scope, c.get("nbf"), c.get("ip"), via=c.get("via"))
     claims = {"kid": c["kid"], "exp": c["exp"]}
     if "nbf" in c:
         claims["nbf"] = c["nbf"]
     claims["scope"] = {"kind": "prefix", "path": c["prefix"]} if c.get("prefix") else {"kind": "path", "path": c["path"]}
     if c.get("ip"):
         claims["ip"] = c["ip"]
+    vector = {
+        "name": name,
+        "claims": claims,
+        "path": c["path"],
+        "signing_input": "VD1\n" + text,
+        "signature": mac(c["kid"], text),
+        "token": token,
+    }
+    if c.get("via"):
+        # Only agents mint `via`, and only as compact tokens: no signer URL, no query-parameter form (spec §5.1).
+        claims["via"] = c["via"]
+        return vector
+    params = query_params(c["kid"], c["exp"], c["path"], c.get("prefix"), c.get("nbf"), c.get("ip"))
     url_path = BASE_URL + encode_path(c["path"])
     extra = {}
     if c.get("prefix"):
@@ -180,12 +206,7 @@ def sign_vector(name, c):
         rest = c["path"][len(ROUTE_PREFIX):]
         extra["path_url"] = BASE_URL + encode_path(ROUTE_PREFIX) + "/t/" + token + encode_path(rest)
     return {
-        "name": name,
-        "claims": claims,
-        "path": c["path"],
-        "signing_input": "VD1\n" + text,
-        "signature": mac(c["kid"], text),
-        "token": token,
+        **vector,
         "url": url_path + "?" + form(params),
         "token_url": url_path + "?" + form([("token", token)]),
         **extra,
@@ -222,6 +243,20 @@ ABC = tok(prefix="/videos/abc/")
 
 def in_path(token: str, rest: str) -> str:
     return f"{ROUTE_PREFIX}/t/{token}/{rest}"
+
+
+MANIFEST_ABC = tok(prefix="/videos/abc/", via="manifest")
+SESSION_ABC = tok(prefix="/videos/abc/", via="session")
+SESSION_ABC_IP = tok(prefix="/videos/abc/", ip="203.0.113.7/32", via="session")
+LINES5 = claims_text(A, T + 3600, "path:" + P)  # the five lines of GOOD's claims text
+
+
+def strip_via(token: str) -> str:
+    # Drop the sixth line from the claims but keep the signature: the MAC covers `via`, so this must not verify.
+    _, body, sig = token.split(".")
+    text = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode()
+    assert "\nvia:" in text
+    return "v1." + b64url(text.rsplit("\n", 1)[0].encode()) + "." + sig
 
 
 VERIFY = [
@@ -275,6 +310,17 @@ VERIFY = [
     ("path carrier with a changed signature", dict(path=in_path(flip_last(ABC), "abc/seg1.ts")), "bad_signature"),
     ("path carrier expired", dict(now=T + 3600 + SKEW + 1, path=in_path(ABC, "abc/seg1.ts")), "expired"),
     ("path carrier outside its prefix", dict(path=in_path(ABC, "other/seg1.ts")), "wrong_scope"),
+    # Tokens an agent minted (`via`, spec §2) verify like any other in an ordinary request.
+    ("agent-minted manifest token on a segment", dict(path="/videos/abc/720p/seg1.ts", query="token=" + MANIFEST_ABC),
+     "valid"),
+    ("agent-minted manifest path token", dict(path="/videos/abc/720p/index.m3u8",
+                                              query="token=" + tok(path="/videos/abc/720p/index.m3u8", via="manifest")),
+     "valid"),
+    ("agent-minted session cookie", dict(path="/videos/abc/720p/seg1.ts", client_ip="203.0.113.7",
+                                         cookies=["vd_token=" + SESSION_ABC_IP]), "valid"),
+    ("agent-minted token in the path carrier", dict(path=in_path(MANIFEST_ABC, "abc/seg1.ts")), "valid"),
+    ("agent-minted manifest token outside its prefix", dict(path="/videos/other/a.mp4", query="token=" + MANIFEST_ABC),
+     "wrong_scope"),
     # Missing.
     ("no carrier at all", dict(path=P), "missing"),
     ("only unrelated query parameters", dict(path=P, query="t=42"), "missing"),
@@ -312,6 +358,15 @@ VERIFY = [
                                               mac(A, claims_text(A, T + 3600, "path:" + P))), "malformed"),
     ("signed-url parameter twice", dict(path=P, query=q() + "&expires=" + str(T + 3600)), "malformed"),
     ("malformed bearer token", dict(path=P, authorization="Bearer not-a-token"), "malformed"),
+    ("sixth line that is not a via claim", dict(path=P, query="token=" + compact(A, 0, "", text=LINES5 + "\nvia:other")),
+     "malformed"),
+    ("via value in another case", dict(path=P, query="token=" + compact(A, 0, "", text=LINES5 + "\nvia:Manifest")),
+     "malformed"),
+    ("empty sixth line (a trailing line feed)", dict(path=P, query="token=" + compact(A, 0, "", text=LINES5 + "\n")),
+     "malformed"),
+    ("seventh line after a via claim", dict(path=P, query="token=" + compact(A, 0, "",
+                                                                        text=LINES5 + "\nvia:manifest\nvia:manifest")),
+     "malformed"),
     # Unknown key id.
     ("kid not in the keyring", dict(path=P, query="token=" + tok(kid="k-other", key=secret("other"))), "unknown_kid"),
     ("retiring key after accept_until", dict(path=P, query="token=" + tok(kid="k-retired")), "unknown_kid"),
@@ -325,6 +380,8 @@ VERIFY = [
                                                     query=q(ip="203.0.113.7/32").replace("&ip=203.0.113.7%2F32", "")),
      "bad_signature"),
     ("bad signature wins over expiry", dict(path=P, query="token=" + flip_last(tok(exp=T - 3600))), "bad_signature"),
+    ("via line removed from an agent-minted token", dict(path="/videos/abc/seg1.ts", query="token=" + strip_via(MANIFEST_ABC)),
+     "bad_signature"),
     # Time.
     ("expired: now = exp + skew + 1", dict(now=T + 3600 + SKEW + 1, path=P, query="token=" + GOOD), "expired"),
     ("expired wins over wrong scope", dict(path="/videos/b.mp4", query="token=" + tok(exp=T - 3600)), "expired"),
@@ -343,6 +400,43 @@ VERIFY = [
     ("client outside the range", dict(path=P, client_ip="203.0.114.1", query="token=" + tok(ip="203.0.113.0/24")), "wrong_ip"),
     ("client address unknown", dict(path=P, query="token=" + tok(ip="203.0.113.7/32")), "wrong_ip"),
     ("ipv6 client, ipv4 claim", dict(path=P, client_ip="2001:db8::1", query="token=" + tok(ip="203.0.113.7/32")), "wrong_ip"),
+]
+
+# Session exchange (spec §5.5): "mode": "session". Every rule of §6 applies, except that rule 8 does not compare the
+# request's path with the scope: the token must have a prefix scope (else `wrong_scope`) and no `via` (else
+# `derived_token`), checked in that order and before `wrong_ip`.
+
+SP = f"{ROUTE_PREFIX}/session"
+
+SESSION = [
+    ("session exchange: prefix token", dict(path=SP, query="token=" + ABC), "valid"),
+    ("session exchange: prefix token in a bearer header", dict(path=SP, authorization="Bearer " + ABC), "valid"),
+    ("session exchange: prefix via signed-url parameters", dict(path=SP, query=q(path="/videos/abc/master.m3u8",
+                                                                                 prefix="/videos/abc/")), "valid"),
+    ("session exchange: ip-bound prefix token from its client", dict(path=SP, client_ip="203.0.113.7",
+                                                                     query="token=" + tok(prefix="/videos/abc/",
+                                                                                          ip="203.0.113.7/32")), "valid"),
+    ("session exchange: a session token cannot renew itself", dict(path=SP, query="token=" + SESSION_ABC), "derived_token"),
+    ("session exchange: a session cookie cannot renew itself", dict(path=SP, client_ip="203.0.113.7",
+                                                                    cookies=["vd_token=" + SESSION_ABC_IP]),
+     "derived_token"),
+    ("session exchange: a manifest token is refused", dict(path=SP, query="token=" + MANIFEST_ABC), "derived_token"),
+    ("session exchange: derived_token before wrong_ip", dict(path=SP, client_ip="198.51.100.1",
+                                                             query="token=" + SESSION_ABC_IP), "derived_token"),
+    ("session exchange: path token", dict(path=SP, query="token=" + tok(path="/videos/abc/master.m3u8")), "wrong_scope"),
+    ("session exchange: signed url without prefix", dict(path=SP, query=q(path=SP)), "wrong_scope"),
+    ("session exchange: wrong_scope before derived_token", dict(path=SP, query="token=" + tok(
+        path="/videos/abc/720p/index.m3u8", via="manifest")), "wrong_scope"),
+    ("session exchange: prefix token from another client", dict(path=SP, client_ip="198.51.100.1",
+                                                                query="token=" + tok(prefix="/videos/abc/",
+                                                                                     ip="203.0.113.7/32")), "wrong_ip"),
+    ("session exchange: expired prefix token", dict(now=T + 3600 + SKEW + 1, path=SP, query="token=" + ABC), "expired"),
+    ("session exchange: expired session token", dict(now=T + 3600 + SKEW + 1, path=SP, query="token=" + SESSION_ABC),
+     "expired"),
+    ("session exchange: via line removed", dict(path=SP, query="token=" + strip_via(SESSION_ABC)), "bad_signature"),
+    ("session exchange: malformed via line", dict(path=SP, query="token=" + compact(
+        A, 0, "", text=claims_text(A, T + 3600, "prefix:/videos/abc/") + "\nvia:other")), "malformed"),
+    ("session exchange: no token", dict(path=SP), "missing"),
 ]
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -403,7 +497,10 @@ def main() -> None:
     check_ips()
     doc = {
         "description": "Test vectors for docs/token-format.md (VideoDelivery token format v1). Generated by "
-                       "testdata/gen_vectors.py; do not edit by hand.",
+                       "testdata/gen_vectors.py; do not edit by hand. A verify vector with \"mode\": \"session\" is a session "
+                       "exchange (spec §5.5, the verifier's session check); without \"mode\" it is an ordinary request. "
+                       "Sign vectors whose claims have \"via\" are tokens only an agent mints: compact token only, "
+                       "no URL forms.",
         "policy": {"clock_skew": SKEW, "max_lifetime": MAX_LIFETIME},
         "now": T,
         "base_url": BASE_URL,
@@ -419,6 +516,9 @@ def main() -> None:
         "verify": [
             {"name": n, "now": r.pop("now", T), "request": r, "verdict": v}
             for n, r, v in VERIFY
+        ] + [
+            {"name": n, "mode": "session", "now": r.pop("now", T), "request": r, "verdict": v}
+            for n, r, v in SESSION
         ],
         "keyrings": [{"name": n, "document": d, "valid": ok} for n, d, ok in KEYRINGS],
     }
@@ -431,7 +531,7 @@ def main() -> None:
             sys.exit("testdata/token-vectors.json is stale: run python3 testdata/gen_vectors.py")
         return
     Path(__file__).with_name("token-vectors.json").write_text(out, encoding="utf-8")
-    print(f"{len(doc['verify'])} verify, {len(doc['sign'])} sign, {len(doc['paths'])} path, "
+    print(f"{len(doc['verify'])} verify ({len(SESSION)} session exchange), {len(doc['sign'])} sign, {len(doc['paths'])} path, "
           f"{len(doc['ip_ranges'])} ip, {len(doc['keyrings'])} keyring vectors")
 
 

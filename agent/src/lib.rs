@@ -4,12 +4,19 @@
 
 pub mod auth;
 pub mod cache;
+pub mod client;
+pub mod conditional;
 pub mod config;
+pub mod cors;
+pub mod local;
 pub mod manifest;
+pub mod manifest_response;
 pub mod metadata;
 pub mod metrics;
 pub mod range;
+pub mod refusal;
 pub mod server;
+pub mod session;
 pub mod storage;
 
 use std::future::Future;
@@ -43,6 +50,16 @@ pub enum StartError {
     RoutePrefix(String),
     #[error("--session-cookie-same-site=none needs a Secure cookie: browsers drop it with --session-cookie-insecure")]
     InsecureSameSiteNone,
+    #[error(
+        "--public-prefix {0:?} must be a folder under the route prefix ending in '/', like {1}/public/ \
+         (without the '/', it would also open every name that merely starts with it)"
+    )]
+    PublicPrefix(String, String),
+    #[error(
+        "the keyring {keyring} lies inside the storage root {root}: anyone with a token could download the \
+         signing keys; mount it elsewhere"
+    )]
+    KeyringInsideStorage { keyring: String, root: String },
 }
 
 /// A started agent: its bound addresses and its shared state.
@@ -58,8 +75,8 @@ impl Agent {
     /// Binds both ports, builds the storage client and loads the keyring (a missing keyring is not fatal: the
     /// agent reports not-ready and keeps polling for it).
     pub async fn bind(mut config: Config) -> Result<Agent, StartError> {
-        let prefix = config.route_prefix.trim_end_matches('/');
-        if !prefix.is_empty() && vd_token::canonical_path(prefix).is_err() {
+        let prefix = config.route_prefix.trim_end_matches('/').to_owned();
+        if !prefix.is_empty() && vd_token::canonical_path(&prefix).is_err() {
             return Err(StartError::RoutePrefix(config.route_prefix.clone()));
         }
         if config.session_ttl > config.max_token_lifetime {
@@ -70,7 +87,16 @@ impl Agent {
         if config.session_cookie_insecure && config.session_cookie_same_site == config::SameSite::None {
             return Err(StartError::InsecureSameSiteNone);
         }
+        for p in &config.public_prefixes {
+            let canonical = vd_token::canonical_prefix(p).is_ok_and(|c| c == p.as_str());
+            if !canonical || !p.starts_with(&format!("{prefix}/")) {
+                return Err(StartError::PublicPrefix(p.clone(), prefix.clone()));
+            }
+        }
         let location = Location::parse(&config.storage)?;
+        if let Location::Dir(root) = &location {
+            check_keyring_outside(&config.keyring, root)?;
+        }
         let s3 = S3Options {
             endpoint: config.s3_endpoint.clone(),
             region: config.s3_region.clone(),
@@ -161,6 +187,23 @@ impl Agent {
             Err(_) => tracing::warn!("grace period over; closing remaining connections"),
         }
     }
+}
+
+/// Refuses a keyring file inside the storage root (after links): it would be served as an object.
+fn check_keyring_outside(keyring: &std::path::Path, root: &std::path::Path) -> Result<(), StartError> {
+    let roots = [root.canonicalize().ok(), std::path::absolute(root).ok()];
+    // The file may not exist yet (the agent waits for it); its folder decides where it will be.
+    let resolved = keyring.canonicalize().ok().or_else(|| {
+        let parent = keyring.parent()?.canonicalize().ok()?;
+        Some(parent.join(keyring.file_name()?))
+    });
+    let files = [resolved, std::path::absolute(keyring).ok()];
+    let inside = files.iter().flatten().any(|f| roots.iter().flatten().any(|r| f.starts_with(r)));
+    if inside {
+        let (keyring, root) = (keyring.display().to_string(), root.display().to_string());
+        return Err(StartError::KeyringInsideStorage { keyring, root });
+    }
+    Ok(())
 }
 
 async fn serve_admin(listener: TcpListener, state: Arc<State>, draining: Arc<AtomicBool>) {

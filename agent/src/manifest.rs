@@ -43,45 +43,88 @@ impl Kind {
 /// Query parameters that already carry a token (spec §5.3); a URI with one is left alone.
 const CARRIER_PARAMS: [&str; 5] = ["token", "key", "expires", "kid", "signature"];
 
-/// Decides, URI by URI, whether to append the token.
+/// What the tokens a rewrite appends may open: never more than the token that fetched the manifest (spec §5.6).
+#[derive(Clone)]
+pub enum Grant {
+    /// A prefix token was presented: every URI inside `scope` gets `token`, a token for that same prefix.
+    Prefix { scope: String, token: String },
+    /// A path token named the manifest alone: each URI inside the manifest's folder gets a token for its exact
+    /// path, minted by `mint`. A DASH template names many paths, so it needs a prefix token instead.
+    Exact { mint: std::sync::Arc<dyn Fn(&str) -> String + Send + Sync> },
+}
+
+impl std::fmt::Debug for Grant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Grant::Prefix { scope, .. } => f.debug_struct("Prefix").field("scope", scope).finish_non_exhaustive(),
+            Grant::Exact { .. } => f.write_str("Exact"),
+        }
+    }
+}
+
+/// A DASH manifest uses a `SegmentTemplate`, which only a prefix token can open, and a path token was presented.
+#[derive(Debug, thiserror::Error)]
+#[error("the manifest uses SegmentTemplate, which names many segments: sign a prefix token for its folder")]
+pub struct PrefixRequired;
+
+/// Decides, URI by URI, whether to append a token and which.
 #[derive(Debug, Clone)]
 pub struct Rewriter {
     /// The manifest's own URL (scheme `http`, the request's host), what relative URIs resolve against.
     base: Url,
-    /// The canonical prefix the token opens.
+    /// The canonical prefix a URI must fall in: the grant's prefix, or the manifest's folder for exact tokens.
     scope: String,
-    /// `token=v1.…`, ready to append.
-    param: String,
+    grant: Grant,
+}
+
+/// Characters after which a URI is not resolved the same way by every player (WHATWG URL parsers, Safari's
+/// RFC 3986 one, HLS variable substitution): such a URI gets no token.
+fn ambiguous(uri: &str) -> bool {
+    uri.contains("{$") || uri.bytes().any(|c| c <= b' ' || c == 0x7f || c == b'\\')
 }
 
 impl Rewriter {
-    /// `host` is the request's authority; `raw_path` the manifest's path as requested; `scope` a canonical prefix.
-    pub fn new(host: &str, raw_path: &str, scope: &str, token: &str) -> Option<Rewriter> {
+    /// `host` is the request's authority; `raw_path` the manifest's path as requested (canonical-able).
+    pub fn new(host: &str, raw_path: &str, grant: Grant) -> Option<Rewriter> {
         let base = Url::parse(&format!("http://{host}{raw_path}")).ok()?;
-        Some(Rewriter { base, scope: scope.to_owned(), param: format!("token={token}") })
+        let scope = match &grant {
+            Grant::Prefix { scope, .. } => scope.clone(),
+            Grant::Exact { .. } => {
+                let path = vd_token::canonical_path(raw_path).ok()?;
+                path[..=path.rfind('/')?].to_owned()
+            }
+        };
+        Some(Rewriter { base, scope, grant })
     }
 
-    /// The URI with the token appended, or `None` to leave it as it is.
+    /// The URI with a token appended, or `None` to leave it as it is.
     pub fn uri(&self, uri: &str) -> Option<String> {
-        self.uri_against(&self.base, uri, uri)
+        self.uri_against(&self.base, uri, false).ok().flatten()
     }
 
-    /// `probe` is what is resolved (a DASH template with its `$…$` identifiers filled in); `uri` what is rewritten.
-    fn uri_against(&self, base: &Url, uri: &str, probe: &str) -> Option<String> {
-        if uri.trim().is_empty() {
-            return None;
+    /// `uri` resolved against `base`; `template` for a DASH template (its `$…$` identifiers are filled in with
+    /// numbers to resolve it, and only a prefix grant can open it).
+    fn uri_against(&self, base: &Url, uri: &str, template: bool) -> Result<Option<String>, PrefixRequired> {
+        if uri.is_empty() || ambiguous(uri) {
+            return Ok(None);
         }
-        let target = base.join(probe).ok()?;
+        let probe = if template { dash_probe(uri) } else { Cow::Borrowed(uri) };
+        let Ok(target) = base.join(&probe) else { return Ok(None) };
         let same_origin = matches!(target.scheme(), "http" | "https")
             && target.host_str() == self.base.host_str()
             && target.port() == self.base.port();
         if !same_origin || target.query_pairs().any(|(k, _)| CARRIER_PARAMS.contains(&k.as_ref())) {
-            return None;
+            return Ok(None);
         }
-        let path = vd_token::canonical_path(target.path()).ok()?;
+        let Ok(path) = vd_token::canonical_path(target.path()) else { return Ok(None) };
         if !path.starts_with(self.scope.as_str()) {
-            return None;
+            return Ok(None);
         }
+        let token = match &self.grant {
+            Grant::Prefix { token, .. } => Cow::Borrowed(token.as_str()),
+            Grant::Exact { .. } if template && uri.contains('$') => return Err(PrefixRequired),
+            Grant::Exact { mint } => Cow::Owned(mint(&path)),
+        };
         let (head, fragment) = match uri.split_once('#') {
             Some((h, f)) => (h, Some(f)),
             None => (uri, None),
@@ -91,15 +134,16 @@ impl Rewriter {
             Some(_) if head.ends_with('?') || head.ends_with('&') => "",
             Some(_) => "&",
         };
-        let mut out = String::with_capacity(uri.len() + self.param.len() + 1);
+        let mut out = String::with_capacity(uri.len() + token.len() + 8);
         out.push_str(head);
         out.push_str(sep);
-        out.push_str(&self.param);
+        out.push_str("token=");
+        out.push_str(&token);
         if let Some(f) = fragment {
             out.push('#');
             out.push_str(f);
         }
-        Some(out)
+        Ok(Some(out))
     }
 
     /// One HLS line without its line end: a URI line, or a tag whose `URI="…"` attributes are rewritten.
@@ -109,7 +153,10 @@ impl Rewriter {
             return Cow::Borrowed(line);
         }
         if !trimmed.starts_with('#') {
-            return self.uri(trimmed).map_or(Cow::Borrowed(line), Cow::Owned);
+            // Players take the line without surrounding whitespace; the rewrite keeps that whitespace as it was.
+            let Some(new) = self.uri(trimmed) else { return Cow::Borrowed(line) };
+            let at = line.find(trimmed).unwrap_or(0);
+            return Cow::Owned(format!("{}{new}{}", &line[..at], &line[at + trimmed.len()..]));
         }
         if !trimmed.starts_with("#EXT") {
             return Cow::Borrowed(line);
@@ -169,7 +216,8 @@ fn dash_probe(template: &str) -> Cow<'_, str> {
 /// DASH attributes that hold a URI or URI template.
 const DASH_URI_ATTRS: [&[u8]; 4] = [b"media", b"initialization", b"index", b"sourceURL"];
 
-/// The rewritten manifest as a stream of chunks.
+/// The rewritten manifest as a stream of chunks. An error of kind `InvalidData` means the manifest is broken or
+/// cannot be rewritten safely; one wrapping [`PrefixRequired`] means it needs a prefix token.
 pub fn rewrite(
     kind: Kind,
     rewriter: Rewriter,
@@ -179,13 +227,12 @@ pub fn rewrite(
     let state = match kind {
         Kind::Hls => State::Hls { reader, line: Vec::new() },
         Kind::Dash => {
-            let base = rewriter.base.clone();
-            State::Dash {
-                reader: Box::new(quick_xml::Reader::from_reader(reader)),
+            let root = Level { base: Some(rewriter.base.clone()), base_urls: 0, sealed: false };
+            State::Dash(Box::new(Dash {
+                reader: quick_xml::Reader::from_reader(reader),
                 buf: Vec::new(),
-                bases: vec![base],
-                base_url: None,
-            }
+                tree: Tree { levels: vec![root], base_url: None },
+            }))
         }
     };
     futures::stream::try_unfold((rewriter, state, false), |(rw, mut state, done)| async move {
@@ -204,19 +251,32 @@ pub fn rewrite(
 type Source = tokio_util::io::StreamReader<BoxStream<'static, io::Result<Bytes>>, Bytes>;
 
 enum State {
-    Hls {
-        reader: Source,
-        line: Vec<u8>,
-    },
-    Dash {
-        reader: Box<quick_xml::Reader<Source>>,
-        buf: Vec<u8>,
-        /// The base URL in effect at each open element (`BaseURL` children change their parent's).
-        bases: Vec<Url>,
-        /// The text of the `BaseURL` element being read, entities resolved; `None` outside one (or if it holds
-        /// an entity this reader cannot resolve, so it is left alone).
-        base_url: Option<String>,
-    },
+    Hls { reader: Source, line: Vec<u8> },
+    Dash(Box<Dash>),
+}
+
+/// One open DASH element, as far as URI resolution is concerned.
+struct Level {
+    /// The base URL its children resolve against; `None` when no player-exact base is known (several
+    /// `BaseURL`s, CDATA, an unknown entity, `xml:base`): nothing beneath gets a token.
+    base: Option<Url>,
+    /// `BaseURL` children seen so far.
+    base_urls: u32,
+    /// A child other than `BaseURL` has started, so URIs were already resolved against `base`.
+    sealed: bool,
+}
+
+struct Dash {
+    reader: quick_xml::Reader<Source>,
+    buf: Vec<u8>,
+    tree: Tree,
+}
+
+/// Where the reader is in the element tree, and the base URL in effect there.
+struct Tree {
+    levels: Vec<Level>,
+    /// Inside a `BaseURL`: its text so far, entities resolved, or `None` if it cannot be read exactly.
+    base_url: Option<Option<String>>,
 }
 
 fn invalid(msg: &str) -> io::Error {
@@ -228,7 +288,7 @@ impl State {
     async fn fill(&mut self, rw: &Rewriter, out: &mut BytesMut) -> io::Result<bool> {
         match self {
             State::Hls { reader, line } => fill_hls(reader, line, rw, out).await,
-            State::Dash { reader, buf, bases, base_url } => fill_dash(reader, buf, bases, base_url, rw, out).await,
+            State::Dash(dash) => dash.fill(rw, out).await,
         }
     }
 }
@@ -251,77 +311,136 @@ async fn fill_hls(reader: &mut Source, line: &mut Vec<u8>, rw: &Rewriter, out: &
     Ok(false)
 }
 
-async fn fill_dash(
-    reader: &mut quick_xml::Reader<Source>,
-    buf: &mut Vec<u8>,
-    bases: &mut Vec<Url>,
-    base_url: &mut Option<String>,
-    rw: &Rewriter,
-    out: &mut BytesMut,
-) -> io::Result<bool> {
-    let mut w = quick_xml::Writer::new(Vec::with_capacity(CHUNK + 1024));
-    let xml = |e: quick_xml::Error| invalid(&format!("the manifest is not well-formed XML: {e}"));
-    let finished = loop {
-        if w.get_ref().len() >= CHUNK {
-            break false;
-        }
-        if buf.len() > MAX_ITEM {
-            return Err(invalid("a manifest element is longer than 64 KiB"));
-        }
-        buf.clear();
-        let event = reader.read_event_into_async(buf).await.map_err(xml)?;
-        let top = bases.last().unwrap_or(&rw.base);
-        match event {
-            Event::Eof => break true,
-            Event::Start(e) => {
-                if e.local_name().as_ref() == b"BaseURL" {
-                    *base_url = Some(String::new());
-                }
-                let e = dash_element(rw, top, e)?;
-                bases.push(top.clone());
-                w.write_event(Event::Start(e))?;
+impl Dash {
+    async fn fill(&mut self, rw: &Rewriter, out: &mut BytesMut) -> io::Result<bool> {
+        let Dash { reader, buf, tree } = self;
+        let mut w = quick_xml::Writer::new(Vec::with_capacity(CHUNK + 1024));
+        let xml = |e: quick_xml::Error| invalid(&format!("the manifest is not well-formed XML: {e}"));
+        let finished = loop {
+            if w.get_ref().len() >= CHUNK {
+                break false;
             }
-            Event::Empty(e) => w.write_event(Event::Empty(dash_element(rw, top, e)?))?,
-            Event::End(e) => {
-                // A BaseURL sets the base of the element that contains it, once its whole text is known.
-                if e.local_name().as_ref() == b"BaseURL"
-                    && let Some(text) = base_url.take()
-                    && let Ok(resolved) = top.join(text.trim())
-                    && bases.len() >= 2
-                {
-                    let parent = bases.len() - 2;
-                    bases[parent] = resolved;
-                }
-                bases.pop();
-                w.write_event(Event::End(e))?;
+            if buf.len() > MAX_ITEM {
+                return Err(invalid("a manifest element is longer than 64 KiB"));
             }
-            // The reader hands text and each `&…;` reference as separate events.
-            Event::Text(t) => {
-                if let Some(text) = base_url.as_mut() {
-                    match t.decode() {
-                        Ok(piece) => text.push_str(&piece),
-                        Err(_) => *base_url = None,
+            buf.clear();
+            let event = reader.read_event_into_async(buf).await.map_err(xml)?;
+            match event {
+                Event::Eof => break true,
+                Event::Start(e) => {
+                    let e = tree.open(rw, e)?;
+                    w.write_event(Event::Start(e))?;
+                }
+                Event::Empty(e) => {
+                    let base_url = e.local_name().as_ref() == b"BaseURL";
+                    let e = tree.open(rw, e)?;
+                    tree.close(base_url)?;
+                    w.write_event(Event::Empty(e))?;
+                }
+                Event::End(e) => {
+                    tree.close(e.local_name().as_ref() == b"BaseURL")?;
+                    w.write_event(Event::End(e))?;
+                }
+                // The reader hands text and each `&…;` reference as separate events.
+                Event::Text(t) => {
+                    if let Some(Some(text)) = tree.base_url.as_mut() {
+                        match t.decode() {
+                            Ok(piece) => text.push_str(&piece),
+                            Err(_) => tree.base_url = Some(None),
+                        }
                     }
+                    w.write_event(Event::Text(t))?;
                 }
-                w.write_event(Event::Text(t))?;
-            }
-            Event::GeneralRef(r) => {
-                if let Some(text) = base_url.as_mut() {
-                    match reference(&r) {
-                        Some(c) => text.push_str(&c),
-                        None => *base_url = None,
+                Event::GeneralRef(r) => {
+                    if let Some(Some(text)) = tree.base_url.as_mut() {
+                        match reference(&r) {
+                            Some(c) => text.push_str(&c),
+                            None => tree.base_url = Some(None),
+                        }
                     }
+                    w.write_event(Event::GeneralRef(r))?;
                 }
-                w.write_event(Event::GeneralRef(r))?;
+                // CDATA is not read the same way by every player: a BaseURL holding some is no base at all.
+                Event::CData(c) => {
+                    if tree.base_url.is_some() {
+                        tree.base_url = Some(None);
+                    }
+                    w.write_event(Event::CData(c))?;
+                }
+                // A DTD can define entities and defaults this reader does not apply: no URI gets a token.
+                Event::DocType(d) => {
+                    for level in &mut tree.levels {
+                        level.base = None;
+                    }
+                    w.write_event(Event::DocType(d))?;
+                }
+                other => w.write_event(other)?,
             }
-            other => w.write_event(other)?,
+            if tree.base_url.as_ref().and_then(Option::as_ref).is_some_and(|t| t.len() > MAX_ITEM) {
+                return Err(invalid("a manifest BaseURL is longer than 64 KiB"));
+            }
+        };
+        out.extend_from_slice(w.get_ref());
+        Ok(finished)
+    }
+}
+
+impl Tree {
+    /// An element starts: its URI attributes are rewritten against its parent's base, and it opens a level.
+    fn open<'e>(&mut self, rw: &Rewriter, e: BytesStart<'e>) -> io::Result<BytesStart<'e>> {
+        let is_base_url = e.local_name().as_ref() == b"BaseURL";
+        let parent = self.levels.last_mut().ok_or_else(|| invalid("unbalanced manifest"))?;
+        if is_base_url {
+            if parent.sealed {
+                // URIs before it were resolved without it; a player may not have: refuse rather than guess.
+                return Err(invalid("a BaseURL follows other elements in the manifest"));
+            }
+            self.base_url = Some(Some(String::new()));
+        } else {
+            parent.sealed = true;
         }
-        if base_url.as_ref().is_some_and(|t| t.len() > MAX_ITEM) {
-            return Err(invalid("a manifest BaseURL is longer than 64 KiB"));
+        let base = parent.base.clone();
+        if e.local_name().as_ref() == b"Representation" {
+            check_representation_id(&e)?;
         }
-    };
-    out.extend_from_slice(w.get_ref());
-    Ok(finished)
+        let xml_base = e.attributes().flatten().any(|a| a.key.as_ref() == b"xml:base");
+        let e = match &base {
+            Some(base) => dash_element(rw, base, e)?,
+            None => e,
+        };
+        let base = if xml_base { None } else { base };
+        self.levels.push(Level { base, base_urls: 0, sealed: false });
+        Ok(e)
+    }
+
+    /// An element ends. A `BaseURL` sets the base of the element that contains it, once its whole text is known;
+    /// a second one makes that base unknown (players pick one and may fail over to another).
+    fn close(&mut self, base_url: bool) -> io::Result<()> {
+        self.levels.pop().ok_or_else(|| invalid("unbalanced manifest"))?;
+        if !base_url {
+            return Ok(());
+        }
+        let Some(text) = self.base_url.take() else { return Ok(()) };
+        let Some(parent) = self.levels.last_mut() else { return Ok(()) };
+        parent.base_urls += 1;
+        parent.base = match (parent.base_urls, &parent.base, text) {
+            (1, Some(base), Some(text)) if !ambiguous(text.trim()) => base.join(text.trim()).ok(),
+            _ => None,
+        };
+        Ok(())
+    }
+}
+
+/// A `Representation@id` is pasted into `$RepresentationID$` templates unescaped: one holding URL syntax could move
+/// a tokenised URI to another host, so such a manifest is not rewritten.
+fn check_representation_id(e: &BytesStart<'_>) -> io::Result<()> {
+    for attr in e.attributes().flatten() {
+        if attr.key.as_ref() == b"id" && attr.value.iter().any(|&c| c <= b' ' || b"/\\:?#@%&$<>\"'[]{}|^`".contains(&c))
+        {
+            return Err(invalid("a Representation id holds URL syntax; the manifest is not rewritten"));
+        }
+    }
+    Ok(())
 }
 
 /// What `&…;` stands for: a character reference or one of XML's five predefined entities (an MPD has no DTD).
@@ -341,8 +460,11 @@ fn dash_element<'e>(rw: &Rewriter, base: &Url, e: BytesStart<'e>) -> io::Result<
             continue;
         }
         let Ok(value) = attr.normalized_value(quick_xml::XmlVersion::Implicit1_0) else { continue };
-        if let Some(new) = rw.uri_against(base, &value, &dash_probe(&value)) {
-            changed.push((attr.key.as_ref().to_vec(), new));
+        let template = e.local_name().as_ref() == b"SegmentTemplate";
+        match rw.uri_against(base, &value, template) {
+            Ok(Some(new)) => changed.push((attr.key.as_ref().to_vec(), new)),
+            Ok(None) => {}
+            Err(PrefixRequired) => return Err(io::Error::other(PrefixRequired)),
         }
     }
     if changed.is_empty() {
@@ -367,8 +489,12 @@ mod tests {
 
     const TOKEN: &str = "v1.abc.def";
 
+    fn prefix(scope: &str) -> Grant {
+        Grant::Prefix { scope: scope.to_owned(), token: TOKEN.to_owned() }
+    }
+
     fn rw() -> Rewriter {
-        Rewriter::new("media.example:8080", "/videos/film/master.m3u8", "/videos/film/", TOKEN).unwrap()
+        Rewriter::new("media.example:8080", "/videos/film/master.m3u8", prefix("/videos/film/")).unwrap()
     }
 
     #[test]
@@ -438,11 +564,11 @@ mod tests {
     fn dash_templates_are_resolved_with_identifiers_filled_in() {
         assert_eq!(dash_probe("chunk-$RepresentationID$-$Number%05d$.m4s"), "chunk-0-0.m4s");
         assert_eq!(dash_probe("a$$b"), "a$b");
-        let r = Rewriter::new("h", "/videos/film/manifest.mpd", "/videos/film/", TOKEN).unwrap();
+        let r = Rewriter::new("h", "/videos/film/manifest.mpd", prefix("/videos/film/")).unwrap();
         let base = r.base.clone();
         let t = "chunk-$RepresentationID$-$Number%05d$.m4s";
         assert_eq!(
-            r.uri_against(&base, t, &dash_probe(t)).as_deref(),
+            r.uri_against(&base, t, true).unwrap().as_deref(),
             Some("chunk-$RepresentationID$-$Number%05d$.m4s?token=v1.abc.def")
         );
     }
@@ -504,7 +630,7 @@ mod tests {
 
     #[tokio::test]
     async fn dash_uri_attributes_get_the_token_within_scope_and_host() {
-        let r = Rewriter::new("media.example", "/videos/film/manifest.mpd", "/videos/film/", TOKEN).unwrap();
+        let r = Rewriter::new("media.example", "/videos/film/manifest.mpd", prefix("/videos/film/")).unwrap();
         for piece in [5, 4096] {
             let out = run(Kind::Dash, r.clone(), MPD, piece).await;
             assert!(out.contains(r#"initialization="init-stream$RepresentationID$.m4s?token=v1.abc.def""#), "{out}");
@@ -516,7 +642,8 @@ mod tests {
             assert!(out.starts_with(r#"<?xml version="1.0" encoding="utf-8"?>"#));
         }
         // A scope that does not cover the audio folder leaves its URIs alone.
-        let narrow = Rewriter::new("media.example", "/videos/film/manifest.mpd", "/videos/film/video/", TOKEN).unwrap();
+        let narrow =
+            Rewriter::new("media.example", "/videos/film/manifest.mpd", prefix("/videos/film/video/")).unwrap();
         let out = run(Kind::Dash, narrow, MPD, 4096).await;
         assert!(!out.contains("token="), "{out}");
     }
@@ -528,7 +655,7 @@ mod tests {
 <AdaptationSet><BaseURL>au&#100;io/</BaseURL><SegmentList><SegmentURL media="a1.m4s"/></SegmentList></AdaptationSet>
 </Period></MPD>"#;
         // Only the audio folder is in scope: its BaseURL has to be read whole, `&#100;` included.
-        let r = Rewriter::new("media.example", "/videos/film/manifest.mpd", "/videos/film/audio/", TOKEN).unwrap();
+        let r = Rewriter::new("media.example", "/videos/film/manifest.mpd", prefix("/videos/film/audio/")).unwrap();
         for piece in [3, 4096] {
             let out = run(Kind::Dash, r.clone(), mpd, piece).await;
             assert!(out.contains(r#"<SegmentURL media="a1.m4s?token=v1.abc.def"/>"#), "{out}");
@@ -553,5 +680,100 @@ mod tests {
         let out: Vec<io::Result<Bytes>> =
             rewrite(Kind::Dash, rw(), futures::stream::iter(chunks).boxed()).collect().await;
         assert!(out.iter().any(|c| c.is_err()), "mismatched end tags are an error");
+    }
+
+    fn exact() -> Grant {
+        Grant::Exact { mint: std::sync::Arc::new(|path: &str| format!("EXACT[{path}]")) }
+    }
+
+    /// A path token on one playlist yields exact-path tokens for what the playlist lists, inside its folder only,
+    /// and never a prefix (issue: a top-level playlist's token used to open the whole library).
+    #[test]
+    fn a_path_token_yields_exact_tokens_inside_the_manifest_folder() {
+        let r = Rewriter::new("h", "/videos/top.m3u8", exact()).unwrap();
+        assert_eq!(r.uri("seg1.ts").as_deref(), Some("seg1.ts?token=EXACT[/videos/seg1.ts]"));
+        assert_eq!(r.uri("a/b%20c.ts").as_deref(), Some("a/b%20c.ts?token=EXACT[/videos/a/b c.ts]"));
+        assert_eq!(r.uri("../etc/x.ts"), None, "outside the manifest's folder");
+        let r = Rewriter::new("h", "/videos/film/master.m3u8", exact()).unwrap();
+        assert_eq!(r.uri("/videos/other/a.ts"), None);
+        assert_eq!(r.uri("720p/i.m3u8").as_deref(), Some("720p/i.m3u8?token=EXACT[/videos/film/720p/i.m3u8]"));
+    }
+
+    #[test]
+    fn hls_variables_and_odd_characters_get_no_token() {
+        let r = rw();
+        assert_eq!(r.uri("{$cdn}/seg.ts"), None, "EXT-X-DEFINE substitution happens in the player");
+        assert_eq!(r.uri("seg{$n}.ts"), None);
+        assert_eq!(r.uri("a\\b.ts"), None, "backslash: WHATWG and RFC 3986 parsers disagree");
+        assert_eq!(r.uri("a b.ts"), None);
+        let line = "#EXT-X-MAP:URI=\"{$base}init.mp4\"";
+        assert_eq!(r.hls_line(line), line);
+    }
+
+    const FAIL_CLOSED: [(&str, &str); 6] = [
+        (
+            "CDATA BaseURL",
+            "<MPD><BaseURL><![CDATA[https://evil.example/]]></BaseURL><SegmentList><SegmentURL media=\"a.m4s\"/></SegmentList></MPD>",
+        ),
+        (
+            "unknown entity",
+            "<MPD><BaseURL>&cdn;</BaseURL><SegmentList><SegmentURL media=\"a.m4s\"/></SegmentList></MPD>",
+        ),
+        (
+            "two BaseURLs",
+            "<MPD><BaseURL>./</BaseURL><BaseURL>https://evil.example/</BaseURL><SegmentList><SegmentURL media=\"a.m4s\"/></SegmentList></MPD>",
+        ),
+        (
+            "xml:base",
+            "<MPD><Period xml:base=\"https://evil.example/\"><SegmentList><SegmentURL media=\"a.m4s\"/></SegmentList></Period></MPD>",
+        ),
+        (
+            "DOCTYPE",
+            "<!DOCTYPE MPD [<!ENTITY cdn \"https://evil.example/\">]><MPD><SegmentList><SegmentURL media=\"a.m4s\"/></SegmentList></MPD>",
+        ),
+        (
+            "empty BaseURL twice",
+            "<MPD><BaseURL/><BaseURL>https://evil.example/</BaseURL><SegmentList><SegmentURL media=\"a.m4s\"/></SegmentList></MPD>",
+        ),
+    ];
+
+    #[tokio::test]
+    async fn dash_bases_that_players_may_read_differently_get_no_token() {
+        for (what, mpd) in FAIL_CLOSED {
+            let r = Rewriter::new("media.example", "/videos/film/manifest.mpd", prefix("/videos/film/")).unwrap();
+            let out = run(Kind::Dash, r, mpd, 4096).await;
+            assert!(!out.contains("token="), "{what}: {out}");
+        }
+        // The plain case still gets one, so the cases above fail for their reason alone.
+        let r = Rewriter::new("media.example", "/videos/film/manifest.mpd", prefix("/videos/film/")).unwrap();
+        let plain = "<MPD><BaseURL>./</BaseURL><SegmentList><SegmentURL media=\"a.m4s\"/></SegmentList></MPD>";
+        assert!(run(Kind::Dash, r, plain, 4096).await.contains("a.m4s?token="));
+    }
+
+    async fn run_err(kind: Kind, r: Rewriter, input: &'static str) -> io::Error {
+        let chunks = vec![Ok(Bytes::from_static(input.as_bytes()))];
+        let out: Vec<io::Result<Bytes>> = rewrite(kind, r, futures::stream::iter(chunks).boxed()).collect().await;
+        out.into_iter().find_map(Result::err).expect("the rewrite fails")
+    }
+
+    #[tokio::test]
+    async fn dash_refuses_what_it_cannot_rewrite_safely() {
+        let r = || Rewriter::new("media.example", "/videos/film/manifest.mpd", prefix("/videos/film/")).unwrap();
+        let late = "<MPD><Period><SegmentList><SegmentURL media=\"a.m4s\"/></SegmentList><BaseURL>https://evil.example/</BaseURL></Period></MPD>";
+        assert_eq!(run_err(Kind::Dash, r(), late).await.kind(), io::ErrorKind::InvalidData);
+        let id = "<MPD><AdaptationSet><SegmentTemplate media=\"$RepresentationID$/s.m4s\"/><Representation id=\"//evil.example/x\"/></AdaptationSet></MPD>";
+        assert_eq!(run_err(Kind::Dash, r(), id).await.kind(), io::ErrorKind::InvalidData);
+        // A template names many paths: a path token cannot open them.
+        let exact = Rewriter::new("media.example", "/videos/film/manifest.mpd", exact()).unwrap();
+        let e = run_err(Kind::Dash, exact, MPD).await;
+        assert!(e.get_ref().is_some_and(|e| e.is::<PrefixRequired>()), "{e}");
+    }
+
+    #[tokio::test]
+    async fn dash_segment_lists_work_with_exact_tokens() {
+        let r = Rewriter::new("media.example", "/videos/film/manifest.mpd", exact()).unwrap();
+        let mpd = "<MPD><BaseURL>audio/</BaseURL><SegmentList><SegmentURL media=\"a1.m4s\"/></SegmentList></MPD>";
+        let out = run(Kind::Dash, r, mpd, 4096).await;
+        assert!(out.contains("media=\"a1.m4s?token=EXACT[/videos/film/audio/a1.m4s]\""), "{out}");
     }
 }

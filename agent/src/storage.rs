@@ -1,4 +1,7 @@
 //! Object storage behind one pooled client per process: a local directory (the embedded default) or S3.
+//!
+//! Either way, an object's name is its canonical path below the route prefix, byte for byte: `/videos/café noir.mp4`
+//! is the file `café noir.mp4` or the S3 key `{prefix}/café noir.mp4`, never an escaped spelling of it.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -8,9 +11,10 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
-use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
 use object_store::{Attribute, ClientOptions, GetOptions, GetRange, GetResultPayload, ObjectStore, ObjectStoreExt};
+
+use crate::local::{self, LocalDir};
 
 /// Where objects live, parsed from `--storage`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,19 +94,25 @@ pub struct Body {
 /// The storage client. Cloning shares the connection pool.
 #[derive(Clone, Debug)]
 pub struct Storage {
-    store: Arc<dyn ObjectStore>,
-    prefix: String,
+    backend: Backend,
     timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+enum Backend {
+    /// A directory, every object opened beneath it (see [`crate::local`]).
+    Dir(LocalDir),
+    Store {
+        store: Arc<dyn ObjectStore>,
+        prefix: String,
+    },
 }
 
 impl Storage {
     /// Builds the one client of the process. S3 credentials come from the usual AWS environment variables.
     pub fn new(location: &Location, s3: &S3Options, timeout: Duration) -> Result<Storage, StorageError> {
-        let (store, prefix): (Arc<dyn ObjectStore>, String) = match location {
-            Location::Dir(dir) => (
-                Arc::new(LocalFileSystem::new_with_prefix(dir).map_err(|e| StorageError::Unavailable(e.to_string()))?),
-                String::new(),
-            ),
+        let backend = match location {
+            Location::Dir(dir) => Backend::Dir(LocalDir::open(dir)?),
             Location::S3 { bucket, prefix } => {
                 // No whole-request timeout: a long film streams for minutes. Stalls are caught per chunk instead.
                 let client = ClientOptions::new()
@@ -120,30 +130,43 @@ impl Storage {
                 if let Some(region) = &s3.region {
                     b = b.with_region(region);
                 }
-                (Arc::new(b.build().map_err(|e| StorageError::Unavailable(e.to_string()))?), prefix.clone())
+                let store = Arc::new(b.build().map_err(|e| StorageError::Unavailable(e.to_string()))?);
+                Backend::Store { store, prefix: prefix.clone() }
             }
         };
-        Ok(Storage { store, prefix, timeout })
+        Ok(Storage { backend, timeout })
     }
 
-    fn key(&self, object: &str) -> StorePath {
-        // `object` is a canonical path below the route prefix (no '.', '..' or empty segments); from_iter
-        // percent-encodes what object_store would otherwise treat specially.
-        let parts = self.prefix.split('/').chain(object.split('/')).filter(|s| !s.is_empty());
-        StorePath::from_iter(parts)
+    /// The key of exactly this name. `object` is a canonical path below the route prefix (no control characters,
+    /// no empty, `.` or `..` segments), which `Path::parse` takes as it is; `Path::from` would percent-encode
+    /// `% # [ ] { } ^ | ~` and reach another key.
+    fn key(prefix: &str, object: &str) -> Result<StorePath, StorageError> {
+        let key = if prefix.is_empty() { object.to_owned() } else { format!("{prefix}/{object}") };
+        StorePath::parse(&key).map_err(|_| StorageError::NotFound)
     }
 
-    /// Size, ETag and modification time; also the readiness probe's storage check.
+    /// Size, ETag and modification time.
     pub async fn head(&self, object: &str) -> Result<Meta, StorageError> {
-        let key = self.key(object);
-        let meta = tokio::time::timeout(self.timeout, self.store.head(&key))
-            .await
-            .map_err(|_| StorageError::Timeout(self.timeout))??;
-        Ok(Meta { size: meta.size, etag: meta.e_tag, last_modified: meta.last_modified.into() })
+        match &self.backend {
+            Backend::Dir(dir) => {
+                let (dir, object) = (dir.clone(), object.to_owned());
+                local::blocking(self.timeout, move || dir.open_object(&object).map(|(_, meta)| meta)).await
+            }
+            Backend::Store { store, prefix } => {
+                let key = Self::key(prefix, object)?;
+                let meta = tokio::time::timeout(self.timeout, store.head(&key))
+                    .await
+                    .map_err(|_| StorageError::Timeout(self.timeout))??;
+                Ok(Meta { size: meta.size, etag: meta.e_tag, last_modified: meta.last_modified.into() })
+            }
+        }
     }
 
-    /// Whether storage answers at all (a missing object is an answer).
+    /// Whether storage answers at all (a missing object is an answer): the readiness probe's storage check.
     pub async fn ping(&self) -> Result<(), StorageError> {
+        if let Backend::Dir(dir) = &self.backend {
+            return dir.ping();
+        }
         match self.head(".videodelivery-readiness-probe").await {
             Ok(_) | Err(StorageError::NotFound) => Ok(()),
             Err(e) => Err(e),
@@ -153,21 +176,36 @@ impl Storage {
     /// Streams `range` of an object, failing if it no longer has `etag`. A stall longer than the timeout between
     /// two chunks ends the stream with an error, so a client never waits forever on a hung store.
     pub async fn get(&self, object: &str, range: Range<u64>, etag: Option<&str>) -> Result<Body, StorageError> {
-        let key = self.key(object);
-        let opts = GetOptions {
-            range: Some(GetRange::Bounded(range)),
-            if_match: etag.map(str::to_owned),
-            ..GetOptions::default()
-        };
-        let result = tokio::time::timeout(self.timeout, self.store.get_opts(&key, opts))
-            .await
-            .map_err(|_| StorageError::Timeout(self.timeout))??;
-        let content_type = result.attributes.get(&Attribute::ContentType).map(|v| v.to_string());
         let timeout = self.timeout;
-        let stream = match result.payload {
-            // object_store reads local files 8 KiB per blocking task; 256 KiB reads cut the thread hops 32-fold.
-            GetResultPayload::File(file, _) => file_stream(file, result.range).await?,
-            GetResultPayload::Stream(s) => s.map_err(StorageError::from).boxed(),
+        let (stream, content_type) = match &self.backend {
+            Backend::Dir(dir) => {
+                let (dir, object) = (dir.clone(), object.to_owned());
+                let (file, meta) = local::blocking(timeout, move || dir.open_object(&object)).await?;
+                if etag.is_some() && meta.etag.as_deref() != etag {
+                    return Err(StorageError::Changed);
+                }
+                if range.end > meta.size {
+                    return Err(StorageError::Changed);
+                }
+                (local::file_stream(file, range), None)
+            }
+            Backend::Store { store, prefix } => {
+                let key = Self::key(prefix, object)?;
+                let opts = GetOptions {
+                    range: Some(GetRange::Bounded(range)),
+                    if_match: etag.map(str::to_owned),
+                    ..GetOptions::default()
+                };
+                let result = tokio::time::timeout(timeout, store.get_opts(&key, opts))
+                    .await
+                    .map_err(|_| StorageError::Timeout(timeout))??;
+                let content_type = result.attributes.get(&Attribute::ContentType).map(|v| v.to_string());
+                let stream = match result.payload {
+                    GetResultPayload::File(file, _) => local::file_stream(file, result.range),
+                    GetResultPayload::Stream(s) => s.map_err(StorageError::from).boxed(),
+                };
+                (stream, content_type)
+            }
         };
         let stream = futures::stream::unfold(stream, move |mut s| async move {
             match tokio::time::timeout(timeout, s.next()).await {
@@ -178,64 +216,6 @@ impl Storage {
         });
         Ok(Body { stream: stream.boxed(), content_type })
     }
-}
-
-/// Bytes read from a local file per blocking read.
-const FILE_CHUNK: usize = 256 * 1024;
-
-async fn file_stream(
-    file: std::fs::File,
-    range: Range<u64>,
-) -> Result<BoxStream<'static, Result<Bytes, StorageError>>, StorageError> {
-    // Each chunk is one positioned read straight into the buffer that becomes the body chunk: no seek, and no
-    // copy through an intermediate buffer (tokio::fs::File reads into its own buffer, then copies; callgrind
-    // showed that copy as most of the agent's instructions per MiB).
-    let file = Arc::new(file);
-    let end = range.end;
-    let chunks = futures::stream::try_unfold(range.start, move |pos| {
-        let file = file.clone();
-        async move {
-            if pos >= end {
-                return Ok(None);
-            }
-            let len = (end - pos).min(FILE_CHUNK as u64) as usize;
-            let read = tokio::task::spawn_blocking(move || pread_exact(&file, pos, len));
-            let chunk = read
-                .await
-                .map_err(|e| StorageError::Unavailable(format!("reading a local file: {e}")))?
-                .map_err(|e| StorageError::Unavailable(format!("reading a local file: {e}")))?;
-            Ok(Some((chunk, pos + len as u64)))
-        }
-    });
-    Ok(chunks.boxed())
-}
-
-/// Reads `len` bytes at `pos` into a fresh buffer without first zeroing it (zeroing showed as the next hot spot
-/// once the copy was gone).
-fn pread_exact(file: &std::fs::File, pos: u64, len: usize) -> std::io::Result<Bytes> {
-    use std::os::fd::AsRawFd;
-    let mut buf = bytes::BytesMut::with_capacity(len);
-    while buf.len() < len {
-        let filled = buf.len();
-        let at = libc::off_t::try_from(pos + filled as u64).map_err(std::io::Error::other)?;
-        let spare = buf.spare_capacity_mut();
-        let want = (len - filled).min(spare.len());
-        // SAFETY: the kernel writes at most `want` bytes into the spare capacity, which is valid for writes of
-        // that many bytes; only the bytes it reports written are then marked initialised.
-        let n = unsafe { libc::pread(file.as_raw_fd(), spare.as_mut_ptr().cast(), want, at) };
-        match n {
-            // SAFETY: the kernel initialised exactly `n` bytes after the filled part.
-            n if n > 0 => unsafe { buf.set_len(filled + n as usize) },
-            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            _ => {
-                let e = std::io::Error::last_os_error();
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            }
-        }
-    }
-    Ok(buf.freeze())
 }
 
 #[cfg(test)]

@@ -103,6 +103,10 @@ impl Minter {
     fn exact(&self, path: &str) -> String {
         self.signer.url(&self.req(path, None)).unwrap()
     }
+    /// `?token=` for a title's folder, on its manifest: what a DASH `SegmentTemplate` needs to be rewritten.
+    fn prefixed(&self, path: &str, prefix: &str) -> String {
+        self.signer.url(&self.req(path, Some(prefix))).unwrap()
+    }
     fn path_carrier(&self, path: &str, prefix: &str) -> String {
         self.signer.path_url(&self.req(path, Some(prefix)), "/videos").unwrap()
     }
@@ -182,8 +186,8 @@ async fn chromium_plays_mp4_hls_and_dash_with_one_token() {
           "url": rw.exact("/videos/film/enc/index.m3u8") },
         { "name": "hls.js, path carrier, no rewriting", "kind": "hls",
           "url": pl.path_carrier("/videos/film/hls/master.m3u8", "/videos/film/hls/") },
-        { "name": "dash.js, token on the manifest only, rewritten", "kind": "dash",
-          "url": rw.exact("/videos/film/dash/manifest.mpd") },
+        { "name": "dash.js, prefix token on the manifest only, rewritten", "kind": "dash",
+          "url": rw.prefixed("/videos/film/dash/manifest.mpd", "/videos/film/dash/") },
         { "name": "dash.js, path carrier, no rewriting", "kind": "dash",
           "url": pl.path_carrier("/videos/film/dash/manifest.mpd", "/videos/film/") },
         { "name": "hls.js, cookie session, no token in any URL", "kind": "hls", "credentials": true,

@@ -166,7 +166,7 @@ async fn every_carrier_and_every_verdict() {
 }
 
 fn claims(signer: &Signer, path: &str, exp: u64) -> Claims {
-    Claims { kid: signer.kid().into(), exp, nbf: None, scope: Scope::Path(path.into()), ip: None }
+    Claims { kid: signer.kid().into(), exp, nbf: None, scope: Scope::Path(path.into()), ip: None, via: None }
 }
 
 #[tokio::test(flavor = "multi_thread")]

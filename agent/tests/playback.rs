@@ -69,7 +69,7 @@ async fn path_carrier_serves_every_file_under_the_prefix() {
 }
 
 #[tokio::test]
-async fn rewritten_playlists_carry_a_prefix_token_to_every_uri_on_this_host() {
+async fn rewritten_playlists_carry_tokens_no_wider_than_the_grant() {
     let agent = TestAgent::start(&["--rewrite-manifests"]).await;
     agent.put("film/master.m3u8", MASTER.as_bytes());
     agent.put("film/360p/index.m3u8", MEDIA.as_bytes());
@@ -91,10 +91,11 @@ async fn rewritten_playlists_carry_a_prefix_token_to_every_uri_on_this_host() {
     let etag = header(&h, "etag").to_owned();
     assert!(etag.contains("-vd"), "the ETag reflects the rewrite: {etag}");
 
-    // The derived token opens the playlist's folder, keeps the expiry and works on the next level down.
+    // The backend signed one path, so each derived token opens exactly one listed path (never the folder: a
+    // top-level playlist's folder is the whole library), keeps the expiry, and works on the next level down.
     let derived = token_of(variant).to_owned();
     let verifier = vd_token::Verifier::new(&agent.keyring, vd_token::Policy::default());
-    let claims = verifier
+    let (claims, _) = verifier
         .verify_claims(
             &vd_token::RequestAuth {
                 path: "/videos/film/360p/index.m3u8",
@@ -104,19 +105,22 @@ async fn rewritten_playlists_carry_a_prefix_token_to_every_uri_on_this_host() {
             now(),
         )
         .unwrap();
-    assert_eq!(claims.scope, vd_token::Scope::Prefix("/videos/film/".into()));
+    assert_eq!(claims.scope, vd_token::Scope::Path("/videos/film/360p/index.m3u8".into()));
     assert_eq!(claims.exp, exp, "a rewrite never extends a token");
+    assert_eq!(claims.via, Some(vd_token::Via::Manifest));
 
     let media_url = agent.url(&format!("/videos/film/{variant}"));
     let (status, _, body) = get(&media_url, &[]).await;
     assert_eq!(status, 200);
     let media = String::from_utf8(body.to_vec()).unwrap();
-    assert!(media.contains(&format!("#EXT-X-MAP:URI=\"init.mp4?token={derived}\"")), "{media}");
-    assert!(media.contains(&format!("\nseg0.m4s?token={derived}\n")), "{media}");
+    assert!(media.contains("#EXT-X-MAP:URI=\"init.mp4?token=v1."), "{media}");
+    let seg = media.lines().find(|l| l.starts_with("seg0.m4s?token=v1.")).expect("segment rewritten");
     assert!(media.contains("\n../../other/seg.m4s\n"), "outside the scope stays as it was: {media}");
-    let (status, _, body) = get(&agent.url(&format!("/videos/film/360p/seg0.m4s?token={derived}")), &[]).await;
+    let (status, _, body) = get(&agent.url(&format!("/videos/film/360p/{seg}")), &[]).await;
     assert_eq!(status, 200);
     assert_eq!(body.len(), 3000);
+    let init = agent.url(&format!("/videos/film/360p/init.mp4?token={}", token_of(seg)));
+    assert_eq!(get(&init, &[]).await.0, 403, "a segment's token opens that segment alone");
 
     // Conditional and range requests on a rewritten playlist.
     let (status, _, _) = get(&master_url, &[("if-none-match", &etag)]).await;
@@ -149,7 +153,11 @@ async fn rewritten_dash_manifest_and_broken_manifest() {
 </Representation></AdaptationSet></Period></MPD>"#;
     agent.put("film/manifest.mpd", mpd.as_bytes());
     agent.put("film/broken.mpd", b"<MPD><Period></MPD>");
+    // A template names many segments: only a prefix token can open them, and a path token is told so.
     let (signer, req) = mint(&agent, "/videos/film/manifest.mpd", None, now() + 600);
+    let (status, _, body) = get(&signer.url(&req).unwrap(), &[]).await;
+    assert_eq!((status.as_u16(), reason(&body).as_str()), (403, "prefix_required"));
+    let (signer, req) = mint(&agent, "/videos/film/manifest.mpd", Some("/videos/film/"), now() + 600);
     let (status, h, body) = get(&signer.url(&req).unwrap(), &[]).await;
     assert_eq!(status, 200);
     assert_eq!(header(&h, "content-type"), "application/dash+xml");
@@ -227,7 +235,7 @@ async fn session_cookie_outlives_the_token_within_its_prefix() {
     let (status, _, _) = request("POST", &agent.url("/videos/session"), &[]).await;
     assert_eq!(status, 401);
     let (status, h, _) = request("PUT", &agent.url("/videos/session"), &[]).await;
-    assert_eq!((status.as_u16(), header(&h, "allow")), (405, "GET, POST, OPTIONS"));
+    assert_eq!((status.as_u16(), header(&h, "allow")), (405, "POST, OPTIONS"));
     let (status, _, _) = request("POST", &agent.url("/videos/film/a.mp4"), &[]).await;
     assert_eq!(status, 405, "POST is for the session exchange only");
 }

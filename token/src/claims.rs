@@ -19,6 +19,33 @@ pub enum Scope {
     Prefix(String),
 }
 
+/// Marks a token an agent minted from another one (spec §2): such a token never opens a session, so a grant can
+/// never renew itself through the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Via {
+    /// Appended to the URIs of a rewritten manifest (spec §5.6).
+    Manifest,
+    /// Set as the session cookie (spec §5.5).
+    Session,
+}
+
+impl Via {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::Manifest => "manifest",
+            Via::Session => "session",
+        }
+    }
+
+    fn parse(line: &str) -> Option<Via> {
+        match line {
+            "via:manifest" => Some(Via::Manifest),
+            "via:session" => Some(Via::Session),
+            _ => None,
+        }
+    }
+}
+
 /// Everything a token says, in canonical form.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claims {
@@ -27,6 +54,8 @@ pub struct Claims {
     pub nbf: Option<u64>,
     pub scope: Scope,
     pub ip: Option<IpRange>,
+    /// Set only by agents, on tokens they derive; backends never mint it.
+    pub via: Option<Via>,
 }
 
 impl Claims {
@@ -63,6 +92,9 @@ impl fmt::Display for Claims {
         if let Some(ip) = &self.ip {
             write!(f, "{ip}")?;
         }
+        if let Some(via) = self.via {
+            write!(f, "\nvia:{}", via.as_str())?;
+        }
         Ok(())
     }
 }
@@ -77,6 +109,8 @@ pub(crate) struct RawClaims<'a> {
     pub scope_kind: PathKind,
     pub scope: &'a str,
     pub ip: &'a str,
+    /// The optional sixth line; only compact tokens can carry it.
+    pub via: Option<Via>,
 }
 
 /// Claims after parsing, with numbers and the address range decoded.
@@ -97,6 +131,10 @@ impl<'a> RawClaims<'a> {
         let nbf = lines.next()?;
         let scope = lines.next()?;
         let ip = lines.next()?;
+        let via = match lines.next() {
+            None => None,
+            Some(line) => Some(Via::parse(line)?),
+        };
         if lines.next().is_some() {
             return None;
         }
@@ -107,7 +145,7 @@ impl<'a> RawClaims<'a> {
         } else {
             return None;
         };
-        Some(RawClaims { kid, exp, nbf, scope_kind, scope, ip })
+        Some(RawClaims { kid, exp, nbf, scope_kind, scope, ip, via })
     }
 
     /// Checks every claim is in canonical form; `None` means malformed.
@@ -138,6 +176,10 @@ impl<'a> RawClaims<'a> {
         for part in [self.scope, "\n", self.ip] {
             mac.update(part.as_bytes());
         }
+        if let Some(via) = self.via {
+            mac.update(b"\nvia:");
+            mac.update(via.as_str().as_bytes());
+        }
     }
 }
 
@@ -148,7 +190,7 @@ impl Parsed<'_> {
             PathKind::Path => Scope::Path(self.raw.scope.to_owned()),
             PathKind::Prefix => Scope::Prefix(self.raw.scope.to_owned()),
         };
-        Claims { kid: self.raw.kid.to_owned(), exp: self.exp, nbf: self.nbf, scope, ip: self.ip }
+        Claims { kid: self.raw.kid.to_owned(), exp: self.exp, nbf: self.nbf, scope, ip: self.ip, via: self.raw.via }
     }
 }
 

@@ -16,12 +16,12 @@ mod sign;
 mod verify;
 
 pub use carrier::{PathCarrier, split_path_carrier};
-pub use claims::{Claims, Scope};
+pub use claims::{Claims, Scope, Via};
 pub use ip::{IpRange, IpRangeError};
 pub use keyring::{Key, KeyState, Keyring, KeyringError, MAX_SECRET_LEN, MIN_SECRET_LEN};
 pub use path::{MAX_PATH_LEN, PathError, PathKind, canonical_path, canonical_prefix, check_canonical, encode_path};
 pub use sign::{Carrier, SignError, Signer, UrlRequest};
-pub use verify::{Grant, Policy, Reason, RequestAuth, Verifier};
+pub use verify::{Grant, Policy, Reason, RequestAuth, Source, Verifier};
 
 /// Name of the cookie that carries a compact token (spec §5.2).
 pub const COOKIE_NAME: &str = "vd_token";

@@ -112,7 +112,7 @@ impl Signer {
         if req.nbf.is_some_and(|nbf| nbf > req.exp) {
             return Err(SignError::NotBeforeAfterExpiry);
         }
-        Ok(Claims { kid: self.kid.clone(), exp: req.exp, nbf: req.nbf, scope, ip: req.ip })
+        Ok(Claims { kid: self.kid.clone(), exp: req.exp, nbf: req.nbf, scope, ip: req.ip, via: None })
     }
 
     /// A complete signed URL, byte for byte what every conforming signer produces.

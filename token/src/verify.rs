@@ -14,7 +14,7 @@ use crate::keyring::Keyring;
 use crate::path::{MAX_PATH_LEN, PathKind};
 
 /// Longest claims text a token may carry: kid, two times, the longest scope, an IPv6 range and the separators.
-const MAX_CLAIMS_LEN: usize = 64 + 11 + 11 + 7 + MAX_PATH_LEN + 43 + 4;
+const MAX_CLAIMS_LEN: usize = 64 + 11 + 11 + 7 + MAX_PATH_LEN + 43 + 4 + "\nvia:manifest".len();
 
 /// Verifier settings that bound what backends can mint, whatever a token claims.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,11 +52,13 @@ pub enum Reason {
     WrongScope,
     #[error("the token is bound to another client address")]
     WrongIp,
+    #[error("the token was minted by an agent and cannot be exchanged for a session")]
+    DerivedToken,
 }
 
 impl Reason {
     /// Every reason, for metrics that should show zeros too.
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 10] = [
         Reason::Missing,
         Reason::Malformed,
         Reason::UnknownKid,
@@ -66,6 +68,7 @@ impl Reason {
         Reason::LifetimeTooLong,
         Reason::WrongScope,
         Reason::WrongIp,
+        Reason::DerivedToken,
     ];
 
     pub fn code(self) -> &'static str {
@@ -79,6 +82,7 @@ impl Reason {
             Reason::LifetimeTooLong => "lifetime_too_long",
             Reason::WrongScope => "wrong_scope",
             Reason::WrongIp => "wrong_ip",
+            Reason::DerivedToken => "derived_token",
         }
     }
 }
@@ -100,6 +104,27 @@ pub struct RequestAuth<'a> {
     pub path_token: Option<&'a str>,
 }
 
+/// Where the token that authorized a request travelled. A token in the URL makes the URL itself the grant, so a
+/// shared cache keyed on the URL can keep the answer; a header or cookie does not, so such answers are private.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The path carrier (spec §5.4).
+    Path,
+    /// A query carrier: `token`/`key` or signed-URL parameters (spec §5.1, §5.2).
+    Query,
+    /// `Authorization: Bearer`.
+    Header,
+    /// The `vd_token` cookie.
+    Cookie,
+}
+
+impl Source {
+    /// Whether the grant is part of the URL.
+    pub fn in_url(self) -> bool {
+        matches!(self, Source::Path | Source::Query)
+    }
+}
+
 /// A request that may be served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Grant<'v> {
@@ -109,6 +134,8 @@ pub struct Grant<'v> {
     pub exp: u64,
     /// Whether the token opens a whole prefix.
     pub prefix: bool,
+    /// The carrier the token came in.
+    pub source: Source,
 }
 
 /// Which scope rule applies (spec §6 rule 8, §5.5).
@@ -167,15 +194,16 @@ impl Verifier {
     }
 
     /// The same verdict as [`Verifier::verify`], and on success the token's claims, for minting tokens derived
-    /// from it (rewritten playlists). Allocates; the plain `verify` is the hot path.
-    pub fn verify_claims(&self, req: &RequestAuth<'_>, now: u64) -> Result<Claims, Reason> {
+    /// from it (rewritten playlists), and the carrier it came in. Allocates; the plain `verify` is the hot path.
+    pub fn verify_claims(&self, req: &RequestAuth<'_>, now: u64) -> Result<(Claims, Source), Reason> {
         let mut out = None;
-        self.run(req, now, Mode::Request, Some(&mut out))?;
-        out.ok_or(Reason::Malformed)
+        let grant = self.run(req, now, Mode::Request, Some(&mut out))?;
+        Ok((out.ok_or(Reason::Malformed)?, grant.source))
     }
 
     /// A session exchange (spec §5.5): every rule of §6 except that, instead of comparing the request's path,
-    /// the token must have a prefix scope (else `wrong_scope`). Returns the token's claims.
+    /// the token must have a prefix scope (else `wrong_scope`) and must not be one an agent minted (else
+    /// `derived_token`), so no session can renew itself. Returns the token's claims.
     pub fn verify_session(&self, req: &RequestAuth<'_>, now: u64) -> Result<Claims, Reason> {
         let mut out = None;
         self.run(req, now, Mode::Session, Some(&mut out))?;
@@ -183,7 +211,7 @@ impl Verifier {
     }
 
     fn run(&self, req: &RequestAuth<'_>, now: u64, mode: Mode, out: Out<'_>) -> Result<Grant<'_>, Reason> {
-        let ctx = Ctx { req, now, mode };
+        let ctx = Ctx { req, now, mode, source: Source::Path };
         if let Some(token) = req.path_token {
             // One carrier per request: a path token with a query token or signed-URL parameters is ambiguous.
             if let Some(query) = req.query
@@ -195,14 +223,19 @@ impl Verifier {
         }
         if let Some(query) = req.query {
             match carrier::from_query(query).map_err(|()| Reason::Malformed)? {
-                Some(Found::Token(token)) => return self.check_token(&token, &ctx, false, out),
-                Some(Found::Params(params)) => return self.check_params(&params, &ctx, out),
+                Some(Found::Token(token)) => {
+                    return self.check_token(&token, &Ctx { source: Source::Query, ..ctx }, false, out);
+                }
+                Some(Found::Params(params)) => {
+                    return self.check_params(&params, &Ctx { source: Source::Query, ..ctx }, out);
+                }
                 None => {}
             }
         }
         if let Some(token) = req.authorization.and_then(carrier::from_authorization) {
-            return self.check_token(token, &ctx, false, out);
+            return self.check_token(token, &Ctx { source: Source::Header, ..ctx }, false, out);
         }
+        let ctx = Ctx { source: Source::Cookie, ..ctx };
         let mut first = None;
         let mut out = out;
         for token in carrier::cookies(req.cookies) {
@@ -250,6 +283,7 @@ impl Verifier {
             scope_kind,
             scope,
             ip: p.ip.as_deref().unwrap_or(""),
+            via: None,
         };
         // An explicitly empty `nbf=` or `ip=` would sign the same text as an absent one: refuse it.
         if p.nbf.as_deref() == Some("") || p.ip.as_deref() == Some("") {
@@ -291,6 +325,9 @@ impl Verifier {
         if !in_scope {
             return Err(Reason::WrongScope);
         }
+        if ctx.mode == Mode::Session && c.raw.via.is_some() {
+            return Err(Reason::DerivedToken);
+        }
         if let Some(range) = c.ip
             && !req.client_ip.is_some_and(|ip| IpRange::contains(&range, ip))
         {
@@ -299,7 +336,7 @@ impl Verifier {
         if let Some(out) = out {
             *out = Some(c.to_claims());
         }
-        Ok(Grant { kid: &key.kid, exp: c.exp, prefix: c.raw.scope_kind == PathKind::Prefix })
+        Ok(Grant { kid: &key.kid, exp: c.exp, prefix: c.raw.scope_kind == PathKind::Prefix, source: ctx.source })
     }
 }
 
@@ -307,10 +344,12 @@ impl Verifier {
 type Out<'o> = Option<&'o mut Option<Claims>>;
 
 /// One verification's inputs.
+#[derive(Clone, Copy)]
 struct Ctx<'r> {
     req: &'r RequestAuth<'r>,
     now: u64,
     mode: Mode,
+    source: Source,
 }
 
 fn decode_signature(text: &str) -> Result<[u8; 32], Reason> {

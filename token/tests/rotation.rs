@@ -25,7 +25,14 @@ fn verifier(ring: &Keyring) -> Verifier {
 }
 
 fn token(signer: &Signer, exp: u64) -> String {
-    signer.token(&Claims { kid: signer.kid().into(), exp, nbf: None, scope: Scope::Path("/v/a.mp4".into()), ip: None })
+    signer.token(&Claims {
+        kid: signer.kid().into(),
+        exp,
+        nbf: None,
+        scope: Scope::Path("/v/a.mp4".into()),
+        ip: None,
+        via: None,
+    })
 }
 
 fn verifies(ring: &Keyring, token: &str, now: u64) -> bool {

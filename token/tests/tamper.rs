@@ -2,7 +2,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use vd_token::{Claims, IpRange, Keyring, Policy, Reason, RequestAuth, Scope, Signer, Verifier};
+use vd_token::{Claims, IpRange, Keyring, Policy, Reason, RequestAuth, Scope, Signer, Verifier, Via};
 
 const NOW: u64 = 1_767_225_600;
 const PATH: &str = "/videos/abc/master.m3u8";
@@ -25,6 +25,7 @@ fn claims() -> Claims {
         nbf: Some(NOW - 60),
         scope: Scope::Prefix("/videos/abc/".into()),
         ip: Some(IpRange::parse_canonical("203.0.113.0/24").unwrap()),
+        via: None,
     }
 }
 
@@ -76,6 +77,7 @@ fn every_claim_changed_is_a_bad_signature() {
         ("scope widened", Claims { scope: Scope::Prefix("/videos/".into()), ..good.clone() }),
         ("ip widened", Claims { ip: Some(IpRange::parse_canonical("203.0.0.0/16").unwrap()), ..good.clone() }),
         ("ip removed", Claims { ip: None, ..good.clone() }),
+        ("via added", Claims { via: Some(Via::Manifest), ..good.clone() }),
     ];
     for (what, claims) in variants {
         let text = claims.claims_text();
@@ -117,7 +119,26 @@ fn reasons_have_stable_codes() {
             "not_yet_valid",
             "lifetime_too_long",
             "wrong_scope",
-            "wrong_ip"
+            "wrong_ip",
+            "derived_token",
         ]
     );
+}
+
+/// A token the agent minted opens what it names, but never a new session: no grant renews itself (spec §5.5).
+#[test]
+fn derived_tokens_verify_but_never_open_a_session() {
+    let (_, signer, verifier) = setup();
+    let client: std::net::IpAddr = "203.0.113.9".parse().unwrap();
+    for via in [None, Some(Via::Manifest), Some(Via::Session)] {
+        let token = signer.token(&Claims { via, ..claims() });
+        let query = format!("token={token}");
+        let req = |path| RequestAuth { path, query: Some(&query), client_ip: Some(client), ..RequestAuth::default() };
+        assert!(verifier.verify(&req(PATH), NOW).is_ok(), "{via:?} on a request");
+        let session = verifier.verify_session(&req("/videos/session"), NOW);
+        match via {
+            None => assert_eq!(session.unwrap().scope, Scope::Prefix("/videos/abc/".into())),
+            Some(_) => assert_eq!(session, Err(Reason::DerivedToken), "{via:?}"),
+        }
+    }
 }

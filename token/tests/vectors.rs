@@ -4,8 +4,8 @@ use std::net::IpAddr;
 
 use serde_json::Value;
 use vd_token::{
-    Claims, IpRange, Keyring, PathKind, Policy, RequestAuth, Scope, Signer, Verifier, canonical_path, canonical_prefix,
-    encode_path,
+    Claims, IpRange, Keyring, PathKind, Policy, Reason, RequestAuth, Scope, Signer, Verifier, Via, canonical_path,
+    canonical_prefix, encode_path,
 };
 
 fn vectors() -> Value {
@@ -70,6 +70,11 @@ fn claims_of(c: &Value) -> Claims {
         nbf: c.get("nbf").and_then(Value::as_u64),
         scope: if c["scope"]["kind"] == "prefix" { Scope::Prefix(scope) } else { Scope::Path(scope) },
         ip: c.get("ip").map(|ip| IpRange::parse_canonical(s(ip)).unwrap()),
+        via: c.get("via").map(|via| match s(via) {
+            "manifest" => Via::Manifest,
+            "session" => Via::Session,
+            other => panic!("unknown via {other:?}"),
+        }),
     }
 }
 
@@ -79,14 +84,23 @@ fn sign_vectors() {
     let ring = keyring(&v);
     let base = s(&v["base_url"]);
     let mut path_urls = 0;
+    let mut derived = std::collections::BTreeSet::new();
     for case in v["sign"].as_array().unwrap() {
         let name = &case["name"];
         let claims = claims_of(&case["claims"]);
         let key = ring.get(&claims.kid).unwrap();
         let signer = Signer::with_key(key.kid(), key.secret_bytes());
         assert_eq!(claims.signing_input(), s(&case["signing_input"]), "{name}");
+        assert_eq!(claims.claims_text(), s(&case["signing_input"]).strip_prefix("VD1\n").unwrap(), "{name}");
         assert_eq!(signer.signature(&claims), s(&case["signature"]), "{name}");
         assert_eq!(signer.token(&claims), s(&case["token"]), "{name}");
+
+        if let Some(via) = claims.via {
+            // Only agents mint `via`, and only as compact tokens: the vector has no URL forms (spec §5.1, §5.5, §5.6).
+            assert!(case.get("url").is_none() && case.get("token_url").is_none() && case.get("path_url").is_none());
+            derived.insert(via.as_str());
+            continue;
+        }
 
         let prefix = match &claims.scope {
             Scope::Prefix(p) => Some(p.as_str()),
@@ -120,6 +134,7 @@ fn sign_vectors() {
         assert!(s(&case["url"]).starts_with(&format!("{base}{}", encode_path(path))));
     }
     assert!(path_urls >= 2, "the path carrier needs sign vectors");
+    assert_eq!(derived.into_iter().collect::<Vec<_>>(), ["manifest", "session"], "sign vectors cover both via values");
 }
 
 #[test]
@@ -129,6 +144,7 @@ fn verify_vectors() {
     let cases = v["verify"].as_array().unwrap();
     assert!(cases.len() >= 40, "the spec asks for at least 40 vectors");
     let mut seen = std::collections::BTreeSet::new();
+    let mut sessions = 0;
     for case in cases {
         let r = &case["request"];
         // A path carrier comes out of the raw path first; the rest is the request's path (spec §5.4).
@@ -146,18 +162,30 @@ fn verify_vectors() {
             client_ip,
             path_token: carried.as_ref().map(|c| c.token),
         };
-        let got = match verifier.verify(&req, case["now"].as_u64().unwrap()) {
-            Ok(_) => "valid",
+        let now = case["now"].as_u64().unwrap();
+        // `"mode": "session"` is a session exchange (spec §5.5); absent, an ordinary request.
+        let got = match case.get("mode").map_or("request", s) {
+            "request" => verifier.verify(&req, now).map(drop),
+            "session" => {
+                sessions += 1;
+                verifier.verify_session(&req, now).map(drop)
+            }
+            other => panic!("vector {:?}: unknown mode {other:?}", case["name"]),
+        };
+        let got = match got {
+            Ok(()) => "valid",
             Err(reason) => reason.code(),
         };
         assert_eq!(got, s(&case["verdict"]), "vector {:?}", case["name"]);
         seen.insert(got);
     }
     let all = ["valid", "missing", "malformed", "unknown_kid", "bad_signature", "expired", "not_yet_valid"];
-    let all = all.into_iter().chain(["lifetime_too_long", "wrong_scope", "wrong_ip"]);
+    let all = all.into_iter().chain(["lifetime_too_long", "wrong_scope", "wrong_ip", "derived_token"]);
     for verdict in all {
         assert!(seen.contains(verdict), "no vector covers {verdict}");
     }
+    assert!(sessions >= 5, "the session exchange needs vectors");
+    assert_eq!(Reason::DerivedToken.code(), "derived_token");
 }
 
 #[test]

@@ -7,7 +7,7 @@
  * ```
  */
 export { Signer, SignError, sign, claimsText } from "./sign.js";
-export type { Claims, Signed, SignOptions } from "./sign.js";
+export type { Claims, Signed, SignOptions, Via } from "./sign.js";
 export { parseKeyring, KeyringError } from "./keyring.js";
 export type { Key, Keyring, KeyState } from "./keyring.js";
 export { canonicalPath, checkCanonical, encodePath, PathError, MAX_PATH_LEN } from "./path.js";

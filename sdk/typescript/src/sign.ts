@@ -15,7 +15,16 @@ export interface Claims {
   scope: { kind: "path" | "prefix"; path: string };
   /** Canonical CIDR, e.g. `203.0.113.7/32`. */
   ip?: string;
+  /**
+   * Marks a token an agent minted from another one (spec §2): `manifest` for the URIs of a rewritten playlist,
+   * `session` for a session cookie. Backends never mint it ({@link Signer} has no option for it); it is here so that
+   * {@link claimsText} and {@link sign} reproduce agent-minted tokens, e.g. the shared test vectors.
+   */
+  via?: Via;
 }
+
+/** Values of the `via` claim. */
+export type Via = "manifest" | "session";
 
 /** The exact bytes the MAC covers, their signature, and the compact token. */
 export interface Signed {
@@ -26,11 +35,17 @@ export interface Signed {
 
 const utf8 = new TextEncoder();
 
-/** The claims text: the signing input without its version line, and a compact token's payload. */
+/**
+ * The claims text: the signing input without its version line, and a compact token's payload. Five lines, and a
+ * sixth `via:…` line only when `via` is set (spec §4).
+ */
 export function claimsText(c: Claims): string {
-  return [c.kid, String(c.exp), c.nbf === undefined ? "" : String(c.nbf), `${c.scope.kind}:${c.scope.path}`, c.ip ?? ""].join(
-    "\n",
-  );
+  const lines = [c.kid, String(c.exp), c.nbf === undefined ? "" : String(c.nbf), `${c.scope.kind}:${c.scope.path}`, c.ip ?? ""];
+  if (c.via !== undefined) {
+    if (c.via !== "manifest" && c.via !== "session") throw new SignError("via must be \"manifest\" or \"session\"");
+    lines.push(`via:${c.via}`);
+  }
+  return lines.join("\n");
 }
 
 async function hmacKey(secret: Uint8Array): Promise<CryptoKey> {

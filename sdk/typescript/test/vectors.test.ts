@@ -12,9 +12,11 @@ import {
   canonicalIpRange,
   canonicalPath,
   parseKeyring,
+  claimsText,
   sign,
   type Claims,
   type PathKind,
+  type SignOptions,
 } from "../src/index.js";
 
 interface Vectors {
@@ -24,7 +26,8 @@ interface Vectors {
   keyring: unknown;
   paths: { name: string; raw: string; kind: PathKind; canonical?: string }[];
   ip_ranges: { input: string; canonical?: string }[];
-  sign: { name: string; claims: Claims; path: string; signing_input: string; signature: string; token: string; url: string; token_url: string; path_url?: string }[];
+  // Vectors whose claims have `via` (tokens only an agent mints) have no URL forms.
+  sign: { name: string; claims: Claims; path: string; signing_input: string; signature: string; token: string; url?: string; token_url?: string; path_url?: string }[];
   keyrings: { name: string; document: { keys?: { secret?: string }[] }; valid: boolean }[];
 }
 
@@ -54,12 +57,22 @@ test("ip range vectors", () => {
 test("sign vectors: signing input, signature, token and both URL forms", async () => {
   const ring = parseKeyring(vectors.keyring);
   assert.ok(vectors.sign.length >= 8);
+  const derived = new Set<string>();
   for (const v of vectors.sign) {
     const key = ring.keys.find((k) => k.kid === v.claims.kid)!;
     const signed = await sign(v.claims, key.secret);
+    assert.equal("VD1\n" + claimsText(v.claims), v.signing_input, v.name);
     assert.equal(signed.signingInput, v.signing_input, v.name);
     assert.equal(signed.signature, v.signature, v.name);
     assert.equal(signed.token, v.token, v.name);
+
+    if (v.claims.via !== undefined) {
+      // Minted by an agent, never by a backend: compact token only (spec §5.1, §5.5, §5.6).
+      assert.equal(v.url ?? v.token_url ?? v.path_url, undefined, v.name);
+      derived.add(v.claims.via);
+      continue;
+    }
+    assert.ok(v.url !== undefined && v.token_url !== undefined, v.name);
 
     // The vectors sign with the active key, so the high-level Signer must produce the same URLs.
     const signer = await Signer.create(ring);
@@ -80,6 +93,28 @@ test("sign vectors: signing input, signature, token and both URL forms", async (
       await assert.rejects(signer.signUrl({ ...opts, carrier: "path", routePrefix: vectors.route_prefix }), SignError, v.name);
     }
   }
+  assert.deepEqual([...derived].sort(), ["manifest", "session"], "sign vectors cover both via values");
+});
+
+test("via: five lines without it, a sixth line with it, and nothing else", async () => {
+  const base: Claims = { kid: "k-active", exp: vectors.now, scope: { kind: "prefix", path: "/videos/abc/" } };
+  assert.equal(claimsText(base).split("\n").length, 5);
+  assert.equal(claimsText({ ...base, via: "manifest" }), claimsText(base) + "\nvia:manifest");
+  assert.equal(claimsText({ ...base, via: "session" }), claimsText(base) + "\nvia:session");
+  assert.throws(() => claimsText({ ...base, via: "other" as Claims["via"] }), SignError);
+});
+
+test("the Signer never mints via, whatever it is given", async () => {
+  const signer = await Signer.create(parseKeyring(vectors.keyring));
+  // Not a SignOptions field: a caller that forces it in gets an ordinary five-line token.
+  const opts = { path: "/videos/abc/master.m3u8", prefix: true, expiresIn: 60, now: vectors.now, via: "session" };
+  assert.equal(signer.claims(opts as SignOptions).via, undefined);
+  const token = await signer.signToken(opts as SignOptions);
+  const claims = new TextDecoder().decode(
+    Uint8Array.from(atob(token.split(".")[1]!.replace(/-/g, "+").replace(/_/g, "/")), (c) => c.charCodeAt(0)),
+  );
+  assert.equal(claims.split("\n").length, 5, claims);
+  assert.ok(!claims.includes("via:"), claims);
 });
 
 test("keyring vectors", () => {
