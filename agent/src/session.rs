@@ -7,7 +7,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{self, HeaderValue};
+use http::header;
 use http::{Request, Response, StatusCode};
 use vd_token::{Claims, Reason, Scope, Via};
 
@@ -51,6 +51,5 @@ pub fn exchange<B>(state: &State, req: &Request<B>, client: IpAddr) -> Result<Re
     );
     let mut r = json_value(StatusCode::OK, &serde_json::json!({ "prefix": prefix, "expires": claims.exp }));
     r.headers_mut().insert(header::SET_COOKIE, hv(&cookie));
-    r.headers_mut().insert(header::VARY, HeaderValue::from_static("Authorization, Cookie"));
     Ok(r)
 }
