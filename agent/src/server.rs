@@ -256,7 +256,13 @@ async fn serve<B>(
         let stream = Metered::new(opened.stream, Guard::new(permit, state.metrics.clone()), state.metrics.clone());
         BodyExt::boxed_unsync(StreamBody::new(stream))
     };
-    let ct = content_type.as_deref().unwrap_or_else(|| content_type_for(object));
+    // A known media extension decides the type: stores often hold a wrong one (uploads default to
+    // binary/octet-stream, some servers guess text/plain), and with `nosniff` browsers refuse to play those.
+    // Other names keep the type storage has.
+    let ct = match (content_type_for(object), content_type.as_deref()) {
+        ("application/octet-stream", Some(stored)) => stored,
+        (known, _) => known,
+    };
     headers.insert(header::CONTENT_TYPE, hv(ct));
     let mut r = Response::new(body);
     *r.status_mut() = status;

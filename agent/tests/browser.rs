@@ -215,6 +215,24 @@ async fn chromium_plays_mp4_hls_and_dash_with_one_token() {
         assert!(status_count(&m, 200) + status_count(&m, 206) > 3, "{m}");
     }
 
+    // ffmpeg, a player outside any browser, reads the rewritten and the path-carrier HLS to the end.
+    for (what, url) in [
+        ("rewritten, token on the master only", rw.exact("/videos/film/hls/master.m3u8")),
+        ("rewritten, AES-128", rw.exact("/videos/film/enc/index.m3u8")),
+        ("path carrier", pl.path_carrier("/videos/film/hls/master.m3u8", "/videos/film/hls/")),
+    ] {
+        let mut c = Command::new("ffmpeg");
+        c.args(["-hide_banner", "-nostats", "-loglevel", "error", "-i", &url, "-map", "0", "-f", "null", "-"]);
+        let out = run(c.args(["-progress", "pipe:1"]), &format!("ffmpeg ({what})"));
+        let played = out.lines().filter_map(|l| l.strip_prefix("out_time_us=")).filter_map(|v| v.parse::<i64>().ok());
+        let secs = played.max().unwrap_or(0) as f64 / 1e6;
+        assert!((5.5..6.6).contains(&secs), "ffmpeg ({what}) read {secs} s of 6:\n{out}");
+    }
+    for agent in [&rewriting, &plain] {
+        let m = agent.metrics().await;
+        assert_eq!((status_count(&m, 401), status_count(&m, 403)), (0, 0), "ffmpeg was never refused:\n{m}");
+    }
+
     // A tampered token does not play, whichever way it travels.
     let negatives = serde_json::json!([
         { "name": "tampered mp4", "kind": "mp4", "url": tamper(&rw.exact("/videos/film/film.mp4")), "timeoutMs": 4000 },
