@@ -4,8 +4,25 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::header::{self, HeaderMap, HeaderValue};
 
-use crate::refusal::hv;
 use crate::storage::Meta;
+
+/// `If-Match` (strong comparison) or, without it, `If-Unmodified-Since`: `false` means 412 (RFC 9110 §13.1.1,
+/// §13.1.4, evaluated first as §13.2.2 orders).
+pub fn preconditions_hold(h: &HeaderMap, etag: Option<&str>, meta: &Meta) -> bool {
+    if let Some(im) = h.get(header::IF_MATCH) {
+        let Ok(im) = im.to_str() else { return false };
+        return im
+            .split(',')
+            .map(str::trim)
+            .any(|t| t == "*" || etag.is_some_and(|e| !e.starts_with("W/") && !t.starts_with("W/") && e == t));
+    }
+    if let Some(ius) =
+        h.get(header::IF_UNMODIFIED_SINCE).and_then(|v| v.to_str().ok()).and_then(|v| httpdate::parse_http_date(v).ok())
+    {
+        return secs(meta.last_modified) <= secs(ius);
+    }
+    true
+}
 
 /// `If-None-Match` (weak comparison) or, without it, `If-Modified-Since` (RFC 9110 §13.1.2, §13.1.3).
 pub fn not_modified(h: &HeaderMap, etag: Option<&str>, meta: &Meta) -> bool {
@@ -45,7 +62,7 @@ pub fn secs(t: SystemTime) -> u64 {
 }
 
 pub fn http_date(t: SystemTime) -> HeaderValue {
-    hv(&httpdate::fmt_http_date(t))
+    HeaderValue::from_str(&httpdate::fmt_http_date(t)).expect("an HTTP date is a valid header value")
 }
 
 pub fn unix_now() -> u64 {

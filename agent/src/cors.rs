@@ -17,18 +17,22 @@ fn origin_allowed<'a>(config: &Config, headers: &'a HeaderMap) -> Option<(&'a He
     (named || config.cors_origins.iter().any(|a| a == "*")).then_some((origin, named))
 }
 
-/// CORS headers on every answer to an allowed origin, so players on another origin can read ranges.
+/// What players and scripts on another origin read besides the safelisted headers.
+const EXPOSED: &str = "Content-Range, Content-Length, Accept-Ranges, ETag, X-Cache, Retry-After";
+
+/// CORS headers on every answer to an allowed origin, so players on another origin can read ranges. With CORS on,
+/// answers differ by Origin, so they say so; with it off they do not.
 pub fn headers(config: &Config, req: &HeaderMap, resp: &mut HeaderMap) {
+    if config.cors_origins.is_empty() {
+        return;
+    }
     resp.append(header::VARY, HeaderValue::from_static("Origin"));
     if let Some((origin, credentials)) = origin_allowed(config, req) {
         resp.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
         if credentials {
             resp.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
         }
-        resp.insert(
-            header::ACCESS_CONTROL_EXPOSE_HEADERS,
-            HeaderValue::from_static("Content-Range, Content-Length, Accept-Ranges, ETag"),
-        );
+        resp.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static(EXPOSED));
     }
 }
 

@@ -8,7 +8,10 @@ use videodelivery_agent::config::{Config, LogFormat};
 #[tokio::main]
 async fn main() -> Result<()> {
     let config = Config::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // h2 and hyper log a peer's protocol misbehaviour (an unsolicited PING ACK, a reset) at WARN, once per frame: an
+    // unauthenticated client could multiply log lines at will. They stay visible with RUST_LOG=h2=debug.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,h2=error,hyper=error,hyper_util=error".into());
     match config.log_format {
         LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).init(),
         LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),

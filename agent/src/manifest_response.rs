@@ -15,9 +15,9 @@ use http_body_util::{BodyExt, StreamBody};
 use sha2::{Digest, Sha256};
 use vd_token::{Claims, Scope, Via};
 
-use crate::conditional::{http_date, not_modified};
+use crate::conditional::{http_date, not_modified, preconditions_hold};
 use crate::manifest::{self, Grant, PrefixRequired, Rewriter};
-use crate::refusal::{Refusal, empty, hv};
+use crate::refusal::{Refusal, empty, set};
 use crate::server::{Body, Failure, Guard, Metered, State, content_type_for, request_host, stream_permit};
 use crate::storage::StorageError;
 
@@ -69,13 +69,16 @@ pub async fn serve<B>(
     });
     let mut headers = HeaderMap::new();
     if let Some(tag) = &etag {
-        headers.insert(header::ETAG, hv(tag));
+        set(&mut headers, header::ETAG, tag);
     }
     headers.insert(header::LAST_MODIFIED, http_date(meta.last_modified));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-cache"));
     headers.insert(header::VARY, HeaderValue::from_static("Authorization, Cookie"));
     headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("none"));
-    headers.insert(header::CONTENT_TYPE, hv(content_type_for(object)));
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type_for(object)));
+    if !preconditions_hold(req.headers(), etag.as_deref(), &meta) {
+        return Err(Refusal::PreconditionFailed.into());
+    }
     if not_modified(req.headers(), etag.as_deref(), &meta) {
         let mut r = Response::new(empty());
         *r.status_mut() = StatusCode::NOT_MODIFIED;

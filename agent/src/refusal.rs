@@ -35,6 +35,10 @@ pub enum Refusal {
     RangeNotSatisfiable {
         size: u64,
     },
+    /// `If-Match` or `If-Unmodified-Since` failed (RFC 9110 §13.1.1, §13.1.4).
+    PreconditionFailed,
+    /// An HTTP/1.1 request without exactly one `Host` (RFC 9112 §3.2).
+    HostRequired,
     Busy,
 }
 
@@ -97,9 +101,17 @@ impl Refusal {
                     "range_not_satisfiable",
                     "the range is outside the object",
                 );
-                r.headers_mut().insert(header::CONTENT_RANGE, hv(&format!("bytes */{size}")));
+                set(r.headers_mut(), header::CONTENT_RANGE, &format!("bytes */{size}"));
                 r.headers_mut().insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
                 r
+            }
+            Refusal::PreconditionFailed => error(
+                StatusCode::PRECONDITION_FAILED,
+                "precondition_failed",
+                "the object does not match the request's precondition",
+            ),
+            Refusal::HostRequired => {
+                error(StatusCode::BAD_REQUEST, "bad_host", "an HTTP/1.1 request needs exactly one Host header")
             }
             Refusal::Busy => {
                 let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "busy", "too many streams; try again shortly");
@@ -126,8 +138,15 @@ fn storage_error(e: StorageError) -> Response<Body> {
     }
 }
 
-pub fn hv(s: &str) -> HeaderValue {
-    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+/// Sets a header from text, or leaves it out when the text cannot be a header value (a store's odd content type
+/// or ETag): a missing header is honest, a made-up one is not.
+pub fn set(headers: &mut http::HeaderMap, name: impl http::header::IntoHeaderName, value: &str) {
+    match HeaderValue::from_str(value) {
+        Ok(v) => {
+            headers.insert(name, v);
+        }
+        Err(_) => tracing::debug!(value, "not a valid header value; header left out"),
+    }
 }
 
 pub fn empty() -> Body {
@@ -150,4 +169,20 @@ pub fn json_value(status: StatusCode, value: &serde_json::Value) -> Response<Bod
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderMap;
+
+    use super::set;
+
+    #[test]
+    fn a_value_that_cannot_be_a_header_is_left_out_not_made_up() {
+        let mut h = HeaderMap::new();
+        set(&mut h, "content-type", "video/mp4\r\nx-evil: 1");
+        set(&mut h, "etag", "\"abc\"");
+        assert!(h.get("content-type").is_none());
+        assert_eq!(h.get("etag").unwrap(), "\"abc\"");
+    }
 }

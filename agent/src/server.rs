@@ -23,12 +23,12 @@ use vd_token::{Claims, RequestAuth, Source, canonical_path};
 
 use crate::auth::Auth;
 use crate::cache::SliceCache;
-use crate::conditional::{http_date, if_range_holds, not_modified, quote_etag, unix_now};
+use crate::conditional::{http_date, if_range_holds, not_modified, preconditions_hold, quote_etag, unix_now};
 use crate::config::Config;
 use crate::metadata::MetaCache;
 use crate::metrics::{Metrics, StatusLabel};
 use crate::range::{self, Plan};
-use crate::refusal::{Refusal, empty, hv};
+use crate::refusal::{Refusal, empty, set};
 use crate::storage::{Storage, StorageError};
 use crate::{cors, manifest, manifest_response, session};
 
@@ -49,7 +49,7 @@ pub struct State {
     cache_control: Option<HeaderValue>,
     /// The same, made `private`, for answers granted by a header or a cookie: their URL holds no token, so a
     /// shared cache keyed on the URL would hand them to anyone.
-    cache_control_private: HeaderValue,
+    cache_control_private: Option<HeaderValue>,
 }
 
 impl State {
@@ -63,7 +63,7 @@ impl State {
         let cache = SliceCache::new(config.cache_size_mib << 20, config.slice_size_kib << 10, metrics.clone());
         let meta = MetaCache::new(config.metadata_ttl);
         let cache_control = HeaderValue::from_str(&config.cache_control).ok();
-        let cache_control_private = hv(&private_cache_control(&config.cache_control));
+        let cache_control_private = HeaderValue::from_str(&private_cache_control(&config.cache_control)).ok();
         State {
             config,
             storage,
@@ -112,6 +112,9 @@ pub async fn handle<B>(state: Arc<State>, peer: SocketAddr, req: Request<B>) -> 
 
 async fn route<B>(state: &State, peer: SocketAddr, req: &Request<B>) -> Result<Response<Body>, Refusal> {
     let method = req.method();
+    if req.version() == http::Version::HTTP_11 && req.headers().get_all(header::HOST).iter().count() != 1 {
+        return Err(Refusal::HostRequired);
+    }
     if method == Method::OPTIONS {
         return Ok(cors::preflight(&state.config, req.headers()));
     }
@@ -154,7 +157,7 @@ async fn route<B>(state: &State, peer: SocketAddr, req: &Request<B>) -> Result<R
         Some(authorize(state, req, &path, carried.as_ref().map(|c| c.token), client, manifest.is_some())?)
     };
     let cache_control = match granted.as_ref().map(|g| g.1) {
-        Some(source) if !source.in_url() => Some(&state.cache_control_private),
+        Some(source) if !source.in_url() => state.cache_control_private.as_ref(),
         _ => state.cache_control.as_ref(),
     };
     let rewrite = manifest.zip(granted.as_ref().and_then(|g| g.0.as_ref()));
@@ -225,6 +228,9 @@ async fn serve<B>(
         headers.insert(header::CACHE_CONTROL, v.clone());
     }
 
+    if !preconditions_hold(req.headers(), etag.as_deref(), &meta) {
+        return Err(Refusal::PreconditionFailed.into());
+    }
     if not_modified(req.headers(), etag.as_deref(), &meta) {
         let mut r = Response::new(empty());
         *r.status_mut() = StatusCode::NOT_MODIFIED;
@@ -240,7 +246,7 @@ async fn serve<B>(
         Plan::Unsatisfiable => return Err(Refusal::RangeNotSatisfiable { size: meta.size }.into()),
     };
     if status == StatusCode::PARTIAL_CONTENT {
-        headers.insert(header::CONTENT_RANGE, hv(&format!("bytes {}-{}/{}", range.start, range.end - 1, meta.size)));
+        set(&mut headers, header::CONTENT_RANGE, &format!("bytes {}-{}/{}", range.start, range.end - 1, meta.size));
     }
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(range.end - range.start));
 
@@ -263,7 +269,7 @@ async fn serve<B>(
         ("application/octet-stream", Some(stored)) => stored,
         (known, _) => known,
     };
-    headers.insert(header::CONTENT_TYPE, hv(ct));
+    set(&mut headers, header::CONTENT_TYPE, ct);
     let mut r = Response::new(body);
     *r.status_mut() = status;
     *r.headers_mut() = headers;

@@ -13,7 +13,7 @@ use vd_token::{Claims, Reason, Scope, Via};
 
 use crate::conditional::unix_now;
 use crate::cors;
-use crate::refusal::{Refusal, hv, json_value};
+use crate::refusal::{Refusal, json_value, set};
 use crate::server::{Body, State, request_auth, request_host};
 
 pub fn exchange<B>(state: &State, req: &Request<B>, client: IpAddr) -> Result<Response<Body>, Refusal> {
@@ -50,6 +50,6 @@ pub fn exchange<B>(state: &State, req: &Request<B>, client: IpAddr) -> Result<Re
         cfg.session_cookie_same_site.as_str(),
     );
     let mut r = json_value(StatusCode::OK, &serde_json::json!({ "prefix": prefix, "expires": claims.exp }));
-    r.headers_mut().insert(header::SET_COOKIE, hv(&cookie));
+    set(r.headers_mut(), header::SET_COOKIE, &cookie);
     Ok(r)
 }

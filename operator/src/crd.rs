@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
+use vd_token::PathError;
 use vd_token::rotation::RotationPolicy;
 
 /// Annotation on a VideoDelivery that asks for a rotation now; any new value asks again (`vdctl request-rotation`).
@@ -148,6 +149,11 @@ pub enum SpecError {
     ReplicasAndAutoscaling,
     #[error("agents.autoscaling.minReplicas ({min}) is above maxReplicas ({max})")]
     MinAboveMax { min: i32, max: i32 },
+    #[error(
+        "agents.publicPrefixes entry {prefix:?} {problem}: each entry must be a folder under routePrefix, ending in '/', \
+         like {example}"
+    )]
+    PublicPrefix { prefix: String, problem: String, example: String },
 }
 
 fn duration(field: &'static str, text: &str) -> Result<Duration, SpecError> {
@@ -172,11 +178,38 @@ impl SigningSpec {
     }
 }
 
+/// Longest `publicPrefixes` entry: room for a full-length `routePrefix` and a folder below it, and a bound that keeps
+/// the CEL rules below within the API server's cost budget.
+const PUBLIC_PREFIX_MAX_LEN: usize = 512;
+
+/// CEL, on each `publicPrefixes` entry: a canonical folder (token format §3.1, as `vd_token::check_canonical` with
+/// `PathKind::Prefix`), and no comma, which the agent's `--public-prefix` reads as a separator between two prefixes.
+const PUBLIC_PREFIX_FORM_RULE: &str = r"self.startsWith('/') && self.endsWith('/') && !self.contains('//') && !self.contains('/./') && !self.contains('/../') && !self.matches('[\\x00-\\x1f\\x7f\\\\,]')";
+const PUBLIC_PREFIX_FORM_MESSAGE: &str = "each agents.publicPrefixes entry must be a folder that starts and ends with '/', like \
+    /videos/public/ (without the last '/' it would also open /videos/publicity.txt), with no empty ('//'), '.' or '..' \
+    segment and no comma, backslash or control character";
+
+/// CEL, on the agents: every `publicPrefixes` entry lies in the folder that `routePrefix` names.
+const PUBLIC_PREFIX_UNDER_ROUTE_RULE: &str = "!has(self.publicPrefixes) || self.publicPrefixes.all(p, \
+    p.startsWith(self.routePrefix.endsWith('/') ? self.routePrefix : self.routePrefix + '/'))";
+const PUBLIC_PREFIX_UNDER_ROUTE_MESSAGE: &str = r#""each agents.publicPrefixes entry must be a folder under routePrefix " + self.routePrefix + ", ending in '/', like " + (self.routePrefix.endsWith('/') ? self.routePrefix : self.routePrefix + '/') + "public/""#;
+
+/// Puts the canonical-folder rule on each `publicPrefixes` entry, so that a refusal names the entry by its index.
+fn public_prefix_items(schema: &mut schemars::Schema) {
+    let items = schema.get_mut("items").and_then(|v| <&mut schemars::Schema>::try_from(v).ok());
+    let items = items.expect("a list schema has an items schema");
+    let rule = kube::core::Rule::new(PUBLIC_PREFIX_FORM_RULE).message(PUBLIC_PREFIX_FORM_MESSAGE);
+    kube::core::validate(items, rule).expect("a CEL rule serializes");
+}
+
 /// The agent fleet.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!(has(self.replicas) && has(self.autoscaling))")
     .message("set agents.replicas or agents.autoscaling, not both"))]
+#[x_kube(validation = Rule::new(PUBLIC_PREFIX_UNDER_ROUTE_RULE)
+    .message(kube::core::Message::Expression(PUBLIC_PREFIX_UNDER_ROUTE_MESSAGE.into()))
+    .field_path(".publicPrefixes"))]
 pub struct AgentsSpec {
     /// The agent image; the operator's `--agent-image` when empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -194,9 +227,10 @@ pub struct AgentsSpec {
     #[serde(default = "default_route_prefix")]
     #[schemars(regex(pattern = "^/[A-Za-z0-9._~/-]*$"), length(max = 256))]
     pub route_prefix: String,
-    /// Path prefixes served without a token (trailers, thumbnails), e.g. `/videos/public/`.
+    /// Folders served without a token (trailers, thumbnails), under `routePrefix` and ending in `/`, e.g.
+    /// `/videos/public/`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32))]
+    #[schemars(length(max = 32), inner(length(max = PUBLIC_PREFIX_MAX_LEN)), transform = public_prefix_items)]
     pub public_prefixes: Vec<String>,
     /// Cache-Control of successful answers (what a CDN in front may cache).
     #[serde(default = "default_cache_control")]
@@ -313,6 +347,37 @@ impl Default for AgentsSpec {
     }
 }
 
+impl AgentsSpec {
+    /// The CEL rules on `publicPrefixes`: each entry a canonical folder, without a comma, under `routePrefix`.
+    fn check_public_prefixes(&self) -> Result<(), SpecError> {
+        let route = &self.route_prefix;
+        let folder = if route.ends_with('/') { route.clone() } else { format!("{route}/") };
+        for prefix in &self.public_prefixes {
+            let problem = match vd_token::check_canonical(prefix, vd_token::PathKind::Prefix) {
+                Err(PathError::NoLeadingSlash) => "does not start with '/'".to_string(),
+                Err(PathError::PrefixWithoutSlash) => {
+                    format!(
+                        "does not end with '/' (it would also open names that only start with it, like {prefix}2.mp4)"
+                    )
+                }
+                Err(PathError::EmptySegment) => "has an empty segment ('//')".to_string(),
+                Err(PathError::DotSegment) => "has a '.' or '..' segment".to_string(),
+                Err(PathError::ForbiddenCharacter) => "has a control character or a backslash".to_string(),
+                Err(other) => other.to_string(),
+                Ok(()) if prefix.contains(',') => "has a comma (the agent would read two prefixes)".to_string(),
+                Ok(()) if !prefix.starts_with(&folder) => format!("is not under routePrefix {route:?}"),
+                Ok(()) => continue,
+            };
+            return Err(SpecError::PublicPrefix {
+                prefix: prefix.clone(),
+                problem,
+                example: format!("{folder}public/"),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// A HorizontalPodAutoscaler on CPU.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -412,6 +477,7 @@ impl VideoDeliverySpec {
         {
             return Err(SpecError::MinAboveMax { min: a.min_replicas, max: a.max_replicas });
         }
+        self.agents.check_public_prefixes()?;
         self.signing.policy()
     }
 
@@ -509,6 +575,58 @@ mod tests {
         assert_eq!(
             s.validate().unwrap_err().to_string(),
             "agents.autoscaling.minReplicas (5) is above maxReplicas (2)"
+        );
+    }
+
+    fn with_public(route: &str, prefixes: &[&str]) -> Result<RotationPolicy, SpecError> {
+        let mut s = spec("s3://b");
+        s.agents.route_prefix = route.into();
+        s.agents.public_prefixes = prefixes.iter().map(|p| p.to_string()).collect();
+        s.validate()
+    }
+
+    #[test]
+    fn public_prefixes_are_folders_under_the_route_prefix() {
+        for (route, good) in [
+            ("/videos", &["/videos/public/", "/videos/trailers/2024/"][..]),
+            ("/videos/", &["/videos/public/"]),
+            ("/videos", &["/videos/"]),
+            ("/", &["/", "/public/"]),
+            ("/videos", &["/videos/.well-known/", "/videos/.../", "/videos/a%2Fb/", "/videos/caf\u{e9}/"]),
+        ] {
+            assert!(with_public(route, good).is_ok(), "{route} {good:?}: {:?}", with_public(route, good));
+        }
+        for (route, bad, problem) in [
+            ("/videos", "/videos/public", "does not end with '/'"),
+            ("/videos", "/videos/../admin/", "has a '.' or '..' segment"),
+            ("/videos", "/videos/./public/", "has a '.' or '..' segment"),
+            ("/videos", "/other/", "is not under routePrefix \"/videos\""),
+            ("/videos", "/videosx/", "is not under routePrefix \"/videos\""),
+            ("/videos", "/videos//x/", "has an empty segment ('//')"),
+            ("/videos", "videos/public/", "does not start with '/'"),
+            ("/videos", "", "does not start with '/'"),
+            ("/videos", "/videos/a\\b/", "has a control character or a backslash"),
+            ("/videos", "/videos/a\nb/", "has a control character or a backslash"),
+            ("/videos", "/videos/a\u{7f}/", "has a control character or a backslash"),
+            ("/videos", "/videos/a,b/", "has a comma"),
+            ("/media/", "/videos/public/", "is not under routePrefix \"/media/\""),
+        ] {
+            let folder = if route.ends_with('/') { route.to_string() } else { format!("{route}/") };
+            let err = with_public(route, &[&format!("{folder}ok/"), bad]).map(|_| ()).unwrap_err();
+            let SpecError::PublicPrefix { prefix, problem: got, example } = &err else { panic!("{bad:?}: {err}") };
+            assert_eq!(prefix, bad);
+            assert!(got.starts_with(problem), "{bad:?}: {got}");
+            assert_eq!(example, &format!("{folder}public/"));
+            let text = err.to_string();
+            assert!(text.contains("must be a folder under routePrefix, ending in '/'"), "{text}");
+            assert!(!text.contains('\n'), "a condition message stays on one line: {text}");
+        }
+        // The message the operator reports for the trailing-slash mistake.
+        assert_eq!(
+            with_public("/videos", &["/videos/public"]).unwrap_err().to_string(),
+            "agents.publicPrefixes entry \"/videos/public\" does not end with '/' (it would also open names that only \
+             start with it, like /videos/public2.mp4): each entry must be a folder under routePrefix, ending in '/', \
+             like /videos/public/"
         );
     }
 }

@@ -83,6 +83,77 @@ async fn nonsense_is_refused_at_apply_time_with_a_readable_message() {
 }
 
 #[tokio::test]
+async fn public_prefixes_must_be_folders_under_the_route_prefix() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await.unwrap();
+    let ns = cp.namespace("crd-public-prefixes").await.unwrap();
+    let api: Api<VideoDelivery> = Api::namespaced(client, &ns);
+    let form = "each agents.publicPrefixes entry must be a folder that starts and ends with '/', like /videos/public/";
+    let under = "each agents.publicPrefixes entry must be a folder under routePrefix /videos, ending in '/', like \
+                 /videos/public/";
+    // (agents, the message, the field it names): the bad entry is second, after a good one.
+    let cases = [
+        ("{publicPrefixes: [/videos/ok/, /videos/public]}", form, "spec.agents.publicPrefixes[1]"),
+        ("{publicPrefixes: [/videos/ok/, /videos/../admin/]}", form, "spec.agents.publicPrefixes[1]"),
+        ("{publicPrefixes: [/videos/ok/, /videos/./public/]}", form, "spec.agents.publicPrefixes[1]"),
+        ("{publicPrefixes: [/videos/ok/, /videos//x/]}", form, "spec.agents.publicPrefixes[1]"),
+        ("{publicPrefixes: [/videos/ok/, 'videos/public/']}", form, "spec.agents.publicPrefixes[1]"),
+        ("{publicPrefixes: [/videos/ok/, '/videos/a\\b/']}", form, "spec.agents.publicPrefixes[1]"),
+        ("{publicPrefixes: [/videos/ok/, \"/videos/a\\tb/\"]}", form, "spec.agents.publicPrefixes[1]"),
+        ("{publicPrefixes: [/videos/ok/, '/videos/a,b/']}", form, "spec.agents.publicPrefixes[1]"),
+        ("{publicPrefixes: [/videos/ok/, /other/]}", under, "spec.agents.publicPrefixes"),
+        ("{publicPrefixes: [/videos/ok/, /videosx/]}", under, "spec.agents.publicPrefixes"),
+        (
+            "{routePrefix: /media/, publicPrefixes: [/videos/public/]}",
+            "must be a folder under routePrefix /media/, ending in '/', like /media/public/",
+            "spec.agents.publicPrefixes",
+        ),
+    ];
+    for (i, (agents, expected, field)) in cases.iter().enumerate() {
+        let yaml = format!("storage: {{url: 's3://videos'}}\nagents: {agents}");
+        let vd = VideoDelivery::new(&format!("bad-{i}"), common::spec(&yaml));
+        match api.create(&PostParams::default(), &vd).await {
+            Ok(_) => panic!("the API server accepted {agents}"),
+            Err(kube::Error::Api(s)) => {
+                assert_eq!(s.code, 422, "{agents}: {s:?}");
+                assert!(s.message.contains(expected), "{agents}: message {:?} lacks {expected:?}", s.message);
+                assert!(s.message.contains(&format!("{field}:")), "{agents}: message {:?} lacks {field:?}", s.message);
+            }
+            Err(e) => panic!("{agents}: {e}"),
+        }
+    }
+    // A list longer than 32 entries or an entry longer than 512 bytes is refused by plain bounds.
+    let many: Vec<String> = (0..33).map(|i| format!("/videos/p{i}/")).collect();
+    let long = format!("/videos/{}/", "a".repeat(600));
+    for (agents, field) in [
+        (format!("{{publicPrefixes: [{}]}}", many.join(", ")), "spec.agents.publicPrefixes"),
+        (format!("{{publicPrefixes: [{long}]}}"), "spec.agents.publicPrefixes[0]"),
+    ] {
+        let yaml = format!("storage: {{url: 's3://videos'}}\nagents: {agents}");
+        let err = api.create(&PostParams::default(), &VideoDelivery::new("too-big", common::spec(&yaml))).await;
+        let Err(kube::Error::Api(s)) = err else { panic!("{field}: {err:?}") };
+        assert!(s.code == 422 && s.message.contains(field), "{field}: {s:?}");
+    }
+    // What the agent can serve is accepted, and the operator's own check agrees.
+    for (i, agents) in [
+        "{publicPrefixes: [/videos/public/, /videos/trailers/2024/, /videos/.well-known/]}",
+        "{routePrefix: /media/, publicPrefixes: [/media/public/]}",
+        "{routePrefix: /, publicPrefixes: [/public/]}",
+        "{publicPrefixes: [/videos/]}",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let yaml = format!("storage: {{url: 's3://videos'}}\nagents: {agents}");
+        let vd =
+            api.create(&PostParams::default(), &VideoDelivery::new(&format!("good-{i}"), common::spec(&yaml))).await;
+        let vd = vd.unwrap_or_else(|e| panic!("{agents}: {e}"));
+        assert!(!vd.spec.agents.public_prefixes.is_empty());
+        vd.spec.validate().unwrap_or_else(|e| panic!("{agents}: {e}"));
+    }
+}
+
+#[tokio::test]
 async fn kubectl_get_vd_shows_the_printer_columns() {
     let cp = ControlPlane::shared();
     let client = cp.client().await.unwrap();
