@@ -61,13 +61,23 @@ pub struct Config {
     /// Peers whose X-Forwarded-For is believed (load balancers, CDNs), as CIDRs. Repeatable.
     #[arg(long = "trusted-proxy", env = "VD_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<IpNet>,
-    /// Time a client has to send its request headers (slowloris).
+    /// Connections open at once on the video port; at the cap, accepting pauses until one closes.
+    #[arg(long, env = "VD_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// How long a connection may stay open with no request in flight (HTTP/1.1 keep-alive and HTTP/2).
+    #[arg(long, env = "VD_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+    /// Time a client has to send its first byte, then its request headers (slowloris).
     #[arg(long, env = "VD_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_timeout: Duration,
     /// Time storage has to answer, and the longest pause between two chunks of a body.
     #[arg(long, env = "VD_STORAGE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub storage_timeout: Duration,
-    /// On SIGTERM, how long running streams may finish before the process exits.
+    /// On SIGTERM, how long the agent keeps accepting with /readyz failing, so load balancers and Kubernetes
+    /// endpoints stop routing to it before its listener closes.
+    #[arg(long, env = "VD_SHUTDOWN_DELAY", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub shutdown_delay: Duration,
+    /// On SIGTERM, after the delay, how long running streams may finish before the process exits.
     #[arg(long, env = "VD_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
     /// How often the keyring file is checked for changes.

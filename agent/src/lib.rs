@@ -7,6 +7,7 @@ pub mod cache;
 pub mod client;
 pub mod conditional;
 pub mod config;
+pub mod connections;
 pub mod cors;
 pub mod local;
 pub mod manifest;
@@ -31,11 +32,15 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
 use vd_token::Policy;
 
 use crate::auth::Auth;
 use crate::config::Config;
+use crate::connections::{Activity, Listener, Tracked};
 use crate::metrics::Metrics;
 use crate::server::State;
 use crate::storage::{Location, S3Options, Storage};
@@ -148,40 +153,73 @@ impl Agent {
             .timer(TokioTimer::new())
             .header_read_timeout(state.config.header_timeout)
             .max_buf_size(64 * 1024);
-        builder.http2().timer(TokioTimer::new()).max_header_list_size(64 * 1024).max_concurrent_streams(256);
+        // Pings find peers that vanished without a FIN; the idle timeout closes the ones that answer but ask nothing.
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(64 * 1024)
+            .max_concurrent_streams(256)
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(10));
         let graceful = GracefulShutdown::new();
+        let listener = Listener::new(self.video, state.config.max_connections as usize, "video");
+        let serve_one = |(stream, peer, slot): (TcpStream, SocketAddr, OwnedSemaphorePermit)| {
+            let state = state.clone();
+            let builder = builder.clone();
+            let watcher = graceful.watcher();
+            async move {
+                let _slot = slot;
+                let _ = stream.set_nodelay(true);
+                // Before protocol detection hyper's header timeout does not run: a silent client is dropped here.
+                if !connections::first_byte(&stream, state.config.header_timeout).await {
+                    return;
+                }
+                let idle_timeout = state.config.idle_timeout;
+                let activity = Activity::new();
+                let tracked = activity.clone();
+                // hyper keeps a slot the size of the service's future for the whole connection: boxing the future
+                // makes that slot a pointer, and the request's state lives only while it is answered.
+                let service = service_fn(move |req| {
+                    let in_flight = tracked.start();
+                    let state = state.clone();
+                    Box::pin(async move {
+                        let resp = server::handle(state, peer, req).await;
+                        resp.map(|r| r.map(|body| Tracked::new(body, in_flight).boxed_unsync()))
+                    })
+                });
+                let conn = watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+                tokio::select! {
+                    ended = conn => {
+                        if let Err(e) = ended {
+                            tracing::debug!(error = %e, %peer, "connection ended with an error");
+                        }
+                    }
+                    // Dropping the connection closes it.
+                    () = activity.idle(idle_timeout) => tracing::debug!(%peer, "idle connection closed"),
+                }
+            }
+        };
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
-                accepted = self.video.accept() => {
-                    let (stream, peer) = match accepted {
-                        Ok(a) => a,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    let _ = stream.set_nodelay(true);
-                    let state = state.clone();
-                    // hyper keeps a slot the size of the service's future for the whole connection: boxing the
-                    // future makes that slot a pointer, and the request's state lives only while it is answered.
-                    let service = service_fn(move |req| Box::pin(server::handle(state.clone(), peer, req)));
-                    let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                    let conn = graceful.watch(conn);
-                    tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            tracing::debug!(error = %e, %peer, "connection ended with an error");
-                        }
-                    });
-                }
+                accepted = listener.accept() => { tokio::spawn(serve_one(accepted)); }
                 () = &mut shutdown => break,
             }
         }
+        // Fail readiness first, keep accepting while endpoints converge, then close the listener and drain.
         draining.store(true, Ordering::Relaxed);
-        drop(self.video);
+        let delay = state.config.shutdown_delay;
+        tracing::info!(?delay, "shutting down: not ready; still accepting while load balancers catch up");
+        let until = tokio::time::Instant::now() + delay;
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => { tokio::spawn(serve_one(accepted)); }
+                () = tokio::time::sleep_until(until) => break,
+            }
+        }
+        drop(listener);
         let grace = state.config.shutdown_grace;
-        tracing::info!(?grace, "shutting down: draining running streams");
+        tracing::info!(?grace, "listener closed: draining running streams");
         match tokio::time::timeout(grace, graceful.shutdown()).await {
             Ok(()) => tracing::info!("all connections closed"),
             Err(_) => tracing::warn!("grace period over; closing remaining connections"),
@@ -206,18 +244,33 @@ fn check_keyring_outside(keyring: &std::path::Path, root: &std::path::Path) -> R
     Ok(())
 }
 
+/// Connections the admin port holds at once: Prometheus, probes and a person with curl.
+const ADMIN_CONNECTIONS: usize = 64;
+
 async fn serve_admin(listener: TcpListener, state: Arc<State>, draining: Arc<AtomicBool>) {
+    let listener = Listener::new(listener, ADMIN_CONNECTIONS, "admin");
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // One request per connection: nobody can park idle keep-alive connections on the port the probes need.
+    http.timer(TokioTimer::new())
+        .header_read_timeout(state.config.header_timeout)
+        .max_buf_size(16 * 1024)
+        .keep_alive(false);
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let (stream, _, slot) = listener.accept().await;
         let state = state.clone();
         let draining = draining.clone();
+        let http = http.clone();
         let service = service_fn(move |req: Request<hyper::body::Incoming>| {
             let state = state.clone();
             let draining = draining.clone();
             async move { Ok::<_, std::convert::Infallible>(admin(&state, &draining, req.uri().path()).await) }
         });
         tokio::spawn(async move {
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            let _slot = slot;
+            if !connections::first_byte(&stream, Duration::from_secs(10)).await {
+                return;
+            }
+            let _ = http.serve_connection(TokioIo::new(stream), service).await;
         });
     }
 }

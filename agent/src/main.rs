@@ -5,8 +5,16 @@ use clap::Parser;
 use videodelivery_agent::Agent;
 use videodelivery_agent::config::{Config, LogFormat};
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let result = runtime.block_on(run());
+    // A storage read stuck in the kernel (a hung network file system) holds a blocking thread that nothing can
+    // cancel; waiting for it would keep the process alive past every grace period.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
+}
+
+async fn run() -> Result<()> {
     let config = Config::parse();
     // h2 and hyper log a peer's protocol misbehaviour (an unsolicited PING ACK, a reset) at WARN, once per frame: an
     // unauthenticated client could multiply log lines at will. They stay visible with RUST_LOG=h2=debug.

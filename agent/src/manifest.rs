@@ -12,13 +12,19 @@ use bytes::{Bytes, BytesMut};
 use futures::Stream;
 use futures::stream::BoxStream;
 use quick_xml::events::{BytesStart, Event};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+use tokio::io::AsyncBufReadExt;
 use url::Url;
 
 /// Output is handed to hyper in chunks of about this size.
 const CHUNK: usize = 16 * 1024;
-/// Longest HLS line or DASH element accepted; a manifest with a longer one is not a manifest.
+/// Longest HLS line or DASH element accepted; a manifest with a longer one is not a manifest. It is enforced while
+/// reading, so no item is ever buffered beyond it.
 const MAX_ITEM: usize = 64 * 1024;
+/// Deepest DASH element nesting accepted (an MPD has five or six levels).
+const MAX_DEPTH: usize = 32;
+/// The rewrite may grow a manifest by at most this factor (plus one output chunk): tokens on very short lines would
+/// otherwise turn a 2 MB playlist into a 126 MB answer.
+const MAX_GROWTH: u64 = 32;
 
 /// Which manifest format an object is, by its name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,7 +229,7 @@ pub fn rewrite(
     rewriter: Rewriter,
     source: BoxStream<'static, io::Result<Bytes>>,
 ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
-    let reader = tokio_util::io::StreamReader::new(source);
+    let reader = Budget::new(tokio_util::io::StreamReader::new(source));
     let state = match kind {
         Kind::Hls => State::Hls { reader, line: Vec::new() },
         Kind::Dash => {
@@ -235,7 +241,7 @@ pub fn rewrite(
             }))
         }
     };
-    futures::stream::try_unfold((rewriter, state, false), |(rw, mut state, done)| async move {
+    futures::stream::try_unfold((rewriter, state, false, 0u64), |(rw, mut state, done, sent)| async move {
         if done {
             return Ok(None);
         }
@@ -244,11 +250,69 @@ pub fn rewrite(
         if finished && out.is_empty() {
             return Ok(None);
         }
-        Ok(Some((out.freeze(), (rw, state, finished))))
+        let sent = sent + out.len() as u64;
+        if sent > MAX_GROWTH * state.consumed() + CHUNK as u64 {
+            return Err(invalid("the rewritten manifest would be more than 32 times its size"));
+        }
+        Ok(Some((out.freeze(), (rw, state, finished, sent))))
     })
 }
 
-type Source = tokio_util::io::StreamReader<BoxStream<'static, io::Result<Bytes>>, Bytes>;
+/// A reader that refuses to hand out more than [`MAX_ITEM`] bytes between two [`Budget::reset`]s (one per line or
+/// XML event), so a 50 MB attribute fails after 64 KiB instead of being buffered whole, and counts what it read.
+struct Budget<R> {
+    inner: R,
+    used: usize,
+    total: u64,
+}
+
+impl<R> Budget<R> {
+    fn new(inner: R) -> Budget<R> {
+        Budget { inner, used: 0, total: 0 }
+    }
+
+    fn reset(&mut self) {
+        self.used = 0;
+    }
+}
+
+impl<R: tokio::io::AsyncBufRead + Unpin> tokio::io::AsyncRead for Budget<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        out: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        use tokio::io::AsyncBufRead;
+        let available = std::task::ready!(self.as_mut().poll_fill_buf(cx))?;
+        let n = available.len().min(out.remaining());
+        out.put_slice(&available[..n]);
+        self.consume(n);
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl<R: tokio::io::AsyncBufRead + Unpin> tokio::io::AsyncBufRead for Budget<R> {
+    fn poll_fill_buf(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<&[u8]>> {
+        let this = self.get_mut();
+        let left = MAX_ITEM + 1 - this.used.min(MAX_ITEM + 1);
+        if left == 0 {
+            return std::task::Poll::Ready(Err(invalid("a manifest line or element is longer than 64 KiB")));
+        }
+        let buf = std::task::ready!(std::pin::Pin::new(&mut this.inner).poll_fill_buf(cx))?;
+        std::task::Poll::Ready(Ok(&buf[..buf.len().min(left)]))
+    }
+
+    fn consume(mut self: std::pin::Pin<&mut Self>, amt: usize) {
+        self.used += amt;
+        self.total += amt as u64;
+        std::pin::Pin::new(&mut self.inner).consume(amt);
+    }
+}
+
+type Source = Budget<tokio_util::io::StreamReader<BoxStream<'static, io::Result<Bytes>>, Bytes>>;
 
 enum State {
     Hls { reader: Source, line: Vec<u8> },
@@ -284,6 +348,14 @@ fn invalid(msg: &str) -> io::Error {
 }
 
 impl State {
+    /// Bytes of the source read so far.
+    fn consumed(&self) -> u64 {
+        match self {
+            State::Hls { reader, .. } => reader.total,
+            State::Dash(dash) => dash.reader.get_ref().total,
+        }
+    }
+
     /// Appends about a chunk of rewritten output; `true` when the source is exhausted.
     async fn fill(&mut self, rw: &Rewriter, out: &mut BytesMut) -> io::Result<bool> {
         match self {
@@ -296,7 +368,14 @@ impl State {
 async fn fill_hls(reader: &mut Source, line: &mut Vec<u8>, rw: &Rewriter, out: &mut BytesMut) -> io::Result<bool> {
     while out.len() < CHUNK {
         line.clear();
-        let n = (&mut *reader).take(MAX_ITEM as u64 + 1).read_until(b'\n', line).await?;
+        reader.reset();
+        let n = match reader.read_until(b'\n', line).await {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                return Err(invalid("a playlist line is longer than 64 KiB"));
+            }
+            Err(e) => return Err(e),
+        };
         if n == 0 {
             return Ok(true);
         }
@@ -324,6 +403,7 @@ impl Dash {
                 return Err(invalid("a manifest element is longer than 64 KiB"));
             }
             buf.clear();
+            reader.get_mut().reset();
             let event = reader.read_event_into_async(buf).await.map_err(xml)?;
             match event {
                 Event::Eof => break true,
@@ -388,6 +468,9 @@ impl Dash {
 impl Tree {
     /// An element starts: its URI attributes are rewritten against its parent's base, and it opens a level.
     fn open<'e>(&mut self, rw: &Rewriter, e: BytesStart<'e>) -> io::Result<BytesStart<'e>> {
+        if self.levels.len() > MAX_DEPTH {
+            return Err(invalid("the manifest nests elements deeper than 32 levels"));
+        }
         let is_base_url = e.local_name().as_ref() == b"BaseURL";
         let parent = self.levels.last_mut().ok_or_else(|| invalid("unbalanced manifest"))?;
         if is_base_url {

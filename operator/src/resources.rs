@@ -30,7 +30,10 @@ pub const CONFIG_HASH_ANNOTATION: &str = "videodelivery.dev/config-hash";
 pub const KEYRING_MOUNT: &str = "/etc/videodelivery/keyring";
 pub const HTTP_PORT: i32 = 8080;
 pub const ADMIN_PORT: i32 = 9090;
-/// The agent's `--shutdown-grace`; the pod gets a little more before it is killed.
+/// The agent's `--shutdown-delay`: after SIGTERM it fails readiness but keeps accepting this long, while the
+/// endpoint removal reaches kube-proxy and load balancers, so a rolling update drops no new connection.
+const SHUTDOWN_DELAY_SECONDS: i64 = 5;
+/// The agent's `--shutdown-grace`: running streams then have this long to finish.
 const SHUTDOWN_GRACE_SECONDS: i64 = 30;
 const AGENT_UID: i64 = 65532;
 
@@ -145,6 +148,7 @@ pub fn agent_args(vd: &VideoDelivery) -> Vec<String> {
         format!("--rate-burst={}", s.agents.rate_limit.burst),
         format!("--cache-size-mib={}", s.agents.cache.size_mib),
         format!("--slice-size-kib={}", s.agents.cache.slice_kib),
+        format!("--shutdown-delay={SHUTDOWN_DELAY_SECONDS}s"),
         format!("--shutdown-grace={SHUTDOWN_GRACE_SECONDS}s"),
         "--log-format=json".into(),
     ];
@@ -300,7 +304,8 @@ pub fn deployment(vd: &VideoDelivery, image: &str, credentials_version: Option<&
                 spec: Some(PodSpec {
                     service_account_name: Some(agent_name(vd)),
                     automount_service_account_token: Some(false),
-                    termination_grace_period_seconds: Some(SHUTDOWN_GRACE_SECONDS + 5),
+                    // Delay, then grace, then a little for the process to exit; only then is it killed.
+                    termination_grace_period_seconds: Some(SHUTDOWN_DELAY_SECONDS + SHUTDOWN_GRACE_SECONDS + 5),
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
                         run_as_user: Some(AGENT_UID),
