@@ -86,6 +86,11 @@ pub struct Config {
     /// Memory for the slice cache of hot objects, in MiB; 0 turns it off.
     #[arg(long, env = "VD_CACHE_SIZE_MIB", default_value_t = 256)]
     pub cache_size_mib: u64,
+    /// Memory in MiB for what streams hold beyond the cache (slices the cache has dropped, read-ahead, uncached
+    /// chunks). With the cache it bounds all slice memory; a read that finds none free within --storage-timeout
+    /// is refused with 503.
+    #[arg(long, env = "VD_STREAM_MEMORY_MIB", default_value_t = 256)]
+    pub stream_memory_mib: u64,
     /// Size of a cached slice in KiB: ranges are assembled from aligned slices of this size.
     #[arg(long, env = "VD_SLICE_SIZE_KIB", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(64..=65536))]
     pub slice_size_kib: u64,

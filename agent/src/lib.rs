@@ -158,7 +158,7 @@ impl Agent {
             .http2()
             .timer(TokioTimer::new())
             .max_header_list_size(64 * 1024)
-            .max_concurrent_streams(256)
+            .max_concurrent_streams(100)
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(10));
         let graceful = GracefulShutdown::new();

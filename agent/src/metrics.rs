@@ -39,6 +39,10 @@ pub struct Metrics {
     pub cache_bytes: Counter,
     pub storage_bytes: Counter,
     pub cache_size_bytes: Gauge,
+    /// Bytes of slice memory (cache and streams) held now; never above cache size + stream budget.
+    pub slice_memory_bytes: Gauge,
+    /// Reads refused or cut because the memory budget was in use.
+    pub memory_waits_failed: Counter,
 }
 
 impl Default for Metrics {
@@ -59,6 +63,8 @@ impl Default for Metrics {
             cache_bytes: Counter::default(),
             storage_bytes: Counter::default(),
             cache_size_bytes: Gauge::default(),
+            slice_memory_bytes: Gauge::default(),
+            memory_waits_failed: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "Requests answered, by status code", m.requests.clone());
@@ -83,6 +89,16 @@ impl Default for Metrics {
         registry.register("cache_served_bytes", "Body bytes served from the slice cache", m.cache_bytes.clone());
         registry.register("storage_read_bytes", "Body bytes read from storage", m.storage_bytes.clone());
         registry.register("cache_size_bytes", "Bytes held by the slice cache now", m.cache_size_bytes.clone());
+        registry.register(
+            "slice_memory_bytes",
+            "Bytes of slices and streamed chunks held now, by the cache and by streams",
+            m.slice_memory_bytes.clone(),
+        );
+        registry.register(
+            "memory_busy",
+            "Reads refused or cut short because the slice memory budget was in use",
+            m.memory_waits_failed.clone(),
+        );
         Metrics { registry, ..m }
     }
 }

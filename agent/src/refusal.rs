@@ -128,6 +128,11 @@ fn storage_error(e: StorageError) -> Response<Body> {
         StorageError::Timeout(_) => {
             error(StatusCode::GATEWAY_TIMEOUT, "storage_timeout", "storage did not answer in time")
         }
+        StorageError::Busy => {
+            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "busy", "too many streams; try again shortly");
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r
+        }
         StorageError::Changed => {
             error(StatusCode::SERVICE_UNAVAILABLE, "object_changed", "the object changed while it was read; retry")
         }

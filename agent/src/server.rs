@@ -60,7 +60,13 @@ impl State {
         });
         let route_prefix = config.route_prefix.trim_end_matches('/').to_owned();
         let streams = Arc::new(Semaphore::new(config.max_streams));
-        let cache = SliceCache::new(config.cache_size_mib << 20, config.slice_size_kib << 10, metrics.clone());
+        let cache = SliceCache::new(
+            config.cache_size_mib << 20,
+            config.slice_size_kib << 10,
+            config.stream_memory_mib << 20,
+            config.storage_timeout,
+            metrics.clone(),
+        );
         let meta = MetaCache::new(config.metadata_ttl);
         let cache_control = HeaderValue::from_str(&config.cache_control).ok();
         let cache_control_private = HeaderValue::from_str(&private_cache_control(&config.cache_control)).ok();

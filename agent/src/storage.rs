@@ -43,6 +43,9 @@ pub enum StorageError {
     Changed,
     #[error("storage did not answer within {0:?}")]
     Timeout(Duration),
+    /// The memory budget for slices is in use by other streams (see `cache.rs`).
+    #[error("the memory for streams is in use; retry shortly")]
+    Busy,
     #[error("storage failed: {0}")]
     Unavailable(String),
 }

@@ -145,3 +145,48 @@ fn signed_prefix(agent: &TestAgent, path: &str, prefix: &str) -> String {
     };
     vd_token::Signer::new(&agent.keyring).url(&req).unwrap()
 }
+
+fn gauge(metrics: &str, name: &str) -> u64 {
+    metrics.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).map_or(0, |v| v.trim().parse().unwrap())
+}
+
+/// Stalled readers of many different videos cannot hold more slice memory than the cache plus the stream budget:
+/// beyond it, reads wait, then are refused with 503 or cut; once the readers go, the memory comes back.
+#[tokio::test(flavor = "multi_thread")]
+async fn stalled_readers_stay_within_the_memory_budget() {
+    let agent = TestAgent::start(&[
+        "--cache-size-mib=1",
+        "--slice-size-kib=256",
+        "--stream-memory-mib=1",
+        "--storage-timeout=1s",
+    ])
+    .await;
+    let film = content(48 << 20);
+    for i in 0..8 {
+        agent.put(&format!("f{i}.mp4"), &film);
+    }
+    agent.put("small.mp4", b"small");
+    let budget = 2u64 << 20;
+    let mut stalled = Vec::new();
+    for i in 0..8 {
+        let url = agent.signed(&format!("/videos/f{i}.mp4"), Carrier::Query);
+        let path = url.split_once(&agent.addr.to_string()).unwrap().1.to_owned();
+        let mut s = connect(agent.addr);
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes()).unwrap();
+        stalled.push(s);
+    }
+    let mut peak = 0;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        peak = peak.max(gauge(&agent.metrics().await, "videodelivery_agent_slice_memory_bytes"));
+    }
+    assert!(peak > 0, "the readers did hold slices");
+    assert!(peak <= budget, "slice memory {peak} over the budget {budget}");
+    let m = agent.metrics().await;
+    assert!(gauge(&m, "videodelivery_agent_memory_busy_total") > 0, "some reads had to be refused:\n{m}");
+    drop(stalled);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let (status, _, body) = get(&agent.signed("/videos/small.mp4", Carrier::Query), &[]).await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"small"[..]), "memory came back once the readers left");
+}

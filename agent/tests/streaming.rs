@@ -170,6 +170,7 @@ async fn sigterm_drains_running_streams() {
         .arg(format!("--storage=file://{}", media.path().display()))
         .arg(format!("--keyring={}", secrets.path().join("keyring.json").display()))
         .arg("--shutdown-grace=20s")
+        .arg("--shutdown-delay=1s")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -186,6 +187,8 @@ async fn sigterm_drains_running_streams() {
     let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(kill.success());
     tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(), "still accepting during --shutdown-delay");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "no new connections while draining");
 
     while let Some(frame) = body.frame().await {
