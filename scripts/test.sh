@@ -21,5 +21,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo test --workspace"
 cargo test --workspace --locked
 
+step "fuzz: recorded regressions, then a short bounded pass with a fixed seed"
+FUZZ_SEED=1 bash scripts/fuzz.sh 15
+
 step "TypeScript signer against the shared vectors"
 (cd sdk/typescript && npm test)

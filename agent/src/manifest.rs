@@ -154,6 +154,11 @@ impl Rewriter {
 
     /// One HLS line without its line end: a URI line, or a tag whose `URI="…"` attributes are rewritten.
     pub fn hls_line<'l>(&self, line: &'l str) -> Cow<'l, str> {
+        // A line a player may split where this reader does not (hls.js ends lines at a lone CR, and tags at
+        // U+2028 and U+2029) could turn the rest of a tag into a URI line: no token anywhere on it.
+        if line.chars().any(|c| (c.is_control() && c != '\t') || c == '\u{2028}' || c == '\u{2029}') {
+            return Cow::Borrowed(line);
+        }
         let trimmed = line.trim();
         if trimmed.is_empty() {
             return Cow::Borrowed(line);
@@ -167,40 +172,60 @@ impl Rewriter {
         if !trimmed.starts_with("#EXT") {
             return Cow::Borrowed(line);
         }
-        // Attribute lists (RFC 8216 §4.2): NAME=VALUE pairs after the colon, separated by commas, quoted strings
-        // never containing a quote. Only the URI attribute names a resource.
-        let mut out = String::new();
-        let mut rest = line;
-        while let Some(at) = find_uri_attr(rest) {
-            let value_start = at + "URI=\"".len();
-            let Some(len) = rest[value_start..].find('"') else { break };
-            let value = &rest[value_start..value_start + len];
-            out.push_str(&rest[..value_start]);
-            match self.uri(value) {
-                Some(new) => out.push_str(&new),
+        self.hls_attributes(line).map_or(Cow::Borrowed(line), Cow::Owned)
+    }
+
+    /// A tag's attribute list (RFC 8216 §4.2) read pair by pair, `NAME=VALUE` separated by commas, a quoted value
+    /// never holding a quote: the values of attributes named exactly `URI` get the token. `None` leaves the line
+    /// as it is: nothing to change, or not an attribute list this reader is sure of.
+    fn hls_attributes(&self, line: &str) -> Option<String> {
+        let colon = line.find(':')?;
+        let tag = &line[..colon];
+        if !tag.starts_with("#EXT")
+            || !tag[1..].bytes().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == b'-')
+        {
+            return None;
+        }
+        let mut out = String::with_capacity(line.len() + 256);
+        out.push_str(&line[..=colon]);
+        let mut rest = &line[colon + 1..];
+        let mut changed = false;
+        loop {
+            let eq = rest.find('=')?;
+            let name = &rest[..eq];
+            if name.is_empty() || !name.bytes().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == b'-') {
+                return None;
+            }
+            let after = &rest[eq + 1..];
+            let end = match after.strip_prefix('"') {
+                Some(quoted) => quoted.find('"')? + 2,
+                None => after.find(',').unwrap_or(after.len()),
+            };
+            let (value, tail) = after.split_at(end);
+            // A quote inside an unquoted value: players disagree on where the next attribute starts.
+            if !value.starts_with('"') && value.contains('"') {
+                return None;
+            }
+            out.push_str(name);
+            out.push('=');
+            let quoted = value.len() >= 2 && value.starts_with('"');
+            match (name == "URI" && quoted).then(|| self.uri(&value[1..value.len() - 1])).flatten() {
+                Some(new) => {
+                    out.push('"');
+                    out.push_str(&new);
+                    out.push('"');
+                    changed = true;
+                }
                 None => out.push_str(value),
             }
-            rest = &rest[value_start + len..];
+            if tail.is_empty() {
+                break;
+            }
+            rest = tail.strip_prefix(',')?;
+            out.push(',');
         }
-        if out.is_empty() {
-            return Cow::Borrowed(line);
-        }
-        out.push_str(rest);
-        Cow::Owned(out)
+        changed.then_some(out)
     }
-}
-
-/// The byte offset of the next `URI="` that starts an attribute (after `:` or `,`), not the end of a longer name.
-fn find_uri_attr(s: &str) -> Option<usize> {
-    let mut from = 0;
-    while let Some(off) = s[from..].find("URI=\"") {
-        let at = from + off;
-        if at > 0 && matches!(s.as_bytes()[at - 1], b':' | b',') {
-            return Some(at);
-        }
-        from = at + 1;
-    }
-    None
 }
 
 /// A DASH template with each `$Identifier…$` replaced by `0`, so it can be resolved like a plain URI.
@@ -233,7 +258,13 @@ pub fn rewrite(
     let state = match kind {
         Kind::Hls => State::Hls { reader, line: Vec::new() },
         Kind::Dash => {
-            let root = Level { base: Some(rewriter.base.clone()), base_urls: 0, sealed: false };
+            let root = Level {
+                base: Some(rewriter.base.clone()),
+                base_urls: 0,
+                sealed: false,
+                scope_of_segments: false,
+                tokens_inherited: false,
+            };
             State::Dash(Box::new(Dash {
                 reader: quick_xml::Reader::from_reader(reader),
                 buf: Vec::new(),
@@ -328,6 +359,12 @@ struct Level {
     base_urls: u32,
     /// A child other than `BaseURL` has started, so URIs were already resolved against `base`.
     sealed: bool,
+    /// A Period, AdaptationSet or Representation: segment information below it is inherited by every
+    /// Representation under it, which players resolve against the Representation's own `BaseURL`s.
+    scope_of_segments: bool,
+    /// Segment information inherited from this element got a token: a `BaseURL` anywhere below must keep it on
+    /// this host.
+    tokens_inherited: bool,
 }
 
 struct Dash {
@@ -414,11 +451,11 @@ impl Dash {
                 Event::Empty(e) => {
                     let base_url = e.local_name().as_ref() == b"BaseURL";
                     let e = tree.open(rw, e)?;
-                    tree.close(base_url)?;
+                    tree.close(rw, base_url)?;
                     w.write_event(Event::Empty(e))?;
                 }
                 Event::End(e) => {
-                    tree.close(e.local_name().as_ref() == b"BaseURL")?;
+                    tree.close(rw, e.local_name().as_ref() == b"BaseURL")?;
                     w.write_event(Event::End(e))?;
                 }
                 // The reader hands text and each `&…;` reference as separate events.
@@ -487,29 +524,42 @@ impl Tree {
             check_representation_id(&e)?;
         }
         let xml_base = e.attributes().flatten().any(|a| a.key.as_ref() == b"xml:base");
-        let e = match &base {
+        let scope_of_segments = matches!(e.local_name().as_ref(), b"Period" | b"AdaptationSet" | b"Representation");
+        let (e, tokens) = match &base {
             Some(base) => dash_element(rw, base, e)?,
-            None => e,
+            None => (e, false),
         };
+        if tokens && let Some(owner) = self.levels.iter_mut().rev().find(|l| l.scope_of_segments) {
+            owner.tokens_inherited = true;
+        }
         let base = if xml_base { None } else { base };
-        self.levels.push(Level { base, base_urls: 0, sealed: false });
+        self.levels.push(Level { base, base_urls: 0, sealed: false, scope_of_segments, tokens_inherited: false });
         Ok(e)
     }
 
     /// An element ends. A `BaseURL` sets the base of the element that contains it, once its whole text is known;
     /// a second one makes that base unknown (players pick one and may fail over to another).
-    fn close(&mut self, base_url: bool) -> io::Result<()> {
+    fn close(&mut self, rw: &Rewriter, base_url: bool) -> io::Result<()> {
         self.levels.pop().ok_or_else(|| invalid("unbalanced manifest"))?;
         if !base_url {
             return Ok(());
         }
         let Some(text) = self.base_url.take() else { return Ok(()) };
+        let inherited = self.levels.iter().any(|l| l.tokens_inherited);
         let Some(parent) = self.levels.last_mut() else { return Ok(()) };
         parent.base_urls += 1;
         parent.base = match (parent.base_urls, &parent.base, text) {
             (1, Some(base), Some(text)) if !ambiguous(text.trim()) => base.join(text.trim()).ok(),
             _ => None,
         };
+        // Segment information above already carries a token, and players resolve it against this base too: it
+        // must stay on this host, or the token would travel with it.
+        let same_origin = |u: &Url| {
+            u.scheme() == rw.base.scheme() && u.host_str() == rw.base.host_str() && u.port() == rw.base.port()
+        };
+        if inherited && !parent.base.as_ref().is_some_and(same_origin) {
+            return Err(invalid("a BaseURL to another host lies below segment information that carries a token"));
+        }
         Ok(())
     }
 }
@@ -534,16 +584,18 @@ fn reference(r: &quick_xml::events::BytesRef) -> Option<String> {
     quick_xml::escape::resolve_predefined_entity(&r.decode().ok()?).map(str::to_owned)
 }
 
-/// The element with its URI attributes rewritten; other attributes keep their exact text.
-fn dash_element<'e>(rw: &Rewriter, base: &Url, e: BytesStart<'e>) -> io::Result<BytesStart<'e>> {
+/// The element with its URI attributes rewritten, and whether any got a token. A rewritten element is written
+/// anew, every attribute from its decoded value escaped again (a raw copy of a single-quoted value holding `"`
+/// would break out of the double quotes it is written in); an element that cannot be decoded gets no token.
+fn dash_element<'e>(rw: &Rewriter, base: &Url, e: BytesStart<'e>) -> io::Result<(BytesStart<'e>, bool)> {
     let mut changed = Vec::new();
+    let template = e.local_name().as_ref() == b"SegmentTemplate";
     for attr in e.attributes() {
         let attr = attr.map_err(|err| invalid(&format!("bad attribute in the manifest: {err}")))?;
         if !DASH_URI_ATTRS.contains(&attr.key.as_ref()) {
             continue;
         }
         let Ok(value) = attr.normalized_value(quick_xml::XmlVersion::Implicit1_0) else { continue };
-        let template = e.local_name().as_ref() == b"SegmentTemplate";
         match rw.uri_against(base, &value, template) {
             Ok(Some(new)) => changed.push((attr.key.as_ref().to_vec(), new)),
             Ok(None) => {}
@@ -551,17 +603,28 @@ fn dash_element<'e>(rw: &Rewriter, base: &Url, e: BytesStart<'e>) -> io::Result<
         }
     }
     if changed.is_empty() {
-        return Ok(e);
+        return Ok((e, false));
+    }
+    let mut attrs = Vec::new();
+    for attr in e.attributes() {
+        let Ok(attr) = attr else { return Ok((e, false)) };
+        let Ok(key) = std::str::from_utf8(attr.key.as_ref()) else { return Ok((e, false)) };
+        let value = match changed.iter().find(|(k, _)| k.as_slice() == attr.key.as_ref()) {
+            Some((_, v)) => v.clone(),
+            None => match attr.normalized_value(quick_xml::XmlVersion::Implicit1_0) {
+                Ok(v) => v.into_owned(),
+                Err(_) => return Ok((e, false)),
+            },
+        };
+        attrs.push((key.to_owned(), value));
     }
     let name = String::from_utf8_lossy(e.name().as_ref()).into_owned();
     let mut new = BytesStart::new(name);
-    for attr in e.attributes().flatten() {
-        match changed.iter().find(|(k, _)| k.as_slice() == attr.key.as_ref()) {
-            Some((k, v)) => new.push_attribute((k.as_slice(), quick_xml::escape::escape(v.as_str()).as_bytes())),
-            None => new.push_attribute(attr),
-        }
+    for (k, v) in &attrs {
+        // `(&str, &str)` escapes the value; a byte pair would be written raw.
+        new.push_attribute((k.as_str(), v.as_str()));
     }
-    Ok(new.into_owned())
+    Ok((new.into_owned(), true))
 }
 
 #[cfg(test)]
@@ -858,5 +921,43 @@ mod tests {
         let mpd = "<MPD><BaseURL>audio/</BaseURL><SegmentList><SegmentURL media=\"a1.m4s\"/></SegmentList></MPD>";
         let out = run(Kind::Dash, r, mpd, 4096).await;
         assert!(out.contains("media=\"a1.m4s?token=EXACT[/videos/film/audio/a1.m4s]\""), "{out}");
+    }
+
+    /// Fuzzing found these (fuzz/regressions): each sent a token off the host, or changed what is not a URI.
+    #[test]
+    fn hls_uri_attributes_are_read_pair_by_pair_and_split_lines_get_nothing() {
+        let r = rw();
+        let inside = r#"#EXT-X-KEY:METHOD=SAMPLE-AES,KEYFORMAT="a,URI="seg.ts""#;
+        assert_eq!(r.hls_line(inside), inside, "URI=\" inside another attribute's quoted value is not an attribute");
+        for line in ["#EXT-X-MAP:\r//other.example/x,URI=\"a.ts\"", "#EXT-X-MAP:\u{2028}//other.example/x,URI=\"a.ts\""]
+        {
+            assert_eq!(r.hls_line(line), line, "hls.js ends the tag early and reads the rest as a URI");
+        }
+        let stray = r#"#EXT-X-I-FRAME-STREAM-INF:BANDWIDTH=1,URI=a"b.example/x,URI="i.m3u8""#;
+        assert_eq!(r.hls_line(stray), stray, "a quote in an unquoted value: no token on the line");
+        let odd_tag = r#"#EXT-X-MEDIURI="A:TYPE=AUDIO,URI="en.m3u8""#;
+        assert_eq!(r.hls_line(odd_tag), odd_tag, "a tag name that is not one");
+        let two = r#"#EXT-X-MEDIA:TYPE=AUDIO,URI="a.m3u8",NAME="x,URI=y""#;
+        assert_eq!(r.hls_line(two), r#"#EXT-X-MEDIA:TYPE=AUDIO,URI="a.m3u8?token=v1.abc.def",NAME="x,URI=y""#);
+    }
+
+    #[tokio::test]
+    async fn dash_inherited_segments_never_follow_a_representation_base_off_the_host() {
+        let r = || Rewriter::new("media.example", "/videos/film/manifest.mpd", prefix("/videos/film/")).unwrap();
+        let off = "<MPD><Period><AdaptationSet><SegmentTemplate media=\"seg-$Number$.m4s\"/><Representation id=\"r1\"><BaseURL>https://other.example/</BaseURL></Representation></AdaptationSet></Period></MPD>";
+        assert_eq!(run_err(Kind::Dash, r(), off).await.kind(), io::ErrorKind::InvalidData);
+        let list = "<MPD><Period><AdaptationSet><SegmentList><SegmentURL media=\"a.m4s\"/></SegmentList><Representation id=\"r1\"><BaseURL>//other.example/</BaseURL></Representation></AdaptationSet></Period></MPD>";
+        assert_eq!(run_err(Kind::Dash, r(), list).await.kind(), io::ErrorKind::InvalidData);
+        // On this host the layout is fine, and a sibling AdaptationSet elsewhere inherits nothing.
+        let ok = "<MPD><Period><AdaptationSet><SegmentTemplate media=\"seg-$Number$.m4s\"/><Representation id=\"r1\"><BaseURL>720p/</BaseURL></Representation></AdaptationSet><AdaptationSet><BaseURL>https://subs.example/</BaseURL></AdaptationSet></Period></MPD>";
+        assert!(run(Kind::Dash, r(), ok, 4096).await.contains("seg-$Number$.m4s?token="));
+    }
+
+    #[tokio::test]
+    async fn dash_attributes_never_break_out_of_their_quotes() {
+        let r = Rewriter::new("media.example", "/videos/film/manifest.mpd", prefix("/videos/film/")).unwrap();
+        let mpd = "<MPD><SegmentList><SegmentURL x='a\"b<c' media=\"seg.m4s\"/></SegmentList></MPD>";
+        let out = run(Kind::Dash, r, mpd, 4096).await;
+        assert!(out.contains(r#"x="a&quot;b&lt;c""#) && out.contains("seg.m4s?token="), "{out}");
     }
 }
