@@ -320,25 +320,13 @@ async fn any_utf8_name_is_served_from_exactly_that_file() {
 /// Finding 8 on S3: the key of exactly that name, against a real S3 server.
 #[tokio::test(flavor = "multi_thread")]
 async fn any_utf8_name_is_served_from_exactly_that_s3_key() {
-    // SAFETY: set before the agent starts; object_store reads them only while building its client.
-    unsafe {
-        std::env::set_var("AWS_ACCESS_KEY_ID", vd_testsupport::S3Server::ACCESS_KEY);
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", vd_testsupport::S3Server::SECRET_KEY);
-        std::env::set_var("AWS_REGION", "us-east-1");
-    }
-    let s3 = vd_testsupport::S3Server::start().unwrap();
+    let s3 = s3_server();
     let names = ["café noir.mp4", "100% [x] {y} #z ~a ^b |c.mp4", "a+b=c&d;e,f'g(h)!@$.mp4", "日本語/ビデオ.mp4"];
     for (i, name) in names.iter().enumerate() {
         s3.put("media", &format!("films/{name}"), format!("object {i}").as_bytes()).unwrap();
     }
     s3.put("media", "films/caf%C3%A9 noir.mp4", b"an impostor").unwrap();
-    let endpoint = format!("--s3-endpoint={}", s3.endpoint);
-    let agent = TestAgent::start_with(
-        tempfile::tempdir().unwrap(),
-        &[&endpoint, "--s3-path-style"],
-        Some("s3://media/films".into()),
-    )
-    .await;
+    let agent = start_on_s3(&s3, "s3://media/films", &[]).await;
     for (i, name) in names.iter().enumerate() {
         let url = agent.signed(&format!("/videos/{name}"), Carrier::Query);
         let (status, _, body) = get(&url, &[]).await;

@@ -82,19 +82,10 @@ async fn vary_origin_only_with_cors_and_players_can_read_what_they_need() {
 /// native HLS checks it), against a real S3 server that stores none.
 #[tokio::test(flavor = "multi_thread")]
 async fn head_and_get_agree_on_the_content_type() {
-    // SAFETY: set before the agent starts; object_store reads them only while building its client.
-    unsafe {
-        std::env::set_var("AWS_ACCESS_KEY_ID", vd_testsupport::S3Server::ACCESS_KEY);
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", vd_testsupport::S3Server::SECRET_KEY);
-        std::env::set_var("AWS_REGION", "us-east-1");
-    }
-    let s3 = vd_testsupport::S3Server::start().unwrap();
+    let s3 = s3_server();
     s3.put("media", "a.mp4", &content(100)).unwrap();
     s3.put("media", "p.m3u8", b"#EXTM3U\n").unwrap();
-    let endpoint = format!("--s3-endpoint={}", s3.endpoint);
-    let agent =
-        TestAgent::start_with(tempfile::tempdir().unwrap(), &[&endpoint, "--s3-path-style"], Some("s3://media".into()))
-            .await;
+    let agent = start_on_s3(&s3, "s3://media", &[]).await;
     for (path, want) in [("/videos/a.mp4", "video/mp4"), ("/videos/p.m3u8", "application/vnd.apple.mpegurl")] {
         let url = agent.signed(path, Carrier::Query);
         let (_, head, _) = request("HEAD", &url, &[]).await;

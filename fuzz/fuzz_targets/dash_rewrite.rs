@@ -5,29 +5,10 @@
 //! from it (BaseURLs at every level, inherited templates, identifiers filled in) is on the request's host and port.
 #![no_main]
 
-use std::sync::Arc;
-
 use libfuzzer_sys::fuzz_target;
-use vd_fuzz::manifest_check::{self, GrantKind};
-use videodelivery_agent::manifest::{Grant, Rewriter};
-
-/// The one place a `Rewriter` is built: adapt this call when `manifest::Rewriter::new` changes.
-fn rewriter(host: &str, raw_path: &str, grant: &GrantKind) -> Option<Rewriter> {
-    let grant = match grant {
-        GrantKind::Prefix { scope } => Grant::Prefix { scope: scope.clone(), token: manifest_check::prefix_token() },
-        GrantKind::Exact { folder } => {
-            let folder = folder.clone();
-            Grant::Exact {
-                mint: Arc::new(move |path: &str| {
-                    assert!(path.starts_with(&folder), "asked to mint a token for {path:?} outside {folder:?}");
-                    manifest_check::exact_token(path)
-                }),
-            }
-        }
-    };
-    Rewriter::new(host, raw_path, grant)
-}
+use vd_fuzz::rewrite_target;
+use videodelivery_agent::manifest::Kind;
 
 fuzz_target!(|data: &[u8]| {
-    vd_fuzz::rewrite_target::run(videodelivery_agent::manifest::Kind::Dash, "manifest.mpd", data, rewriter);
+    rewrite_target::run(Kind::Dash, "manifest.mpd", data, rewrite_target::rewriter);
 });

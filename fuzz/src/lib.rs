@@ -48,6 +48,26 @@ pub mod rewrite_target {
 
     /// Input: one control byte, then the manifest. Control bits: 0-1 host, 2-3 chunking, 4 exact grant (else
     /// prefix), 5-6 path and scope.
+    /// The one place a `Rewriter` is built: adapt this when `manifest::Rewriter::new` changes. The tokens it
+    /// appends are the checker's markers, so every added token can be found and judged.
+    pub fn rewriter(host: &str, raw_path: &str, grant: &GrantKind) -> Option<Rewriter> {
+        let grant = match grant {
+            GrantKind::Prefix { scope } => {
+                manifest::Grant::Prefix { scope: scope.clone(), token: manifest_check::prefix_token() }
+            }
+            GrantKind::Exact { folder } => {
+                let folder = folder.clone();
+                manifest::Grant::Exact {
+                    mint: std::sync::Arc::new(move |path: &str| {
+                        assert!(path.starts_with(&folder), "asked to mint a token for {path:?} outside {folder:?}");
+                        manifest_check::exact_token(path)
+                    }),
+                }
+            }
+        };
+        Rewriter::new(host, raw_path, grant)
+    }
+
     pub fn run(kind: Kind, name: &str, data: &[u8], build: fn(&str, &str, &GrantKind) -> Option<Rewriter>) {
         let ([c], body) = crate::split_header::<1>(data);
         let host = HOSTS[usize::from(c & 3)];

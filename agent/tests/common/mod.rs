@@ -155,3 +155,23 @@ pub fn reason(body: &Bytes) -> String {
     let v: serde_json::Value = serde_json::from_slice(body).unwrap();
     v["reason"].as_str().unwrap().to_owned()
 }
+
+/// A real S3 server (versitygw), with the AWS settings the agent's S3 client reads set for this process.
+pub fn s3_server() -> vd_testsupport::S3Server {
+    // SAFETY: every test sets the same values, before its agent starts; object_store reads them only while
+    // building its client.
+    unsafe {
+        std::env::set_var("AWS_ACCESS_KEY_ID", vd_testsupport::S3Server::ACCESS_KEY);
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", vd_testsupport::S3Server::SECRET_KEY);
+        std::env::set_var("AWS_REGION", "us-east-1");
+    }
+    vd_testsupport::S3Server::start().unwrap()
+}
+
+/// An agent serving `storage` (`s3://bucket[/prefix]`) from `s3`, path-style.
+pub async fn start_on_s3(s3: &vd_testsupport::S3Server, storage: &str, extra: &[&str]) -> TestAgent {
+    let endpoint = format!("--s3-endpoint={}", s3.endpoint);
+    let mut args = vec![endpoint.as_str(), "--s3-path-style"];
+    args.extend_from_slice(extra);
+    TestAgent::start_with(tempfile::tempdir().unwrap(), &args, Some(storage.to_owned())).await
+}
