@@ -89,7 +89,7 @@ pub struct Config {
     /// Memory in MiB for what streams hold beyond the cache (slices the cache has dropped, read-ahead, uncached
     /// chunks). With the cache it bounds all slice memory; a read that finds none free within --storage-timeout
     /// is refused with 503.
-    #[arg(long, env = "VD_STREAM_MEMORY_MIB", default_value_t = 256)]
+    #[arg(long, env = "VD_STREAM_MEMORY_MIB", default_value_t = 128)]
     pub stream_memory_mib: u64,
     /// Size of a cached slice in KiB: ranges are assembled from aligned slices of this size.
     #[arg(long, env = "VD_SLICE_SIZE_KIB", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(64..=65536))]

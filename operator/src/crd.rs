@@ -295,7 +295,8 @@ impl Default for SessionSpec {
     }
 }
 
-/// Each agent's in-memory cache of hot video slices. Keep `sizeMiB` below the memory limit.
+/// Each agent's memory for video slices: the cache of hot slices, and what streams hold beyond it. Keep
+/// `sizeMiB + streamMiB` (plus about 64 MiB for the process) below the memory limit.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct CacheSpec {
@@ -307,10 +308,18 @@ pub struct CacheSpec {
     #[serde(default = "default_slice_kib", rename = "sliceKiB")]
     #[schemars(range(min = 64, max = 65536))]
     pub slice_kib: u32,
+    /// Memory for what streams hold beyond the cache (slices it has dropped, read-ahead, uncached chunks), in
+    /// MiB. With `sizeMiB` it bounds all slice memory; beyond it, new reads wait and then answer 503.
+    #[serde(default = "default_stream_mib", rename = "streamMiB")]
+    #[schemars(range(min = 1, max = 65536))]
+    pub stream_mib: u32,
 }
 
 fn default_cache_mib() -> u32 {
     256
+}
+fn default_stream_mib() -> u32 {
+    128
 }
 fn default_slice_kib() -> u32 {
     1024
@@ -318,7 +327,7 @@ fn default_slice_kib() -> u32 {
 
 impl Default for CacheSpec {
     fn default() -> Self {
-        CacheSpec { size_mib: default_cache_mib(), slice_kib: default_slice_kib() }
+        CacheSpec { size_mib: default_cache_mib(), slice_kib: default_slice_kib(), stream_mib: default_stream_mib() }
     }
 }
 

@@ -148,6 +148,7 @@ pub fn agent_args(vd: &VideoDelivery) -> Vec<String> {
         format!("--rate-burst={}", s.agents.rate_limit.burst),
         format!("--cache-size-mib={}", s.agents.cache.size_mib),
         format!("--slice-size-kib={}", s.agents.cache.slice_kib),
+        format!("--stream-memory-mib={}", s.agents.cache.stream_mib),
         format!("--shutdown-delay={SHUTDOWN_DELAY_SECONDS}s"),
         format!("--shutdown-grace={SHUTDOWN_GRACE_SECONDS}s"),
         "--log-format=json".into(),
@@ -398,6 +399,9 @@ mod tests {
         assert!(args.contains(&"--storage=s3://videos/prod".to_string()));
         assert!(args.contains(&"--keyring=/etc/videodelivery/keyring/keyring.json".to_string()));
         assert!(args.contains(&"--s3-path-style".to_string()));
+        assert!(args.contains(&"--stream-memory-mib=128".to_string()), "slice memory is bounded: {args:?}");
+        assert!(args.contains(&"--shutdown-delay=5s".to_string()));
+        assert_eq!(pod.termination_grace_period_seconds, Some(40), "delay + grace + exit");
         assert!(c.env.is_none(), "no key ever travels in an environment variable");
         assert_eq!(c.env_from.as_ref().unwrap()[0].secret_ref.as_ref().unwrap().name, "s3");
         assert_eq!(pod.automount_service_account_token, Some(false));
