@@ -52,7 +52,8 @@ async fn main() {
     let files = env_or("VD_SLOW_FILES", 1).max(1);
     for i in 1..files {
         // Same bytes, different objects: each has its own cache entries, as different films would.
-        std::fs::hard_link(media.join("film.mp4"), media.join(format!("film-{i}.mp4"))).unwrap();
+        // A link inside the storage root: followed, and a name of its own (hard links are refused).
+        std::os::unix::fs::symlink("film.mp4", media.join(format!("film-{i}.mp4"))).unwrap();
     }
     let keyring = vd_token::rotation::generate(now(), &mut vd_token::rotation::os_random).unwrap();
     std::fs::write(dir.path().join("keyring.json"), keyring.to_json()).unwrap();
