@@ -162,7 +162,7 @@ seq 100 | xargs -P 100 -I{} curl -s -o /dev/null -H "$auth" -H 'Range: bytes=0-'
 film_read=$(curl -s http://127.0.0.1:19096/metrics | awk '$1 == "videodelivery_agent_storage_read_bytes_total" {print $2}')
 film_sent=$(curl -s http://127.0.0.1:19096/metrics | awk '$1 == "videodelivery_agent_sent_bytes_total" {print $2}')
 
-verify=skipped operator=skipped slow=skipped
+verify=skipped operator=skipped slow=skipped held=skipped
 if [ "${CARGO_BENCHES:-1}" = 1 ]; then   # CARGO_BENCHES=0 skips these (quick check of the script)
   slow=$(cargo bench -q -p videodelivery-agent --bench slow_clients 2>/dev/null | grep '^|' || true)
   # A long-tail catalogue: every viewer on a different video, so no slice is shared.
