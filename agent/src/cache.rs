@@ -128,11 +128,6 @@ impl Memory {
         let held = self.total.saturating_sub(self.permits.available_permits());
         self.metrics.slice_memory_bytes.set(held as i64);
     }
-
-    /// Bytes not held by anything now.
-    pub fn available(&self) -> usize {
-        self.permits.available_permits()
-    }
 }
 
 impl SliceCache {
@@ -164,11 +159,6 @@ impl SliceCache {
         let permits = Arc::new(Semaphore::new(total));
         let memory = Memory { permits, total, wait, metrics: metrics.clone() };
         SliceCache { slices, slice_size, capacity, memory, metrics }
-    }
-
-    /// Bytes of the memory budget (cache and streams) not in use.
-    pub fn memory_available(&self) -> usize {
-        self.memory.available()
     }
 
     /// The bytes of `range` of an object of `size` bytes, from cached slices where possible. The first slice is
