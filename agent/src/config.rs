@@ -35,10 +35,10 @@ pub struct Config {
     #[arg(long, env = "VD_ROUTE_PREFIX", default_value = "/videos")]
     pub route_prefix: String,
     /// Longest token lifetime accepted, whatever the token claims.
-    #[arg(long, env = "VD_MAX_TOKEN_LIFETIME", default_value = "24h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "VD_MAX_TOKEN_LIFETIME", default_value = "24h", value_parser = vd_token::duration::parse_std)]
     pub max_token_lifetime: Duration,
     /// Clock difference tolerated between signers and this agent.
-    #[arg(long, env = "VD_CLOCK_SKEW", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "VD_CLOCK_SKEW", default_value = "30s", value_parser = vd_token::duration::parse_std)]
     pub clock_skew: Duration,
     /// Path prefixes served without a token (trailers, thumbnails), e.g. /videos/public/. Repeatable.
     #[arg(long = "public-prefix", env = "VD_PUBLIC_PREFIXES", value_delimiter = ',')]
@@ -103,7 +103,7 @@ pub struct Config {
     #[arg(long, env = "VD_REWRITE_MANIFESTS")]
     pub rewrite_manifests: bool,
     /// Lifetime of the cookie that {route-prefix}/session sets (token format §5.5); capped at --max-token-lifetime.
-    #[arg(long, env = "VD_SESSION_TTL", default_value = "4h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "VD_SESSION_TTL", default_value = "4h", value_parser = vd_token::duration::parse_std)]
     pub session_ttl: Duration,
     /// Send the session cookie without `Secure`: plain-HTTP development only.
     #[arg(long, env = "VD_SESSION_COOKIE_INSECURE")]

@@ -21,7 +21,7 @@ use tracing::{info, warn};
 use vd_token::rotation::{Event as KeyEvent, next_rotation};
 use vd_token::{KeyState, Keyring};
 
-use crate::crd::{KeyStatus, ROTATE_ANNOTATION, VideoDelivery, VideoDeliveryStatus};
+use crate::crd::{KeyStatus, ROTATE_ANNOTATION, SigningFloors, VideoDelivery, VideoDeliveryStatus};
 use crate::keyring::{self, KeyringSecretError, ROTATION_HANDLED_ANNOTATION};
 use crate::metrics::Metrics;
 use crate::resources::{self, MANAGED_BY};
@@ -50,17 +50,26 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// The agent image when a VideoDelivery names none.
     pub agent_image: String,
+    /// The shortest signing timings accepted (the CRD has the same rules unless it is older than the operator).
+    pub floors: SigningFloors,
     failures: Mutex<HashMap<ObjectRef<VideoDelivery>, u32>>,
 }
 
 impl Context {
-    pub fn new(client: Client, metrics: Arc<Metrics>, agent_image: String, identity: &str) -> Context {
+    pub fn new(
+        client: Client,
+        metrics: Arc<Metrics>,
+        agent_image: String,
+        floors: SigningFloors,
+        identity: &str,
+    ) -> Context {
         let reporter = Reporter { controller: MANAGER.into(), instance: Some(identity.into()) };
         Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
             agent_image,
+            floors,
             failures: Mutex::default(),
         }
     }
@@ -181,7 +190,7 @@ impl<'a> Reconciler<'a> {
     }
 
     async fn run(&self) -> Result<Action, Error> {
-        let policy = match self.vd.spec.validate() {
+        let policy = match self.vd.spec.validate(&self.ctx.floors) {
             Ok(p) => p,
             Err(e) => {
                 let msg = e.to_string();

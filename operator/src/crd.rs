@@ -18,7 +18,7 @@ use vd_token::rotation::RotationPolicy;
 pub const ROTATE_ANNOTATION: &str = "videodelivery.dev/rotate";
 
 /// A Go-style duration the API server's CEL `duration()` understands and humantime parses: "168h", "2m", "1h30m".
-const DURATION_PATTERN: &str = "^([0-9]+(h|m|s))+$";
+const DURATION_PATTERN: &str = vd_token::duration::PATTERN;
 
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
@@ -139,6 +139,8 @@ impl Default for SigningSpec {
 pub enum SpecError {
     #[error("signing.{field} is not a duration like \"168h\", \"2m\" or \"30s\"")]
     Duration { field: &'static str },
+    #[error("signing.{field} is below the operator's floor of {floor}")]
+    BelowFloor { field: &'static str, floor: String },
     #[error("signing: {0}")]
     Rotation(#[from] vd_token::rotation::RotationError),
     #[error("storage.url must be s3://bucket[/prefix] or file:///absolute/dir")]
@@ -157,11 +159,100 @@ pub enum SpecError {
 }
 
 fn duration(field: &'static str, text: &str) -> Result<Duration, SpecError> {
-    let ok = !text.is_empty()
-        && text.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'h' | b'm' | b's'))
-        && text.as_bytes()[0].is_ascii_digit();
-    let parsed = ok.then(|| humantime::parse_duration(text).ok()).flatten();
-    parsed.ok_or(SpecError::Duration { field })
+    vd_token::duration::parse_std(text).map_err(|_| SpecError::Duration { field })
+}
+
+/// The shortest signing timings the operator accepts. Below them production breaks in ways no condition can
+/// repair: a key signed with before kubelet has put it in every agent's volume, or tokens that expire in flight.
+/// The same floors are CEL rules in the CRD ([`crd_with_floors`]), so `kubectl apply` refuses what the operator
+/// would; the operator's `--min-propagation-delay`, `--min-token-lifetime` and `--min-rotation-interval` (and the
+/// chart's `signingFloors`) lower them for tests and labs, never silently.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SigningFloors {
+    /// Above kubelet's Secret propagation (its sync period plus cache TTL; 68 s was measured on a real node).
+    pub propagation_delay: vd_token::duration::GoDuration,
+    pub token_lifetime: vd_token::duration::GoDuration,
+    pub rotation_interval: vd_token::duration::GoDuration,
+}
+
+impl Default for SigningFloors {
+    fn default() -> Self {
+        use vd_token::duration::GoDuration;
+        SigningFloors {
+            propagation_delay: GoDuration::from_secs(90),
+            token_lifetime: GoDuration::from_secs(60),
+            rotation_interval: GoDuration::from_secs(3600),
+        }
+    }
+}
+
+impl SigningFloors {
+    /// The floors as CEL rules on `spec.signing`, with the messages `kubectl apply` prints.
+    fn rules(&self) -> [(String, String); 3] {
+        let (p, t, r) = (self.propagation_delay, self.token_lifetime, self.rotation_interval);
+        [
+            (
+                format!("duration(self.propagationDelay) >= duration('{p}')"),
+                format!(
+                    "signing.propagationDelay must be at least {p}: kubelet takes about a minute to put a new key in \
+                     the agents' volume, and backends must not sign with it before (the operator's \
+                     --min-propagation-delay sets this floor)"
+                ),
+            ),
+            (
+                format!("duration(self.maxTokenLifetime) >= duration('{t}')"),
+                format!(
+                    "signing.maxTokenLifetime must be at least {t}, or agents refuse tokens that are still in flight \
+                     (the operator's --min-token-lifetime sets this floor)"
+                ),
+            ),
+            (
+                format!("duration(self.rotationInterval) >= duration('{r}')"),
+                format!(
+                    "signing.rotationInterval must be at least {r} (the operator's --min-rotation-interval sets this \
+                     floor)"
+                ),
+            ),
+        ]
+    }
+
+    fn check(&self, policy: &RotationPolicy) -> Result<(), SpecError> {
+        let below = [
+            ("propagationDelay", policy.propagation_delay, self.propagation_delay),
+            ("maxTokenLifetime", policy.max_lifetime, self.token_lifetime),
+            ("rotationInterval", policy.rotation_interval, self.rotation_interval),
+        ]
+        .into_iter()
+        .find(|(_, got, floor)| *got < floor.as_secs());
+        match below {
+            Some((field, _, floor)) => Err(SpecError::BelowFloor { field, floor: floor.to_string() }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The CRD with the signing floors as CEL rules on `spec.signing`; `crdgen` prints it with the default floors.
+pub fn crd_with_floors(
+    floors: &SigningFloors,
+) -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::ValidationRule;
+    use kube::CustomResourceExt;
+    let mut crd = VideoDelivery::crd();
+    let signing = crd
+        .spec
+        .versions
+        .iter_mut()
+        .filter_map(|v| v.schema.as_mut()?.open_api_v3_schema.as_mut()?.properties.as_mut()?.get_mut("spec"))
+        .filter_map(|spec| spec.properties.as_mut()?.get_mut("signing"));
+    for schema in signing {
+        let rules = schema.x_kubernetes_validations.get_or_insert_with(Vec::new);
+        rules.extend(floors.rules().into_iter().map(|(rule, message)| ValidationRule {
+            rule,
+            message: Some(message),
+            ..Default::default()
+        }));
+    }
+    crd
 }
 
 impl SigningSpec {
@@ -468,7 +559,7 @@ impl Default for ServiceSpec {
 
 impl VideoDeliverySpec {
     /// Checks the rules the CRD also enforces, so a spec that bypassed them becomes a condition, not a crash.
-    pub fn validate(&self) -> Result<RotationPolicy, SpecError> {
+    pub fn validate(&self, floors: &SigningFloors) -> Result<RotationPolicy, SpecError> {
         let url = &self.storage.url;
         let s3_ok = url.strip_prefix("s3://").is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'));
         let file_ok = url.strip_prefix("file:///").is_some_and(|rest| !rest.is_empty());
@@ -487,7 +578,9 @@ impl VideoDeliverySpec {
             return Err(SpecError::MinAboveMax { min: a.min_replicas, max: a.max_replicas });
         }
         self.agents.check_public_prefixes()?;
-        self.signing.policy()
+        let policy = self.signing.policy()?;
+        floors.check(&policy)?;
+        Ok(policy)
     }
 
     /// Agents wanted now (for an autoscaled fleet, its minimum until the autoscaler says more).
@@ -572,17 +665,17 @@ mod tests {
 
     #[test]
     fn validate_names_the_problem() {
-        assert!(spec("s3://bucket/prefix").validate().is_ok());
-        assert!(matches!(spec("gs://bucket").validate(), Err(SpecError::StorageUrl)));
-        assert!(matches!(spec("file:///data").validate(), Err(SpecError::VolumeClaimMissing)));
+        assert!(spec("s3://bucket/prefix").validate(&SigningFloors::default()).is_ok());
+        assert!(matches!(spec("gs://bucket").validate(&SigningFloors::default()), Err(SpecError::StorageUrl)));
+        assert!(matches!(spec("file:///data").validate(&SigningFloors::default()), Err(SpecError::VolumeClaimMissing)));
         let mut s = spec("s3://b");
         s.signing.rotation_interval = "24h".into();
-        let err = s.validate().unwrap_err().to_string();
+        let err = s.validate(&SigningFloors::default()).unwrap_err().to_string();
         assert!(err.contains("rotation interval (86400s)"), "{err}");
         let mut s = spec("s3://b");
         s.agents.autoscaling = Some(AutoscalingSpec { min_replicas: 5, max_replicas: 2, target_cpu_utilization: 70 });
         assert_eq!(
-            s.validate().unwrap_err().to_string(),
+            s.validate(&SigningFloors::default()).unwrap_err().to_string(),
             "agents.autoscaling.minReplicas (5) is above maxReplicas (2)"
         );
     }
@@ -591,7 +684,7 @@ mod tests {
         let mut s = spec("s3://b");
         s.agents.route_prefix = route.into();
         s.agents.public_prefixes = prefixes.iter().map(|p| p.to_string()).collect();
-        s.validate()
+        s.validate(&SigningFloors::default())
     }
 
     #[test]

@@ -9,8 +9,10 @@ use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
+use vd_token::duration::GoDuration;
 use videodelivery_operator::admin::{self, Health};
 use videodelivery_operator::controller::{self, Context};
+use videodelivery_operator::crd::SigningFloors;
 use videodelivery_operator::leader::{LeaderElector, Leadership};
 use videodelivery_operator::metrics::Metrics;
 
@@ -45,6 +47,16 @@ struct Args {
     /// This replica's name in the Lease and in events (the pod name).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Shortest signing.propagationDelay accepted: above kubelet's Secret propagation. Lower only for tests, and
+    /// install the CRD with the same floor (the chart's signingFloors does both).
+    #[arg(long, env = "VD_MIN_PROPAGATION_DELAY", default_value = "90s", value_parser = vd_token::duration::parse)]
+    min_propagation_delay: GoDuration,
+    /// Shortest signing.maxTokenLifetime accepted.
+    #[arg(long, env = "VD_MIN_TOKEN_LIFETIME", default_value = "1m", value_parser = vd_token::duration::parse)]
+    min_token_lifetime: GoDuration,
+    /// Shortest signing.rotationInterval accepted.
+    #[arg(long, env = "VD_MIN_ROTATION_INTERVAL", default_value = "1h", value_parser = vd_token::duration::parse)]
+    min_rotation_interval: GoDuration,
     #[arg(long, env = "VD_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
 }
@@ -101,7 +113,12 @@ async fn main() -> anyhow::Result<()> {
     };
     metrics.leader.set(1);
 
-    let ctx = Arc::new(Context::new(client, metrics.clone(), args.agent_image.clone(), &identity));
+    let floors = SigningFloors {
+        propagation_delay: args.min_propagation_delay,
+        token_lifetime: args.min_token_lifetime,
+        rotation_interval: args.min_rotation_interval,
+    };
+    let ctx = Arc::new(Context::new(client, metrics.clone(), args.agent_image.clone(), floors, &identity));
     info!(namespace = args.namespace.as_deref().unwrap_or("(all)"), "reconciling VideoDeliveries");
     let mut stop = stop_rx.clone();
     let lost_flag = lost.clone();

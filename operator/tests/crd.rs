@@ -149,7 +149,9 @@ async fn public_prefixes_must_be_folders_under_the_route_prefix() {
             api.create(&PostParams::default(), &VideoDelivery::new(&format!("good-{i}"), common::spec(&yaml))).await;
         let vd = vd.unwrap_or_else(|e| panic!("{agents}: {e}"));
         assert!(!vd.spec.agents.public_prefixes.is_empty());
-        vd.spec.validate().unwrap_or_else(|e| panic!("{agents}: {e}"));
+        vd.spec
+            .validate(&videodelivery_operator::crd::SigningFloors::default())
+            .unwrap_or_else(|e| panic!("{agents}: {e}"));
     }
 }
 

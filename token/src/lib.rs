@@ -8,6 +8,7 @@
 
 mod carrier;
 mod claims;
+pub mod duration;
 mod ip;
 mod keyring;
 mod path;

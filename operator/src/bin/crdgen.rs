@@ -1,9 +1,9 @@
-//! Prints the VideoDelivery CRD as YAML; its output is committed as crds/videodelivery.yaml.
+//! Prints the VideoDelivery CRD as YAML, with the default signing floors; its output is committed as
+//! crds/videodelivery.yaml.
 
-use kube::CustomResourceExt;
-use videodelivery_operator::crd::VideoDelivery;
+use videodelivery_operator::crd::{SigningFloors, crd_with_floors};
 
 fn main() -> anyhow::Result<()> {
-    print!("{}", serde_yaml_ng::to_string(&VideoDelivery::crd())?);
+    print!("{}", serde_yaml_ng::to_string(&crd_with_floors(&SigningFloors::default()))?);
     Ok(())
 }

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt};
 use vd_testsupport::{ControlPlane, Process};
-use videodelivery_operator::crd::{VideoDelivery, VideoDeliverySpec};
+use videodelivery_operator::crd::{SigningFloors, VideoDelivery, VideoDeliverySpec, crd_with_floors};
 
 pub const AGENT_IMAGE: &str = "registry.example/videodelivery-agent:test";
 
@@ -35,6 +35,7 @@ impl Operator {
         namespace: &str,
         extra: &[&str],
     ) -> Operator {
+        lower_signing_floors(cp);
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_videodelivery-operator"));
         cmd.env("KUBECONFIG", kubeconfig)
@@ -42,6 +43,7 @@ impl Operator {
             .arg(format!("--namespace={namespace}"))
             .arg(format!("--admin-listen={admin}"))
             .arg(format!("--agent-image={AGENT_IMAGE}"))
+            .args(TEST_FLOOR_FLAGS)
             .args(extra);
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -58,6 +60,53 @@ impl Operator {
         stream.read_to_string(&mut out).await.unwrap();
         out
     }
+}
+
+/// Rotation tests run in seconds, far below the production floors on signing timings. They lower the floors the
+/// documented way: the operator's flags, and the CRD generated with the same floors.
+pub const TEST_FLOOR_FLAGS: [&str; 3] =
+    ["--min-propagation-delay=1s", "--min-token-lifetime=1s", "--min-rotation-interval=1s"];
+
+pub fn test_floors() -> SigningFloors {
+    let one = vd_token::duration::GoDuration::from_secs(1);
+    SigningFloors { propagation_delay: one, token_lifetime: one, rotation_interval: one }
+}
+
+/// Replaces this test binary's CRD (each binary has its own control plane) with one whose floors are
+/// [`test_floors`], once, and waits until the API server enforces the new rules.
+pub fn lower_signing_floors(cp: &ControlPlane) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let yaml = serde_yaml_ng::to_string(&crd_with_floors(&test_floors())).unwrap();
+        let path = cp.dir().join("crd-test-floors.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let kubectl = vd_testsupport::binary("kubectl").unwrap();
+        let run = |args: &[&str]| {
+            Command::new(&kubectl).env("KUBECONFIG", cp.kubeconfig()).args(args).output().unwrap()
+        };
+        let out = run(&["apply", "--server-side", "--force-conflicts", "-f", path.to_str().unwrap()]);
+        assert!(out.status.success(), "lowering the CRD's floors: {}", String::from_utf8_lossy(&out.stderr));
+        let probe = cp.dir().join("floor-probe.yaml");
+        std::fs::write(
+            &probe,
+            "apiVersion: videodelivery.dev/v1alpha1\nkind: VideoDelivery\nmetadata: {name: floor-probe, namespace: default}\n\
+             spec: {storage: {url: 's3://b'}, signing: {rotationInterval: 8s, propagationDelay: 2s, maxTokenLifetime: 3s, clockSkew: 1s}}\n",
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = run(&["create", "--dry-run=server", "-f", probe.to_str().unwrap()]);
+            if out.status.success() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the API server kept the production floors: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
 }
 
 /// Polls `check` until it returns Some, or fails the test after `limit`, naming what did not happen.
