@@ -1,18 +1,17 @@
 //! The reconcile loop: one VideoDelivery in, its keyring Secret, agents and status out, in small named steps.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -21,14 +20,17 @@ use tracing::{info, warn};
 use vd_token::rotation::{Event as KeyEvent, next_rotation};
 use vd_token::{KeyState, Keyring};
 
-use crate::crd::{KeyStatus, ROTATE_ANNOTATION, SigningFloors, VideoDelivery, VideoDeliveryStatus};
+use crate::crd::{KeyStatus, ROTATE_ANNOTATION, SigningFloors, VideoDelivery};
 use crate::keyring::{self, KeyringSecretError, ROTATION_HANDLED_ANNOTATION};
 use crate::metrics::Metrics;
 use crate::resources::{self, MANAGED_BY};
+use crate::status::{self, AgentsObserved, Blocked, KeysObserved, KeysView, Observed, reasons};
 
 /// The one field manager for everything this operator applies.
 pub const MANAGER: &str = "videodelivery-operator";
-/// Even with nothing due, look again this often (credentials Secrets are not watched).
+/// The field manager that holds `replicas` while it passes from this operator to an autoscaler.
+const HANDOFF_MANAGER: &str = "videodelivery-operator-handoff";
+/// Even with nothing due, look again this often.
 const RESYNC: Duration = Duration::from_secs(300);
 /// While storage credentials are missing, look again this often.
 const CREDENTIALS_RETRY: Duration = Duration::from_secs(15);
@@ -41,6 +43,12 @@ pub enum Error {
     Keyring(#[from] KeyringSecretError),
     #[error("VideoDelivery has no namespace")]
     NoNamespace,
+    /// Another writer created the keyring Secret between our read and our create; the next reconcile reads it.
+    #[error("the keyring Secret was created by someone else meanwhile; reading it again")]
+    KeyringRaced,
+    /// The API server refused an owned object; the condition and a Warning event carry its message.
+    #[error("the API server refused an object this VideoDelivery owns (see its Ready condition)")]
+    Refused,
 }
 
 /// What every reconcile shares.
@@ -53,6 +61,8 @@ pub struct Context {
     /// The shortest signing timings accepted (the CRD has the same rules unless it is older than the operator).
     pub floors: SigningFloors,
     failures: Mutex<HashMap<ObjectRef<VideoDelivery>, u32>>,
+    /// The controller's cache of VideoDeliveries, to forget the failures of deleted ones.
+    store: OnceLock<Store<VideoDelivery>>,
 }
 
 impl Context {
@@ -71,6 +81,7 @@ impl Context {
             agent_image,
             floors,
             failures: Mutex::default(),
+            store: OnceLock::new(),
         }
     }
 }
@@ -97,12 +108,18 @@ pub async fn run(
             None => Api::all(c),
         }
     }
-    // Only what this operator made is watched, so a cluster full of Secrets costs nothing. Services and
-    // ServiceAccounts are not watched: every reconcile re-applies them, and nothing about them feeds status.
+    // Deployments: only what this operator made. Secrets: all of them in scope, because a storage-credentials
+    // Secret is the user's (it carries no label of ours) and a keyring Secret whose label was removed must still
+    // be seen. Services and ServiceAccounts are not watched: every reconcile re-applies them.
     let mine = watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
-    Controller::new(api(client.clone()), watcher::Config::default())
-        .owns(owned::<Secret>(client.clone(), namespace), mine.clone())
+    let controller = Controller::new(api(client.clone()), watcher::Config::default());
+    let store = controller.store();
+    let _ = ctx.store.set(store.clone());
+    controller
         .owns(owned::<Deployment>(client.clone(), namespace), mine)
+        .watches(owned::<Secret>(client.clone(), namespace), watcher::Config::default(), move |secret: Secret| {
+            secret_owners(&store, &secret)
+        })
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -112,6 +129,27 @@ pub async fn run(
             }
         })
         .await;
+}
+
+/// The VideoDeliveries a Secret matters to: its owner (a keyring) and those whose storage credentials it holds.
+fn secret_owners(store: &Store<VideoDelivery>, secret: &Secret) -> Vec<ObjectRef<VideoDelivery>> {
+    let ns = secret.namespace();
+    let name = secret.name_any();
+    let mut refs: Vec<ObjectRef<VideoDelivery>> = secret
+        .owner_references()
+        .iter()
+        .filter(|o| o.kind == "VideoDelivery" && o.api_version.starts_with("videodelivery.dev/"))
+        .map(|o| ObjectRef::new(&o.name).within(ns.as_deref().unwrap_or_default()))
+        .collect();
+    refs.extend(
+        store
+            .state()
+            .iter()
+            .filter(|vd| vd.namespace() == ns)
+            .filter(|vd| vd.spec.storage.credentials_secret_ref.as_ref().is_some_and(|r| r.name == name))
+            .map(|vd| ObjectRef::from(vd.as_ref())),
+    );
+    refs
 }
 
 fn now_millis() -> u64 {
@@ -128,14 +166,23 @@ pub async fn reconcile(vd: Arc<VideoDelivery>, ctx: Arc<Context>) -> Result<Acti
     tracing::debug!("reconcile");
     let result = Reconciler::new(&vd, &ctx)?.run().await;
     ctx.metrics.observe_reconcile(started.elapsed(), result.is_ok());
+    let mut failures = ctx.failures.lock().unwrap_or_else(|p| p.into_inner());
     if result.is_ok() {
-        ctx.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(&ObjectRef::from(vd.as_ref()));
+        failures.remove(&ObjectRef::from(vd.as_ref()));
+    }
+    // Forget the backoff of VideoDeliveries that no longer exist.
+    if let Some(store) = ctx.store.get() {
+        failures.retain(|r, _| store.get(r).is_some());
     }
     result
 }
 
-/// Transient failures retry with exponential backoff per object (1 s doubling to 5 min).
+/// Failures retry with exponential backoff per object (1 s doubling to 5 min); a lost race for the first keyring
+/// retries at once.
 pub fn error_policy(vd: Arc<VideoDelivery>, error: &Error, ctx: Arc<Context>) -> Action {
+    if matches!(error, Error::KeyringRaced) {
+        return Action::requeue(Duration::from_millis(100));
+    }
     let mut failures = ctx.failures.lock().unwrap_or_else(|p| p.into_inner());
     let n = failures.entry(ObjectRef::from(vd.as_ref())).or_insert(0);
     *n = n.saturating_add(1);
@@ -152,15 +199,11 @@ enum Credentials {
     Missing(String),
 }
 
-enum Keys {
-    Ready { keyring: Keyring, next_deadline: u64 },
-    Broken(String),
-}
-
-struct Agents {
-    desired: i32,
-    ready: i32,
-    available: i32,
+/// The keyring after this reconcile's step, with what status shows of it.
+struct Keys {
+    observed: KeysObserved,
+    /// When rotation next needs a look (Unix seconds); None when the keyring could not be used.
+    next_deadline: Option<u64>,
 }
 
 struct Reconciler<'a> {
@@ -169,6 +212,15 @@ struct Reconciler<'a> {
     ns: String,
     name: String,
     apply: PatchParams,
+}
+
+/// Errors the API server returns for an object it will not take as written: the spec (or a policy in the
+/// cluster) must change, so they are a condition, not a transient retry.
+fn refused(e: &kube::Error) -> Option<String> {
+    match e {
+        kube::Error::Api(s) if matches!(s.code, 400 | 403 | 404 | 422) => Some(s.message.clone()),
+        _ => None,
+    }
 }
 
 impl<'a> Reconciler<'a> {
@@ -189,48 +241,88 @@ impl<'a> Reconciler<'a> {
         Api::namespaced(self.ctx.client.clone(), &self.ns)
     }
 
+    /// Every path ends by writing status; a transient failure is returned afterwards so that it backs off.
     async fn run(&self) -> Result<Action, Error> {
-        let policy = match self.vd.spec.validate(&self.ctx.floors) {
-            Ok(p) => p,
+        let now = now_millis();
+        let mut blocked = None;
+        let mut failure = None;
+        let mut keys = Keys { observed: KeysObserved::Unknown, next_deadline: None };
+        let mut applied = None;
+        match self.vd.spec.validate(&self.ctx.floors) {
             Err(e) => {
                 let msg = e.to_string();
-                self.event(EventType::Warning, "InvalidSpec", "Validate", &msg).await;
-                self.write_status(Outcome::Blocked { reason: "InvalidSpec", message: msg }, None, None).await?;
-                return Ok(Action::await_change());
+                self.event(EventType::Warning, reasons::INVALID_SPEC, "Validate", &msg, None).await;
+                blocked = Some(Blocked::InvalidSpec(msg));
             }
-        };
-        let now = now_millis();
-        let keys = self.keys(&policy, now / 1000).await?;
-        let credentials = self.credentials().await?;
-        let agents = match (&keys, &credentials) {
-            (Keys::Ready { .. }, Credentials::NotReferenced | Credentials::Present(_)) => {
-                let version = match &credentials {
-                    Credentials::Present(v) => Some(v.as_str()),
-                    _ => None,
-                };
-                Some(self.agents(version).await?)
-            }
-            _ => None,
-        };
-        let (outcome, keyring, wait) = match keys {
-            Keys::Broken(message) => {
-                (Outcome::Blocked { reason: "KeyringInvalid", message }, None, Action::await_change())
-            }
-            Keys::Ready { keyring, next_deadline } => {
-                let due = next_deadline.saturating_mul(1000).saturating_sub(now);
-                let mut wait = Duration::from_millis(due.max(100)).min(RESYNC);
-                let outcome = match credentials {
-                    Credentials::Missing(message) => {
-                        wait = wait.min(CREDENTIALS_RETRY);
-                        Outcome::Blocked { reason: "StorageCredentialsMissing", message }
+            Ok(policy) => {
+                match self.keys(&policy, now / 1000).await {
+                    Ok(k) => keys = k,
+                    Err(e) => {
+                        keys.observed = KeysObserved::Unavailable(e.to_string());
+                        failure = Some(e);
                     }
-                    _ => Outcome::Running,
-                };
-                (outcome, Some((keyring, policy)), Action::requeue(wait))
+                }
+                let usable = matches!(keys.observed, KeysObserved::Ready(_) | KeysObserved::Recreated { .. });
+                match self.credentials().await {
+                    Ok(Credentials::Missing(msg)) => {
+                        self.event(EventType::Warning, reasons::STORAGE_CREDENTIALS_MISSING, "Deploy", &msg, None)
+                            .await;
+                        blocked = Some(Blocked::StorageCredentialsMissing(msg));
+                    }
+                    Ok(credentials) if usable => {
+                        let version = match &credentials {
+                            Credentials::Present(v) => Some(v.as_str()),
+                            _ => None,
+                        };
+                        match self.agents(version).await {
+                            Ok(d) => applied = Some(d),
+                            Err(AgentsError::Refused(msg)) => {
+                                self.event(EventType::Warning, reasons::APPLY_FAILED, "Deploy", &msg, None).await;
+                                blocked = Some(Blocked::ApplyFailed(msg));
+                                failure = failure.or(Some(Error::Refused));
+                            }
+                            Err(AgentsError::Kube(e)) => {
+                                blocked = Some(Blocked::ApiUnavailable(e.to_string()));
+                                failure = failure.or(Some(e.into()));
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        blocked = Some(Blocked::ApiUnavailable(e.to_string()));
+                        failure = failure.or(Some(e));
+                    }
+                }
             }
+        }
+        let deployment = match applied {
+            Some(d) => Some(d),
+            None => self.api::<Deployment>().get_opt(&resources::agent_name(self.vd)).await.unwrap_or_default(),
         };
-        self.write_status(outcome, keyring.as_ref(), agents.as_ref()).await?;
-        Ok(wait)
+        let observed = Observed {
+            generation: self.vd.metadata.generation,
+            url: resources::url(self.vd),
+            keys: keys.observed,
+            blocked,
+            agents: deployment.map(agents_observed),
+        };
+        let credentials_missing = matches!(observed.blocked, Some(Blocked::StorageCredentialsMissing(_)));
+        self.write_status(&observed).await?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let mut wait = RESYNC;
+        if let Some(deadline) = keys.next_deadline {
+            let due = deadline.saturating_mul(1000).saturating_sub(now);
+            wait = wait.min(Duration::from_millis(due.max(100)));
+        }
+        if credentials_missing {
+            wait = wait.min(CREDENTIALS_RETRY);
+        }
+        if matches!(observed.blocked, Some(Blocked::InvalidSpec(_))) {
+            return Ok(Action::await_change());
+        }
+        Ok(Action::requeue(wait))
     }
 
     /// Step 1: the keyring Secret, rotated. Keys are only ever made here, from the OS random generator.
@@ -242,55 +334,162 @@ impl<'a> Reconciler<'a> {
             Ok(k) => k,
             Err(e @ KeyringSecretError::Corrupt { .. }) => {
                 let msg = e.to_string();
-                self.event(EventType::Warning, "KeyringInvalid", "Rotate", &msg).await;
-                return Ok(Keys::Broken(msg));
+                self.event(EventType::Warning, reasons::KEYRING_INVALID, "Rotate", &msg, None).await;
+                return Ok(Keys { observed: KeysObserved::Invalid(msg), next_deadline: None });
             }
             Err(e) => return Err(e.into()),
         };
         let requested = self.vd.annotations().get(ROTATE_ANNOTATION).map(String::as_str);
-        let handled =
-            existing.as_ref().and_then(|s| s.annotations().get(ROTATION_HANDLED_ANNOTATION)).map(String::as_str);
+        let handled_owned = existing.as_ref().and_then(|s| s.annotations().get(ROTATION_HANDLED_ANNOTATION)).cloned();
+        let handled = handled_owned.as_deref();
+        let Some(existing) = existing else {
+            return self.first_keyring(&secrets, policy, now, requested).await;
+        };
+        let was_pending =
+            current.as_ref().and_then(|k| k.keys().iter().find(|k| k.state() == KeyState::Pending).cloned());
         let rotation = keyring::step(current.as_ref(), now, policy, requested, handled)?;
         let now_handled = requested.or(handled);
         let data = keyring::data(&rotation.keyring);
-        let stale = existing.as_ref().is_none_or(|s| s.data.as_ref() != Some(&data))
+        let labelled = resources::keyring_secret(self.vd, BTreeMap::new(), None)
+            .labels()
+            .iter()
+            .all(|(k, v)| existing.labels().get(k) == Some(v));
+        let stale = existing.data.as_ref() != Some(&data)
             || now_handled != handled
-            || existing
-                .as_ref()
-                .is_some_and(|s| s.owner_references().iter().all(|o| o.uid != self.vd.uid().unwrap_or_default()));
+            || !labelled
+            || existing.owner_references().iter().all(|o| o.uid != self.vd.uid().unwrap_or_default());
         if stale {
             let mut secret = resources::keyring_secret(self.vd, data, now_handled);
             // Optimistic concurrency: if the Secret changed since it was read, the write fails and the
             // reconcile runs again on fresh data instead of overwriting keys.
-            secret.metadata.resource_version = existing.as_ref().and_then(|s| s.resource_version());
+            secret.metadata.resource_version = existing.resource_version();
             secrets.patch(&name, &self.apply, &Patch::Apply(&secret)).await?;
         }
         for event in &rotation.events {
             self.key_event(event).await;
         }
-        Ok(Keys::Ready { keyring: rotation.keyring, next_deadline: rotation.next_deadline })
+        if requested.is_some() && requested != handled && rotation.events.is_empty() {
+            // A request while a key is already pending is served by that key: requests are idempotent.
+            if let Some(p) = was_pending {
+                let note = format!(
+                    "rotation request {:?} is served by the pending key {}, active from {}",
+                    requested.unwrap_or_default(),
+                    p.kid(),
+                    p.activate_after().map(rfc3339).unwrap_or_default()
+                );
+                self.event(EventType::Normal, "RotationRequested", "Rotate", &note, Some(p.kid())).await;
+            }
+        }
+        Ok(self.keys_observed(&rotation.keyring, policy, rotation.next_deadline))
+    }
+
+    /// The first write of a keyring is create-only: two operators racing (or a stale cache) can never make two
+    /// different first keys, one silently replacing the other. A conflict means someone else made it: read again.
+    async fn first_keyring(
+        &self,
+        secrets: &Api<Secret>,
+        policy: &vd_token::rotation::RotationPolicy,
+        now: u64,
+        requested: Option<&str>,
+    ) -> Result<Keys, Error> {
+        let old = self.vd.status.as_ref();
+        let had_keys = old.is_some_and(|s| s.active_key_id.is_some() || !s.keys.is_empty());
+        let rotation = if had_keys {
+            // Tokens signed with the lost keys may be in flight and agents still hold the old Secret: a key
+            // active at once would be signed with before any agent has it. Start pending instead.
+            vd_token::rotation::start(now, policy, &mut vd_token::rotation::os_random)
+        } else {
+            vd_token::rotation::rotate(None, now, policy, false, &mut vd_token::rotation::os_random)
+        }
+        .map_err(KeyringSecretError::from)?;
+        let secret = resources::keyring_secret(self.vd, keyring::data(&rotation.keyring), requested);
+        match secrets.create(&PostParams::default(), &secret).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => return Err(Error::KeyringRaced),
+            Err(e) => return Err(e.into()),
+        }
+        if had_keys {
+            let pending = rotation.keyring.keys().first();
+            let note = format!(
+                "the keyring Secret {} was deleted and has been made again: every URL signed with the lost keys \
+                 now fails with unknown_kid. The new key {} is pending and becomes active at {} \
+                 (signing.propagationDelay, so that every agent has it first); until then backends cannot sign",
+                secret.name_any(),
+                pending.map(|k| k.kid()).unwrap_or_default(),
+                pending.and_then(|k| k.activate_after()).map(rfc3339).unwrap_or_default(),
+            );
+            warn!(name = %self.name, namespace = %self.ns, "{note}");
+            self.event(EventType::Warning, reasons::KEYRING_RECREATED, "Rotate", &note, None).await;
+        } else {
+            for event in &rotation.events {
+                self.key_event(event).await;
+            }
+        }
+        Ok(self.keys_observed(&rotation.keyring, policy, rotation.next_deadline))
+    }
+
+    fn keys_observed(&self, keyring: &Keyring, policy: &vd_token::rotation::RotationPolicy, deadline: u64) -> Keys {
+        let active = keyring.active();
+        let view = KeysView {
+            active_key_id: active.map(|a| a.kid().to_string()),
+            last_rotation_time: active.map(|a| rfc3339(a.activated_at().unwrap_or(a.created_at()))),
+            next_rotation_time: Some(rfc3339(next_rotation(keyring, policy))),
+            keys: keyring
+                .keys()
+                .iter()
+                .map(|k| KeyStatus {
+                    id: k.kid().to_string(),
+                    state: k.state().as_str().to_string(),
+                    created: rfc3339(k.created_at()),
+                    until: match k.state() {
+                        KeyState::Pending => k.activate_after().map(rfc3339),
+                        KeyState::Retiring => k.accept_until().map(rfc3339),
+                        KeyState::Active => None,
+                    },
+                })
+                .collect(),
+        };
+        let observed = match active {
+            Some(_) => KeysObserved::Ready(view),
+            None => {
+                let pending = keyring.keys().iter().find(|k| k.state() == KeyState::Pending);
+                let message = format!(
+                    "the keyring was made again after its Secret was deleted; key {} becomes active at {}, and \
+                     backends cannot sign until then",
+                    pending.map(|k| k.kid()).unwrap_or_default(),
+                    pending.and_then(|k| k.activate_after()).map(rfc3339).unwrap_or_default()
+                );
+                KeysObserved::Recreated { view, message }
+            }
+        };
+        Keys { observed, next_deadline: Some(deadline) }
     }
 
     async fn key_event(&self, event: &KeyEvent) {
-        let (reason, note, label) = match event {
-            KeyEvent::Created { kid } => ("KeyCreated", format!("created signing key {kid}"), "created"),
+        let (reason, note, label, kid) = match event {
+            KeyEvent::Created { kid } => ("KeyCreated", format!("created signing key {kid}"), "created", kid),
             KeyEvent::Published { kid, activate_after } => (
                 "KeyPublished",
                 format!("published key {kid} to agents; backends sign with it from {}", rfc3339(*activate_after)),
                 "published",
+                kid,
             ),
-            KeyEvent::Promoted { kid, retired, accept_until } => (
+            KeyEvent::Promoted { kid, retired: Some(retired), accept_until } => (
                 "KeyPromoted",
                 format!("key {kid} is now active; {retired} is accepted until {}", rfc3339(*accept_until)),
                 "promoted",
+                kid,
             ),
+            KeyEvent::Promoted { kid, retired: None, .. } => {
+                ("KeyPromoted", format!("key {kid} is now active"), "promoted", kid)
+            }
             KeyEvent::Removed { kid } => {
-                ("KeyRemoved", format!("removed key {kid}: every token it signed has expired"), "removed")
+                ("KeyRemoved", format!("removed key {kid}: every token it signed has expired"), "removed", kid)
             }
         };
         info!(name = %self.name, namespace = %self.ns, "{note}");
         self.ctx.metrics.key_event(label);
-        self.event(EventType::Normal, reason, "Rotate", &note).await;
+        self.event(EventType::Normal, reason, "Rotate", &note, Some(kid)).await;
     }
 
     /// Step 2: are the storage credentials there? Only key names are checked; values are never read into logs.
@@ -312,110 +511,87 @@ impl<'a> Reconciler<'a> {
         Ok(Credentials::Present(secret.resource_version().unwrap_or_default()))
     }
 
-    /// Step 3: the agent fleet and how to reach it.
-    async fn agents(&self, credentials_version: Option<&str>) -> Result<Agents, Error> {
+    /// Step 3: the agent fleet and how to reach it. Returns the Deployment as the API server has it.
+    async fn agents(&self, credentials_version: Option<&str>) -> Result<Deployment, AgentsError> {
         let image = self.vd.spec.agents.image.clone().unwrap_or_else(|| self.ctx.agent_image.clone());
+        let name = resources::agent_name(self.vd);
         self.apply_object(&resources::service_account(self.vd)).await?;
         self.apply_object(&resources::service(self.vd)).await?;
-        let deployment: Deployment =
-            self.apply_object(&resources::deployment(self.vd, &image, credentials_version)).await?;
-        self.apply_or_delete(resources::hpa(self.vd), &resources::agent_name(self.vd)).await?;
-        self.apply_or_delete(resources::pdb(self.vd), &resources::agent_name(self.vd)).await?;
-        let status = deployment.status.unwrap_or_default();
-        Ok(Agents {
-            desired: deployment.spec.and_then(|s| s.replicas).unwrap_or(0),
-            ready: status.ready_replicas.unwrap_or(0),
-            available: status.available_replicas.unwrap_or(0),
-        })
+        let desired = resources::deployment(self.vd, &image, credentials_version);
+        if let Some(a) = &self.vd.spec.agents.autoscaling {
+            self.hand_replicas_over(&name, a.min_replicas, a.max_replicas).await?;
+        }
+        let deployment: Deployment = self.apply_object(&desired).await?;
+        self.apply_or_delete(resources::hpa(self.vd), &name).await?;
+        self.apply_or_delete(resources::pdb(self.vd), &name).await?;
+        Ok(deployment)
     }
 
-    async fn apply_object<K: Owned>(&self, obj: &K) -> Result<K, Error> {
+    /// Moving from fixed replicas to autoscaling: an apply without `replicas` would drop this manager's claim on
+    /// the field, and the API server would reset it to 1 until the autoscaler caught up. First a second field
+    /// manager claims the current count (clamped to the new bounds), as the Server-Side Apply documentation
+    /// describes for handing a field to an autoscaler; the autoscaler then takes it over.
+    async fn hand_replicas_over(&self, name: &str, min: i32, max: i32) -> Result<(), AgentsError> {
+        let api: Api<Deployment> = self.api();
+        let Some(live) = api.get_opt(name).await.map_err(AgentsError::Kube)? else { return Ok(()) };
+        let ours = live.managed_fields().iter().any(|m| {
+            m.manager.as_deref() == Some(MANAGER)
+                && m.operation.as_deref() == Some("Apply")
+                && m.fields_v1.as_ref().is_some_and(|f| f.0.pointer("/f:spec/f:replicas").is_some())
+        });
+        if !ours {
+            return Ok(());
+        }
+        let current = live.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1).clamp(min, max);
+        let patch = serde_json::json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name},
+            "spec": {"replicas": current},
+        });
+        let handoff = PatchParams::apply(HANDOFF_MANAGER).force();
+        api.patch(name, &handoff, &Patch::Apply(&patch)).await.map_err(|e| self.classify("Deployment", name, e))?;
+        info!(name = %self.name, namespace = %self.ns, replicas = current, "handing replicas to the autoscaler");
+        Ok(())
+    }
+
+    fn classify(&self, kind: &str, name: &str, e: kube::Error) -> AgentsError {
+        match refused(&e) {
+            Some(msg) => AgentsError::Refused(format!("the API server refused {kind} {name}: {msg}")),
+            None => AgentsError::Kube(e),
+        }
+    }
+
+    async fn apply_object<K: Owned>(&self, obj: &K) -> Result<K, AgentsError> {
         let api: Api<K> = self.api();
-        Ok(api.patch(&obj.name_any(), &self.apply, &Patch::Apply(obj)).await?)
+        let name = obj.name_any();
+        api.patch(&name, &self.apply, &Patch::Apply(obj)).await.map_err(|e| self.classify(&K::kind(&()), &name, e))
     }
 
-    async fn apply_or_delete<K: Owned>(&self, obj: Option<K>, name: &str) -> Result<(), Error> {
-        match obj {
-            Some(o) => self.apply_object(&o).await.map(drop),
-            None => match self.api::<K>().delete(name, &DeleteParams::default()).await {
-                Ok(_) => Ok(()),
-                Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-                Err(e) => Err(e.into()),
-            },
+    /// Deletes only what this VideoDelivery owns, and only when it exists: an autoscaler or budget someone else
+    /// made under the same name is left alone.
+    async fn apply_or_delete<K: Owned>(&self, obj: Option<K>, name: &str) -> Result<(), AgentsError> {
+        if let Some(o) = obj {
+            return self.apply_object(&o).await.map(drop);
+        }
+        let api: Api<K> = self.api();
+        let Some(live) = api.get_opt(name).await.map_err(AgentsError::Kube)? else { return Ok(()) };
+        let uid = self.vd.uid().unwrap_or_default();
+        if !live.owner_references().iter().any(|o| o.uid == uid) {
+            return Ok(());
+        }
+        match api.delete(name, &DeleteParams::default()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(self.classify(&K::kind(&()), name, e)),
         }
     }
 
     /// Step 4: tell the truth in status. Written only when something changed, so a quiet object stays quiet.
-    async fn write_status(
-        &self,
-        outcome: Outcome,
-        keys: Option<&(Keyring, vd_token::rotation::RotationPolicy)>,
-        agents: Option<&Agents>,
-    ) -> Result<(), Error> {
+    async fn write_status(&self, observed: &Observed) -> Result<(), Error> {
         let old = self.vd.status.clone().unwrap_or_default();
-        let generation = self.vd.metadata.generation;
-        let mut status = VideoDeliveryStatus {
-            observed_generation: generation,
-            url: Some(resources::url(self.vd)),
-            ..Default::default()
-        };
-        if let Some((keyring, policy)) = keys {
-            let active = keyring.active();
-            status.active_key_id = Some(active.kid().to_string());
-            status.last_rotation_time = Some(rfc3339(active.activated_at().unwrap_or(active.created_at())));
-            status.next_rotation_time = Some(rfc3339(next_rotation(keyring, policy)));
-            status.keys = keyring
-                .keys()
-                .iter()
-                .map(|k| KeyStatus {
-                    id: k.kid().to_string(),
-                    state: k.state().as_str().to_string(),
-                    created: rfc3339(k.created_at()),
-                    until: match k.state() {
-                        KeyState::Pending => k.activate_after().map(rfc3339),
-                        KeyState::Retiring => k.accept_until().map(rfc3339),
-                        KeyState::Active => None,
-                    },
-                })
-                .collect();
-        } else {
-            // Keep what was known about keys when something else blocks.
-            status.active_key_id = old.active_key_id.clone();
-            status.keys = old.keys.clone();
-        }
-        if let Some(a) = agents {
-            status.desired_agents = Some(a.desired);
-            status.ready_agents = Some(a.ready);
-        } else {
-            status.desired_agents = old.desired_agents;
-            status.ready_agents = old.ready_agents;
-        }
-
-        let keys_ready = keys.is_some();
-        let agents_ok = agents.is_some_and(|a| a.desired > 0 && a.available >= a.desired);
-        let (agents_reason, agents_msg) = match agents {
-            None => ("NotDeployed", "agents are not deployed until keys and storage credentials are ready".to_string()),
-            Some(a) if a.desired == 0 => ("ScaledToZero", "no agents are wanted".to_string()),
-            Some(a) if agents_ok => {
-                ("MinimumReplicasAvailable", format!("{}/{} agents available", a.available, a.desired))
-            }
-            Some(a) => ("AgentsUnavailable", format!("{}/{} agents available", a.available, a.desired)),
-        };
-        let (ready, ready_reason, ready_msg) = match &outcome {
-            Outcome::Blocked { reason, message } => (false, *reason, message.clone()),
-            Outcome::Running if !agents_ok => (false, agents_reason, agents_msg.clone()),
-            Outcome::Running => (true, "Ready", format!("serving at {}", resources::url(self.vd))),
-        };
-        let keys_cond = match (&outcome, keys_ready) {
-            (_, true) => (true, "KeysReady", "an active key is published".to_string()),
-            (Outcome::Blocked { reason, message }, false) => (false, *reason, message.clone()),
-            (Outcome::Running, false) => (false, "KeysPending", "no keyring yet".to_string()),
-        };
-        status.conditions = vec![
-            condition(&old, "Ready", ready, ready_reason, ready_msg, generation),
-            condition(&old, "KeysReady", keys_cond.0, keys_cond.1, keys_cond.2, generation),
-            condition(&old, "AgentsAvailable", agents_ok, agents_reason, agents_msg, generation),
-        ];
+        let now = Timestamp::from_second(Timestamp::now().as_second()).unwrap_or(Timestamp::UNIX_EPOCH);
+        let status = status::derive(observed, &old, now);
         if status == old {
             return Ok(());
         }
@@ -429,18 +605,51 @@ impl<'a> Reconciler<'a> {
         Ok(())
     }
 
-    /// Events are best effort: a failure to record one must not fail the reconcile.
-    async fn event(&self, type_: EventType, reason: &str, action: &str, note: &str) {
+    /// Events are best effort: a failure to record one must not fail the reconcile. Key events name their key as
+    /// the related object, so that kube-runtime's event series do not fold one key's event into another's.
+    async fn event(&self, type_: EventType, reason: &str, action: &str, note: &str, key: Option<&str>) {
+        let secondary = key.map(|kid| ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Secret".into()),
+            namespace: Some(self.ns.clone()),
+            name: Some(resources::keyring_secret_name(self.vd)),
+            field_path: Some(format!("keys{{{kid}}}")),
+            ..Default::default()
+        });
         let ev = KubeEvent {
             type_,
             reason: reason.into(),
             note: Some(note.chars().take(1000).collect()),
             action: action.into(),
-            secondary: None,
+            secondary,
         };
         if let Err(e) = self.ctx.recorder.publish(&ev, &self.vd.object_ref(&())).await {
             warn!(error = %e, reason, "could not record event");
         }
+    }
+}
+
+enum AgentsError {
+    Refused(String),
+    Kube(kube::Error),
+}
+
+impl From<AgentsError> for Error {
+    fn from(e: AgentsError) -> Self {
+        match e {
+            AgentsError::Refused(_) => Error::Refused,
+            AgentsError::Kube(e) => Error::Kube(e),
+        }
+    }
+}
+
+fn agents_observed(d: Deployment) -> AgentsObserved {
+    let status = d.status.unwrap_or_default();
+    AgentsObserved {
+        desired: d.spec.and_then(|s| s.replicas).unwrap_or(0),
+        ready: status.ready_replicas.unwrap_or(0),
+        available: status.available_replicas.unwrap_or(0),
+        updated: status.updated_replicas.unwrap_or(0),
     }
 }
 
@@ -461,34 +670,4 @@ impl<K> Owned for K where
         + Clone
         + std::fmt::Debug
 {
-}
-
-enum Outcome {
-    Running,
-    Blocked { reason: &'static str, message: String },
-}
-
-/// A condition that keeps its lastTransitionTime while its status holds.
-fn condition(
-    old: &VideoDeliveryStatus,
-    type_: &str,
-    ok: bool,
-    reason: &str,
-    message: String,
-    generation: Option<i64>,
-) -> Condition {
-    let status = if ok { "True" } else { "False" };
-    let previous = old.conditions.iter().find(|c| c.type_ == type_);
-    let last_transition_time = match previous {
-        Some(p) if p.status == status => p.last_transition_time.clone(),
-        _ => Time(Timestamp::from_second(Timestamp::now().as_second()).unwrap_or(Timestamp::UNIX_EPOCH)),
-    };
-    Condition {
-        type_: type_.into(),
-        status: status.into(),
-        reason: reason.into(),
-        message,
-        observed_generation: generation,
-        last_transition_time,
-    }
 }

@@ -38,14 +38,15 @@ pub fn read(secret: Option<&Secret>) -> Result<Option<Keyring>, KeyringSecretErr
         .map_err(|e| KeyringSecretError::Corrupt { secret: name, reason: e.to_string() })
 }
 
-/// The Secret fields for a keyring.
+/// The Secret fields for a keyring. A starting keyring (no active key yet) has no `active-kid`/`active-key`: a
+/// backend that reads them finds nothing to sign with rather than a key agents may not have.
 pub fn data(keyring: &Keyring) -> BTreeMap<String, ByteString> {
-    let active = keyring.active();
-    BTreeMap::from([
-        (KEYRING_FILE.to_string(), ByteString(keyring.to_json().into_bytes())),
-        (ACTIVE_KID.to_string(), ByteString(active.kid().as_bytes().to_vec())),
-        (ACTIVE_KEY.to_string(), ByteString(active.secret_bytes().to_vec())),
-    ])
+    let mut data = BTreeMap::from([(KEYRING_FILE.to_string(), ByteString(keyring.to_json().into_bytes()))]);
+    if let Some(active) = keyring.active() {
+        data.insert(ACTIVE_KID.to_string(), ByteString(active.kid().as_bytes().to_vec()));
+        data.insert(ACTIVE_KEY.to_string(), ByteString(active.secret_bytes().to_vec()));
+    }
+    data
 }
 
 /// One rotation step at `now`. A manual rotation is due when the resource's request differs from the one the

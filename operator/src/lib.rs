@@ -7,3 +7,4 @@ pub mod keyring;
 pub mod leader;
 pub mod metrics;
 pub mod resources;
+pub mod status;

@@ -41,7 +41,7 @@ struct Args {
     lease_namespace: String,
     #[arg(long, env = "VD_LEASE_NAME", default_value = "videodelivery-operator")]
     lease_name: String,
-    /// How long a Lease lasts without renewal; the holder renews every third of it.
+    /// How long a Lease lasts without renewal (at least 3s); the holder renews every third of it.
     #[arg(long, env = "VD_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
     lease_duration: Duration,
     /// This replica's name in the Lease and in events (the pod name).
@@ -101,9 +101,13 @@ async fn main() -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
     });
 
-    let elector = args.leader_elect.then(|| {
-        LeaderElector::new(client.clone(), &args.lease_namespace, &args.lease_name, &identity, args.lease_duration)
-    });
+    let elector = args
+        .leader_elect
+        .then(|| {
+            LeaderElector::new(client.clone(), &args.lease_namespace, &args.lease_name, &identity, args.lease_duration)
+        })
+        .transpose()
+        .context("--lease-duration")?;
     let lost = match &elector {
         Some(e) => match lead(e, stop_rx.clone()).await {
             Some(lost) => Some(lost),

@@ -260,7 +260,10 @@ mod tests {
             (&[Retiring, Pending], Ok(None)),
             (&[Active, Active], Err("the keyring has 2 active keys; it must have at most one")),
             (&[Retiring], Err("the keyring has no active and no pending key; nobody could ever sign with it")),
-            (&[Retiring, Retiring], Err("the keyring has no active and no pending key; nobody could ever sign with it")),
+            (
+                &[Retiring, Retiring],
+                Err("the keyring has no active and no pending key; nobody could ever sign with it"),
+            ),
             (&[], Err("the keyring has no keys")),
         ];
         for (states, want) in cases {

@@ -90,7 +90,7 @@ pub fn lower_signing_floors(cp: &ControlPlane) {
         std::fs::write(
             &probe,
             "apiVersion: videodelivery.dev/v1alpha1\nkind: VideoDelivery\nmetadata: {name: floor-probe, namespace: default}\n\
-             spec: {storage: {url: 's3://b'}, signing: {rotationInterval: 8s, propagationDelay: 2s, maxTokenLifetime: 3s, clockSkew: 1s}}\n",
+             spec: {storage: {url: 's3://videos'}, signing: {rotationInterval: 8s, propagationDelay: 2s, maxTokenLifetime: 3s, clockSkew: 1s}}\n",
         )
         .unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
