@@ -7,7 +7,7 @@ use vd_token::{Carrier, Keyring, Policy, RequestAuth, Signer, UrlRequest, Verifi
 fn bench(c: &mut Criterion) {
     let doc = r#"{"version":1,"keys":[{"kid":"k1","state":"active","secret":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","created_at":0,"activated_at":0}]}"#;
     let ring = Keyring::from_json(doc.as_bytes()).unwrap();
-    let signer = Signer::new(&ring);
+    let signer = Signer::new(&ring).unwrap();
     let verifier = Verifier::new(&ring, Policy::default());
     let now = 1_767_225_600;
     for (name, carrier, prefix) in [

@@ -19,7 +19,7 @@ pub const MAX_SECRET_LEN: usize = 64;
 pub enum KeyState {
     /// Published so agents load it; never used to sign.
     Pending,
-    /// The one key signers use.
+    /// The key signers use; a keyring has at most one.
     Active,
     /// No longer used to sign; accepted until `accept_until`.
     Retiring,
@@ -126,7 +126,8 @@ impl Key {
     }
 }
 
-/// A validated keyring: exactly one active key, unique ids, well-sized secrets.
+/// A validated keyring: at most one active key (none only while starting, with a pending key), unique ids,
+/// well-sized secrets.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Keyring {
     version: u32,
@@ -151,8 +152,11 @@ pub enum KeyringError {
     SecretLength { kid: String, len: usize },
     #[error("key {0:?} is retiring but has no accept_until")]
     RetiringWithoutDeadline(String),
-    #[error("the keyring has {0} active keys; it must have exactly one")]
+    #[error("the keyring has {0} active keys; it must have at most one")]
     ActiveCount(usize),
+    /// Without an active key a keyring is starting, and only a pending key can ever make it usable.
+    #[error("the keyring has no active and no pending key; nobody could ever sign with it")]
+    NoActiveOrPending,
 }
 
 #[derive(Deserialize)]
@@ -193,8 +197,11 @@ impl Keyring {
             }
         }
         let active = keys.iter().filter(|k| k.state == KeyState::Active).count();
-        if active != 1 {
+        if active > 1 {
             return Err(KeyringError::ActiveCount(active));
+        }
+        if active == 0 && !keys.iter().any(|k| k.state == KeyState::Pending) {
+            return Err(KeyringError::NoActiveOrPending);
         }
         Ok(Keyring { version: 1, keys })
     }
@@ -208,13 +215,73 @@ impl Keyring {
         &self.keys
     }
 
-    /// The key signers must use.
-    pub fn active(&self) -> &Key {
-        // `from_keys` guarantees exactly one.
-        self.keys.iter().find(|k| k.state == KeyState::Active).expect("validated keyring has an active key")
+    /// The key signers must use; `None` while the keyring is [starting](Keyring::is_starting).
+    pub fn active(&self) -> Option<&Key> {
+        self.keys.iter().find(|k| k.state == KeyState::Active)
+    }
+
+    /// Whether the keyring has no active key yet, only pending ones (spec §7.1): verifiers work, signers must not.
+    pub fn is_starting(&self) -> bool {
+        self.active().is_none()
+    }
+
+    /// The pending key that becomes active first: what a starting keyring waits for.
+    pub fn next_pending(&self) -> Option<&Key> {
+        self.keys.iter().filter(|k| k.state == KeyState::Pending).min_by_key(|k| k.activate_after.unwrap_or(0))
     }
 
     pub fn get(&self, kid: &str) -> Option<&Key> {
         self.keys.iter().find(|k| k.kid == kid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(kid: &str, state: KeyState) -> Key {
+        let mut k = Key::new(kid.to_owned(), state, vec![7; MIN_SECRET_LEN], 100);
+        match state {
+            KeyState::Pending => k.activate_after = Some(160),
+            KeyState::Active => k.activated_at = Some(100),
+            KeyState::Retiring => k.accept_until = Some(200),
+        }
+        k
+    }
+
+    #[test]
+    fn at_most_one_active_key_and_a_pending_one_without_it() {
+        use KeyState::*;
+        // (states, Ok(active kid) or the error's Display)
+        let cases: [(&[KeyState], Result<Option<&str>, &str>); 8] = [
+            (&[Active], Ok(Some("k0"))),
+            (&[Pending, Active, Retiring], Ok(Some("k1"))),
+            (&[Pending], Ok(None)),
+            (&[Retiring, Pending], Ok(None)),
+            (&[Active, Active], Err("the keyring has 2 active keys; it must have at most one")),
+            (&[Retiring], Err("the keyring has no active and no pending key; nobody could ever sign with it")),
+            (&[Retiring, Retiring], Err("the keyring has no active and no pending key; nobody could ever sign with it")),
+            (&[], Err("the keyring has no keys")),
+        ];
+        for (states, want) in cases {
+            let keys = states.iter().enumerate().map(|(i, s)| key(&format!("k{i}"), *s)).collect();
+            let got = Keyring::from_keys(keys);
+            match (&got, want) {
+                (Ok(ring), Ok(active)) => {
+                    assert_eq!(ring.active().map(Key::kid), active, "{states:?}");
+                    assert_eq!(ring.is_starting(), active.is_none(), "{states:?}");
+                }
+                (Err(e), Err(msg)) => assert_eq!(e.to_string(), msg, "{states:?}"),
+                _ => panic!("{states:?}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_next_pending_key_is_the_one_due_first() {
+        let mut late = key("late", KeyState::Pending);
+        late.activate_after = Some(500);
+        let ring = Keyring::from_keys(vec![late, key("soon", KeyState::Pending)]).unwrap();
+        assert_eq!(ring.next_pending().map(Key::kid), Some("soon"));
     }
 }

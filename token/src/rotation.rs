@@ -48,10 +48,11 @@ impl RotationPolicy {
 pub enum Event {
     /// The first key of a new keyring, active at once.
     Created { kid: String },
-    /// A new key was published as pending.
+    /// A new key was published as pending: a successor, or the first key of a [started](start) keyring.
     Published { kid: String, activate_after: u64 },
-    /// A pending key became active; the previous active key is retiring.
-    Promoted { kid: String, retired: String, accept_until: u64 },
+    /// A pending key became active. `retired` is the previous active key, now retiring until `accept_until`;
+    /// `None` when the keyring was starting and nothing was active.
+    Promoted { kid: String, retired: Option<String>, accept_until: u64 },
     /// A retiring key passed its deadline and was removed.
     Removed { kid: String },
 }
@@ -122,12 +123,12 @@ pub fn rotate(
     if let Some(p) = keys.iter().position(|k| k.state == KeyState::Pending && k.activate_after.is_none_or(|t| now >= t))
     {
         let accept_until = now.saturating_add(policy.retirement_grace());
-        let mut retired = String::new();
+        let mut retired = None;
         for k in keys.iter_mut().filter(|k| k.state == KeyState::Active) {
             k.state = KeyState::Retiring;
             k.retired_at = Some(now);
             k.accept_until = Some(accept_until);
-            retired = k.kid.clone();
+            retired = Some(k.kid.clone());
         }
         let key = &mut keys[p];
         key.state = KeyState::Active;
@@ -137,7 +138,7 @@ pub fn rotate(
     }
 
     let pending = keys.iter().any(|k| k.state == KeyState::Pending);
-    if !pending && (force || now >= publish_due(&keys, policy)) {
+    if !pending && (force || publish_due(&keys, policy).is_some_and(|due| now >= due)) {
         let mut key = new_key(now, KeyState::Pending, random)?;
         let activate_after = now.saturating_add(policy.propagation_delay);
         key.activate_after = Some(activate_after);
@@ -150,13 +151,14 @@ pub fn rotate(
     Ok(Rotation { keyring, events, next_deadline })
 }
 
-/// When the active key's successor must be published so that it is promoted right at the interval.
-fn publish_due(keys: &[Key], policy: &RotationPolicy) -> u64 {
-    keys.iter()
-        .find(|k| k.state == KeyState::Active)
-        .map(|k| k.activated_at.unwrap_or(k.created_at))
-        .unwrap_or(0)
-        .saturating_add(policy.rotation_interval.saturating_sub(policy.propagation_delay))
+/// When the active key's successor must be published so that it is promoted right at the interval; `None` without
+/// an active key, since a starting keyring's pending key is already the successor.
+fn publish_due(keys: &[Key], policy: &RotationPolicy) -> Option<u64> {
+    keys.iter().find(|k| k.state == KeyState::Active).map(|k| {
+        k.activated_at
+            .unwrap_or(k.created_at)
+            .saturating_add(policy.rotation_interval.saturating_sub(policy.propagation_delay))
+    })
 }
 
 /// The earliest time anything in the keyring is due.
@@ -173,21 +175,45 @@ pub fn next_deadline(keyring: &Keyring, policy: &RotationPolicy) -> u64 {
             KeyState::Active => {}
         }
     }
-    if !pending {
-        next = next.min(publish_due(keyring.keys(), policy));
+    if !pending && let Some(due) = publish_due(keyring.keys(), policy) {
+        next = next.min(due);
     }
     next
 }
 
-/// The time the next promotion will happen: the pending key's, or the active key's end of interval.
+/// The time the next promotion will happen: the pending key's (for a starting keyring too), or the active key's end
+/// of interval.
 pub fn next_rotation(keyring: &Keyring, policy: &RotationPolicy) -> u64 {
-    keyring.keys().iter().find(|k| k.state == KeyState::Pending).and_then(|k| k.activate_after).unwrap_or_else(|| {
-        let active = keyring.active();
-        active.activated_at.unwrap_or(active.created_at).saturating_add(policy.rotation_interval)
-    })
+    if let Some(pending) = keyring.next_pending() {
+        // A pending key without `activate_after` is promoted at the next step.
+        return pending.activate_after.unwrap_or(pending.created_at);
+    }
+    // A valid keyring without a pending key has an active one.
+    keyring
+        .active()
+        .map(|k| k.activated_at.unwrap_or(k.created_at).saturating_add(policy.rotation_interval))
+        .unwrap_or(0)
 }
 
-/// A fresh keyring with one active key: what `vdctl keygen` writes.
+/// A keyring recreated after its predecessor was lost (spec §7.4): one pending key, active at
+/// `now + propagation_delay`, and no active key, so nobody signs with a key agents cannot have loaded yet.
+/// [`rotate`] promotes it when it is due.
+pub fn start(
+    now: u64,
+    policy: &RotationPolicy,
+    random: &mut dyn FnMut(&mut [u8]) -> Result<(), RotationError>,
+) -> Result<Rotation, RotationError> {
+    policy.validate()?;
+    let mut key = new_key(now, KeyState::Pending, random)?;
+    let activate_after = now.saturating_add(policy.propagation_delay);
+    key.activate_after = Some(activate_after);
+    let events = vec![Event::Published { kid: key.kid.clone(), activate_after }];
+    let keyring = Keyring::from_keys(vec![key])?;
+    let next_deadline = next_deadline(&keyring, policy);
+    Ok(Rotation { keyring, events, next_deadline })
+}
+
+/// A fresh keyring with one active key: what `vdctl keygen` writes, and the first key of a brand-new keyring.
 pub fn generate(
     now: u64,
     random: &mut dyn FnMut(&mut [u8]) -> Result<(), RotationError>,

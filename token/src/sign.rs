@@ -52,6 +52,11 @@ pub enum SignError {
     PathCarrierNeedsPrefix,
     #[error("the path is not under the route prefix {0:?}")]
     OutsideRoutePrefix(String),
+    /// The keyring is starting (spec §7.2): its pending key may not have reached every agent yet.
+    #[error(
+        "the keyring has no active key yet: key {kid:?} becomes active at Unix time {activate_after}; nothing can be signed before then"
+    )]
+    NotYetActive { kid: String, activate_after: u64 },
 }
 
 /// Signs with a keyring's active key, the only key a signer may use (spec §7.2).
@@ -67,9 +72,18 @@ impl std::fmt::Debug for Signer {
 }
 
 impl Signer {
-    pub fn new(keyring: &Keyring) -> Signer {
-        let key = keyring.active();
-        Signer::with_key(key.kid(), key.secret_bytes())
+    /// A signer for the keyring's active key. A starting keyring has none: signing with its pending key would mint
+    /// URLs that agents refuse until they load it, so this fails and says when the key becomes active.
+    pub fn new(keyring: &Keyring) -> Result<Signer, SignError> {
+        if let Some(key) = keyring.active() {
+            return Ok(Signer::with_key(key.kid(), key.secret_bytes()));
+        }
+        // A valid keyring without an active key has a pending one.
+        let pending = keyring.next_pending().expect("a starting keyring has a pending key");
+        Err(SignError::NotYetActive {
+            kid: pending.kid().to_owned(),
+            activate_after: pending.activate_after().unwrap_or(pending.created_at()),
+        })
     }
 
     /// A signer for one explicit key, for tests and vectors; production code uses [`Signer::new`].

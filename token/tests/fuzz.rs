@@ -70,7 +70,7 @@ proptest! {
         prop_assume!(!segs.is_empty());
         let path = format!("/videos/{}", segs.join("/"));
         let ring = ring();
-        let signer = Signer::new(&ring);
+        let signer = Signer::new(&ring).unwrap();
         let verifier = Verifier::new(&ring, Policy::default());
         let now = 1_767_225_600;
         for carrier in [vd_token::Carrier::Query, vd_token::Carrier::Token] {

@@ -13,7 +13,7 @@ fn setup() -> (Keyring, Signer, Verifier) {
         base64::engine::general_purpose::STANDARD.encode([7u8; 32])
     );
     let ring = Keyring::from_json(doc.as_bytes()).unwrap();
-    let signer = Signer::new(&ring);
+    let signer = Signer::new(&ring).unwrap();
     let verifier = Verifier::new(&ring, Policy::default());
     (ring, signer, verifier)
 }
