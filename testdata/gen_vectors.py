@@ -466,7 +466,9 @@ KEYRINGS = [
     ("64-byte key", ring(key("a", "active", sec=secret("x") + secret("y"))), True),
     ("unknown fields are ignored", {**ring(key("a", "active", note="rotated by hand")), "generator": "test"}, True),
     ("no keys", ring(), False),
-    ("no active key", ring(key("a", "pending")), False),
+    ("starting: one pending key, no active key", ring(key("a", "pending")), True),
+    ("starting: a pending key beside a retiring one", ring(key("a", "retiring"), key("b", "pending")), True),
+    ("no active and no pending key", ring(key("a", "retiring")), False),
     ("two active keys", ring(key("a", "active"), key("b", "active")), False),
     ("duplicate kid", ring(key("a", "active"), key("a", "pending")), False),
     ("key shorter than 32 bytes", ring(key("a", "active", sec=b"x" * 31)), False),
@@ -478,6 +480,16 @@ KEYRINGS = [
     ("kid with a forbidden character", ring(key("a/b", "active")), False),
     ("version 2", ring(key("a", "active"), version=2), False),
 ]
+
+
+def signs_with(doc: dict) -> dict:
+    """What a signer built from a valid keyring does (spec §7.2): sign with the active key, or, for a starting
+    keyring, refuse and name the pending key that becomes active first and when."""
+    active = [k["kid"] for k in doc["keys"] if k["state"] == "active"]
+    if active:
+        return {"kid": active[0]}
+    first = min((k for k in doc["keys"] if k["state"] == "pending"), key=lambda k: k["activate_after"])
+    return {"error": "not_yet_active", "kid": first["kid"], "activate_after": first["activate_after"]}
 
 
 def check_ips() -> None:
@@ -500,7 +512,9 @@ def main() -> None:
                        "testdata/gen_vectors.py; do not edit by hand. A verify vector with \"mode\": \"session\" is a session "
                        "exchange (spec §5.5, the verifier's session check); without \"mode\" it is an ordinary request. "
                        "Sign vectors whose claims have \"via\" are tokens only an agent mints: compact token only, "
-                       "no URL forms.",
+                       "no URL forms. A valid keyring vector's \"signs_with\" says what a signer built from it does: "
+                       "sign with \"kid\", or, for a starting keyring (no active key), refuse with "
+                       "\"error\": \"not_yet_active\", naming the pending key and its activate_after.",
         "policy": {"clock_skew": SKEW, "max_lifetime": MAX_LIFETIME},
         "now": T,
         "base_url": BASE_URL,
@@ -520,7 +534,10 @@ def main() -> None:
             {"name": n, "mode": "session", "now": r.pop("now", T), "request": r, "verdict": v}
             for n, r, v in SESSION
         ],
-        "keyrings": [{"name": n, "document": d, "valid": ok} for n, d, ok in KEYRINGS],
+        "keyrings": [
+            {"name": n, "document": d, "valid": ok, **({"signs_with": signs_with(d)} if ok else {})}
+            for n, d, ok in KEYRINGS
+        ],
     }
     names = [v["name"] for v in doc["verify"]]
     assert len(names) == len(set(names)), "duplicate verify vector names"

@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use serde_json::Value;
 use vd_token::{
-    Claims, IpRange, Keyring, PathKind, Policy, Reason, RequestAuth, Scope, Signer, Verifier, Via, canonical_path,
+    Claims, IpRange, Keyring, PathKind, Policy, Reason, RequestAuth, Scope, SignError, Signer, Verifier, Via, canonical_path,
     canonical_prefix, encode_path,
 };
 
@@ -194,6 +194,18 @@ fn keyring_vectors() {
     for case in v["keyrings"].as_array().unwrap() {
         let got = Keyring::from_json(case["document"].to_string().as_bytes());
         assert_eq!(got.is_ok(), case["valid"].as_bool().unwrap(), "{}: {:?}", case["name"], got.err());
+        let Ok(ring) = got else { continue };
+        // What a signer built from it does (spec §7.2): sign with the active key, or refuse while starting.
+        let want = &case["signs_with"];
+        match Signer::new(&ring) {
+            Ok(signer) => assert_eq!(signer.kid(), s(&want["kid"]), "{}", case["name"]),
+            Err(SignError::NotYetActive { kid, activate_after }) => {
+                assert_eq!(s(&want["error"]), "not_yet_active", "{}", case["name"]);
+                assert_eq!(kid, s(&want["kid"]), "{}", case["name"]);
+                assert_eq!(Some(activate_after), want["activate_after"].as_u64(), "{}", case["name"]);
+            }
+            Err(e) => panic!("{}: {e}", case["name"]),
+        }
     }
 }
 
