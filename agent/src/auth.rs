@@ -55,7 +55,8 @@ impl Auth {
         }
         let kids: Vec<&str> = ring.keys().iter().map(|k| k.kid()).collect();
         tracing::info!(keys = ?kids, "keyring loaded");
-        self.signer.store(Some(Arc::new(Signer::new(&ring))));
+        // A starting keyring (no active key yet) verifies but mints nothing until its pending key is promoted.
+        self.signer.store(Signer::new(&ring).ok().map(Arc::new));
         self.current.store(Some(Arc::new(Verifier::new(&ring, self.policy))));
         *last = bytes;
         Ok(true)

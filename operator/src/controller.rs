@@ -281,7 +281,12 @@ impl<'a> Reconciler<'a> {
             ),
             KeyEvent::Promoted { kid, retired, accept_until } => (
                 "KeyPromoted",
-                format!("key {kid} is now active; {retired} is accepted until {}", rfc3339(*accept_until)),
+                match retired {
+                    Some(retired) => {
+                        format!("key {kid} is now active; {retired} is accepted until {}", rfc3339(*accept_until))
+                    }
+                    None => format!("key {kid} is now active"),
+                },
                 "promoted",
             ),
             KeyEvent::Removed { kid } => {
@@ -361,8 +366,8 @@ impl<'a> Reconciler<'a> {
         };
         if let Some((keyring, policy)) = keys {
             let active = keyring.active();
-            status.active_key_id = Some(active.kid().to_string());
-            status.last_rotation_time = Some(rfc3339(active.activated_at().unwrap_or(active.created_at())));
+            status.active_key_id = active.map(|k| k.kid().to_string());
+            status.last_rotation_time = active.map(|k| rfc3339(k.activated_at().unwrap_or(k.created_at())));
             status.next_rotation_time = Some(rfc3339(next_rotation(keyring, policy)));
             status.keys = keyring
                 .keys()

@@ -40,12 +40,13 @@ pub fn read(secret: Option<&Secret>) -> Result<Option<Keyring>, KeyringSecretErr
 
 /// The Secret fields for a keyring.
 pub fn data(keyring: &Keyring) -> BTreeMap<String, ByteString> {
-    let active = keyring.active();
-    BTreeMap::from([
-        (KEYRING_FILE.to_string(), ByteString(keyring.to_json().into_bytes())),
-        (ACTIVE_KID.to_string(), ByteString(active.kid().as_bytes().to_vec())),
-        (ACTIVE_KEY.to_string(), ByteString(active.secret_bytes().to_vec())),
-    ])
+    let mut data = BTreeMap::from([(KEYRING_FILE.to_string(), ByteString(keyring.to_json().into_bytes()))]);
+    // A starting keyring has no active key: backends find none to sign with until its pending key is promoted.
+    if let Some(active) = keyring.active() {
+        data.insert(ACTIVE_KID.to_string(), ByteString(active.kid().as_bytes().to_vec()));
+        data.insert(ACTIVE_KEY.to_string(), ByteString(active.secret_bytes().to_vec()));
+    }
+    data
 }
 
 /// One rotation step at `now`. A manual rotation is due when the resource's request differs from the one the

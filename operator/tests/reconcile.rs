@@ -44,13 +44,13 @@ async fn a_videodelivery_becomes_keys_agents_and_a_truthful_status() {
     assert_eq!(status.desired_agents, Some(2));
     assert_eq!(status.url.as_deref(), Some(&*format!("http://media-agent.{ns}.svc/videos/")));
     let (ring, secret) = keyring(&client, &ns, "media").await.unwrap();
-    assert_eq!(status.active_key_id.as_deref(), Some(ring.active().kid()));
+    assert_eq!(status.active_key_id.as_deref(), Some(ring.active().unwrap().kid()));
     let data = secret.data.as_ref().unwrap();
-    assert_eq!(data["active-kid"].0, ring.active().kid().as_bytes());
-    assert_eq!(data["active-key"].0, ring.active().secret_bytes());
+    assert_eq!(data["active-kid"].0, ring.active().unwrap().kid().as_bytes());
+    assert_eq!(data["active-key"].0, ring.active().unwrap().secret_bytes());
     assert_eq!(status.keys.len(), 1);
     let status_json = serde_json::to_string(&status).unwrap();
-    let b64 = base64_of(ring.active().secret_bytes());
+    let b64 = base64_of(ring.active().unwrap().secret_bytes());
     assert!(!status_json.contains(&b64), "status never carries key material");
 
     let deploy: Api<Deployment> = Api::namespaced(client.clone(), &ns);
@@ -185,8 +185,8 @@ async fn keys_rotate_in_two_phases_at_the_right_times() {
     )
     .await;
     let (first, _) = eventually("keyring", LONG, || keyring(&client, &ns, "media")).await;
-    let a = first.active().kid().to_string();
-    let t0 = first.active().activated_at().unwrap();
+    let a = first.active().unwrap().kid().to_string();
+    let t0 = first.active().unwrap().activated_at().unwrap();
 
     // Watch the Secret second by second for one whole cycle and a bit.
     let mut seen: Vec<(u64, Snapshot)> = Vec::new();
@@ -232,7 +232,7 @@ async fn a_rotation_request_rotates_once_and_restarts_change_nothing() {
     common::create(&client, &ns, "media", "storage: {url: 's3://videos'}\nsigning: {propagationDelay: 2s}").await;
     wait_ready(&client, &ns, "media", "False", Some("AgentsUnavailable")).await;
     let (ring, secret) = keyring(&client, &ns, "media").await.unwrap();
-    let a = ring.active().kid().to_string();
+    let a = ring.active().unwrap().kid().to_string();
     let deploy: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     // The generation moves only when the spec does (the controller manager keeps writing status).
     let d_gen = deploy.get("media-agent").await.unwrap().metadata.generation;
@@ -254,14 +254,14 @@ async fn a_rotation_request_rotates_once_and_restarts_change_nothing() {
     vds.patch("media", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
     let b = eventually("new key active", LONG, || async {
         let (ring, _) = keyring(&client, &ns, "media").await?;
-        (ring.active().kid() != a).then(|| ring.active().kid().to_string())
+        (ring.active().unwrap().kid() != a).then(|| ring.active().unwrap().kid().to_string())
     })
     .await;
     let (ring, _) = keyring(&client, &ns, "media").await.unwrap();
     assert_eq!(ring.get(&a).unwrap().state(), KeyState::Retiring, "the old key keeps working");
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (ring, _) = keyring(&client, &ns, "media").await.unwrap();
-    assert_eq!(ring.active().kid(), b, "one request, one rotation");
+    assert_eq!(ring.active().unwrap().kid(), b, "one request, one rotation");
     assert_eq!(ring.keys().len(), 2);
     assert_eq!(
         deploy.get("media-agent").await.unwrap().metadata.generation,

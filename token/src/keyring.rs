@@ -225,9 +225,13 @@ impl Keyring {
         self.active().is_none()
     }
 
-    /// The pending key that becomes active first: what a starting keyring waits for.
+    /// The pending key that becomes active first: what a starting keyring waits for. One without `activate_after`
+    /// may be promoted at once, so it counts as due since its creation.
     pub fn next_pending(&self) -> Option<&Key> {
-        self.keys.iter().filter(|k| k.state == KeyState::Pending).min_by_key(|k| k.activate_after.unwrap_or(0))
+        self.keys
+            .iter()
+            .filter(|k| k.state == KeyState::Pending)
+            .min_by_key(|k| k.activate_after.unwrap_or(k.created_at))
     }
 
     pub fn get(&self, kid: &str) -> Option<&Key> {
@@ -260,7 +264,10 @@ mod tests {
             (&[Retiring, Pending], Ok(None)),
             (&[Active, Active], Err("the keyring has 2 active keys; it must have at most one")),
             (&[Retiring], Err("the keyring has no active and no pending key; nobody could ever sign with it")),
-            (&[Retiring, Retiring], Err("the keyring has no active and no pending key; nobody could ever sign with it")),
+            (
+                &[Retiring, Retiring],
+                Err("the keyring has no active and no pending key; nobody could ever sign with it"),
+            ),
             (&[], Err("the keyring has no keys")),
         ];
         for (states, want) in cases {

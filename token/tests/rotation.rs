@@ -218,7 +218,8 @@ fn a_started_keyring_is_promoted_at_activate_after_retiring_nothing() {
     let started = start(1000, &POLICY, &mut rng).unwrap().keyring;
     let kid = started.keys()[0].kid().to_owned();
     // (now, force, what happens): nothing before activate_after, even when a rotation is asked for.
-    let cases: [(u64, bool, bool); 4] = [(1000, false, false), (1009, false, false), (1005, true, false), (1010, false, true)];
+    let cases: [(u64, bool, bool); 4] =
+        [(1000, false, false), (1009, false, false), (1005, true, false), (1010, false, true)];
     for (now, force, promotes) in cases {
         let r = rotate(Some(&started), now, &POLICY, force, &mut rng).unwrap();
         if !promotes {
@@ -226,7 +227,10 @@ fn a_started_keyring_is_promoted_at_activate_after_retiring_nothing() {
             assert_eq!((r.keyring.clone(), r.next_deadline), (started.clone(), 1010), "at {now}");
             continue;
         }
-        assert_eq!(r.events, [Event::Promoted { kid: kid.clone(), retired: None, accept_until: 1010 + POLICY.retirement_grace() }]);
+        assert_eq!(
+            r.events,
+            [Event::Promoted { kid: kid.clone(), retired: None, accept_until: 1010 + POLICY.retirement_grace() }]
+        );
         let active = r.keyring.active().expect("promoted");
         assert_eq!((active.kid(), active.activated_at(), active.activate_after()), (kid.as_str(), Some(1010), None));
         assert_eq!(r.keyring.keys().len(), 1, "nothing retired");
@@ -255,7 +259,9 @@ fn a_recreated_keyring_never_signs_before_agents_can_have_its_key() {
                 let key = ring.get(signer.kid()).unwrap();
                 assert!(now >= key.activated_at().unwrap() && key.created_at() + POLICY.propagation_delay <= now);
             }
-            Err(SignError::NotYetActive { activate_after, .. }) => assert!(now < 10 && activate_after == 10, "at {now}"),
+            Err(SignError::NotYetActive { activate_after, .. }) => {
+                assert!(now < 10 && activate_after == 10, "at {now}")
+            }
             Err(e) => panic!("at {now}: {e}"),
         }
     }

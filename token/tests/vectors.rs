@@ -4,8 +4,8 @@ use std::net::IpAddr;
 
 use serde_json::Value;
 use vd_token::{
-    Claims, IpRange, Keyring, PathKind, Policy, Reason, RequestAuth, Scope, SignError, Signer, Verifier, Via, canonical_path,
-    canonical_prefix, encode_path,
+    Claims, IpRange, Keyring, PathKind, Policy, Reason, RequestAuth, Scope, SignError, Signer, Verifier, Via,
+    canonical_path, canonical_prefix, encode_path,
 };
 
 fn vectors() -> Value {
