@@ -256,8 +256,9 @@ mod tests {
     #[test]
     fn at_most_one_active_key_and_a_pending_one_without_it() {
         use KeyState::*;
-        // (states, Ok(active kid) or the error's Display)
-        let cases: [(&[KeyState], Result<Option<&str>, &str>); 8] = [
+        /// The active key's id, or the error's message.
+        type Want = Result<Option<&'static str>, &'static str>;
+        let cases: [(&[KeyState], Want); 8] = [
             (&[Active], Ok(Some("k0"))),
             (&[Pending, Active, Retiring], Ok(Some("k1"))),
             (&[Pending], Ok(None)),
