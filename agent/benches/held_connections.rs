@@ -150,7 +150,7 @@ async fn main() {
         ip: None,
         carrier: vd_token::Carrier::Query,
     };
-    let signed = vd_token::Signer::new(&keyring).url(&req).unwrap();
+    let signed = vd_token::Signer::new(&keyring).unwrap().url(&req).unwrap();
 
     let (port, admin) = (free_port(), free_port());
     let agent = Command::new(env!("CARGO_BIN_EXE_videodelivery-agent"))

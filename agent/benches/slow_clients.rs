@@ -57,7 +57,7 @@ async fn main() {
     }
     let keyring = vd_token::rotation::generate(now(), &mut vd_token::rotation::os_random).unwrap();
     std::fs::write(dir.path().join("keyring.json"), keyring.to_json()).unwrap();
-    let signer = vd_token::Signer::new(&keyring);
+    let signer = vd_token::Signer::new(&keyring).unwrap();
     let requests: Vec<Arc<Vec<u8>>> = (0..files)
         .map(|i| {
             let name = if i == 0 { "/videos/film.mp4".to_owned() } else { format!("/videos/film-{i}.mp4") };

@@ -55,7 +55,7 @@ impl Auth {
         }
         let kids: Vec<&str> = ring.keys().iter().map(|k| k.kid()).collect();
         tracing::info!(keys = ?kids, "keyring loaded");
-        // A starting keyring (no active key yet) verifies but cannot mint: sessions and rewritten manifests wait.
+        // A starting keyring (no active key yet) verifies but mints nothing until its pending key is promoted.
         self.signer.store(Signer::new(&ring).ok().map(Arc::new));
         self.current.store(Some(Arc::new(Verifier::new(&ring, self.policy))));
         *last = bytes;

@@ -25,7 +25,7 @@ fn sign(agent: &TestAgent, path: &str, prefix: Option<&str>, ttl: u64, ip: Optio
         ip,
         carrier: Carrier::Token,
     };
-    Signer::new(&agent.keyring).url(&req).unwrap()
+    Signer::new(&agent.keyring).unwrap().url(&req).unwrap()
 }
 
 /// The claims text inside a compact token, lines split.

@@ -86,7 +86,7 @@ struct Minter {
 
 impl Minter {
     fn new(agent: &TestAgent) -> Minter {
-        Minter { signer: Signer::new(&agent.keyring), base: format!("http://{}", agent.addr) }
+        Minter { signer: Signer::new(&agent.keyring).unwrap(), base: format!("http://{}", agent.addr) }
     }
     fn req<'a>(&'a self, path: &'a str, prefix: Option<&'a str>) -> UrlRequest<'a> {
         UrlRequest {

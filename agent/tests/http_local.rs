@@ -110,7 +110,7 @@ async fn every_carrier_and_every_verdict() {
     let agent = TestAgent::start(&["--max-token-lifetime=1h", "--clock-skew=5s"]).await;
     agent.put("a.mp4", &content(100));
     let base = format!("http://{}", agent.addr);
-    let signer = Signer::new(&agent.keyring);
+    let signer = Signer::new(&agent.keyring).unwrap();
     let token = signer.token(&claims(&signer, "/videos/a.mp4", now() + 600));
 
     for url in [

@@ -143,7 +143,7 @@ fn signed_prefix(agent: &TestAgent, path: &str, prefix: &str) -> String {
         ip: None,
         carrier: Carrier::Token,
     };
-    vd_token::Signer::new(&agent.keyring).url(&req).unwrap()
+    vd_token::Signer::new(&agent.keyring).unwrap().url(&req).unwrap()
 }
 
 fn gauge(metrics: &str, name: &str) -> u64 {

@@ -16,7 +16,7 @@ fn mint(agent: &TestAgent, path: &str, prefix: Option<&str>, exp: u64) -> (Signe
     let prefix = prefix.map(|p| &*Box::leak(p.to_owned().into_boxed_str()));
     let base: &'static str = Box::leak(format!("http://{}", agent.addr).into_boxed_str());
     let req = UrlRequest { base_url: base, path, exp, nbf: None, prefix, ip: None, carrier: vd_token::Carrier::Token };
-    (Signer::new(&agent.keyring), req)
+    (Signer::new(&agent.keyring).unwrap(), req)
 }
 
 /// The token with its signature's last character changed (to another canonical one: the last of 43 base64url

@@ -101,7 +101,7 @@ async fn a_key_rotation_during_an_open_stream() {
     let fresh = new_keyring();
     publish_keyring(agent.secret_dir.path(), &fresh);
     let new_url =
-        sign_with(&Signer::new(&fresh), &format!("http://{}", agent.addr), "/videos/long.mp4", Carrier::Query);
+        sign_with(&Signer::new(&fresh).unwrap(), &format!("http://{}", agent.addr), "/videos/long.mp4", Carrier::Query);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let (status, _, _) = get(&new_url, &[("range", "bytes=0-0")]).await;
@@ -180,7 +180,12 @@ async fn sigterm_drains_running_streams() {
         assert!(Instant::now() < deadline, "agent did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let url = sign_with(&Signer::new(&ring), &format!("http://127.0.0.1:{port}"), "/videos/film.mp4", Carrier::Query);
+    let url = sign_with(
+        &Signer::new(&ring).unwrap(),
+        &format!("http://127.0.0.1:{port}"),
+        "/videos/film.mp4",
+        Carrier::Query,
+    );
     let mut body = open_stream(&url).await;
     let mut got = body.frame().await.unwrap().unwrap().into_data().unwrap().to_vec();
 

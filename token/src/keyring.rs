@@ -225,9 +225,13 @@ impl Keyring {
         self.active().is_none()
     }
 
-    /// The pending key that becomes active first: what a starting keyring waits for.
+    /// The pending key that becomes active first: what a starting keyring waits for. One without `activate_after`
+    /// may be promoted at once, so it counts as due since its creation.
     pub fn next_pending(&self) -> Option<&Key> {
-        self.keys.iter().filter(|k| k.state == KeyState::Pending).min_by_key(|k| k.activate_after.unwrap_or(0))
+        self.keys
+            .iter()
+            .filter(|k| k.state == KeyState::Pending)
+            .min_by_key(|k| k.activate_after.unwrap_or(k.created_at))
     }
 
     pub fn get(&self, kid: &str) -> Option<&Key> {
@@ -252,8 +256,9 @@ mod tests {
     #[test]
     fn at_most_one_active_key_and_a_pending_one_without_it() {
         use KeyState::*;
-        // (states, Ok(active kid) or the error's Display)
-        let cases: [(&[KeyState], Result<Option<&str>, &str>); 8] = [
+        /// The active key's id, or the error's message.
+        type Want = Result<Option<&'static str>, &'static str>;
+        let cases: [(&[KeyState], Want); 8] = [
             (&[Active], Ok(Some("k0"))),
             (&[Pending, Active, Retiring], Ok(Some("k1"))),
             (&[Pending], Ok(None)),

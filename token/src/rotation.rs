@@ -46,7 +46,7 @@ impl RotationPolicy {
 /// Something a rotation did, for events and logs. Names keys by id only.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// The first key of a new keyring, active at once.
+    /// The first key of a brand-new keyring, active at once: no token or agent could depend on an older one.
     Created { kid: String },
     /// A new key was published as pending: a successor, or the first key of a [started](start) keyring.
     Published { kid: String, activate_after: u64 },
@@ -94,6 +94,8 @@ pub fn os_random(buf: &mut [u8]) -> Result<(), RotationError> {
 pub const GENERATED_KEY_LEN: usize = 32;
 
 /// One step of rotation at `now`. `force` publishes a new pending key at once, unless one is already pending.
+/// Without a `current` keyring it creates a brand-new one whose key is active at once; a keyring that replaces a
+/// lost one must come from [`start`] instead.
 pub fn rotate(
     current: Option<&Keyring>,
     now: u64,

@@ -8,7 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use vd_token::rotation::{self, Event, RotationPolicy};
-use vd_token::{Carrier, IpRange, Keyring, Policy, RequestAuth, Signer, UrlRequest, Verifier, canonical_path};
+use vd_token::{
+    Carrier, IpRange, Keyring, Policy, RequestAuth, SignError, Signer, UrlRequest, Verifier, canonical_path,
+};
 
 #[derive(Parser)]
 #[command(name = "vdctl", version, about = "Mint, verify and rotate VideoDelivery signed URLs")]
@@ -165,7 +167,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     CarrierArg::Token | CarrierArg::Path => Carrier::Token,
                 },
             };
-            let signer = Signer::new(&ring);
+            let signer = Signer::new(&ring).map_err(|e| starting_hint(e, now))?;
             let out = match carrier {
                 _ if token_only => signer.token(&signer.claims(&req)?),
                 CarrierArg::Path => signer.path_url(&req, &route_prefix)?,
@@ -253,7 +255,8 @@ fn keygen(out: Option<&Path>, force: bool) -> Result<ExitCode> {
     match out {
         Some(path) => {
             write_secret_file(path, &ring.to_json(), force)?;
-            eprintln!("wrote {} with active key {}", path.display(), ring.active().kid());
+            let kid = ring.active().map_or("none", |k| k.kid());
+            eprintln!("wrote {} with active key {kid}", path.display());
         }
         None => std::io::stdout().write_all(ring.to_json().as_bytes())?,
     }
@@ -266,10 +269,22 @@ fn describe(e: &Event) -> String {
         Event::Published { kid, activate_after } => {
             format!("published pending key {kid}, active from {activate_after}")
         }
-        Event::Promoted { kid, retired, accept_until } => {
+        Event::Promoted { kid, retired: Some(retired), accept_until } => {
             format!("promoted {kid} to active; {retired} is retiring, accepted until {accept_until}")
         }
+        Event::Promoted { kid, retired: None, .. } => format!("promoted {kid} to active; no key was active before"),
         Event::Removed { kid } => format!("removed retired key {kid}"),
+    }
+}
+
+/// Adds the wall-clock time and the wait to a starting keyring's refusal, so an operator knows when to retry.
+fn starting_hint(e: SignError, now: u64) -> anyhow::Error {
+    match &e {
+        SignError::NotYetActive { activate_after, .. } => {
+            let at = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(*activate_after));
+            anyhow!("{e} ({at}, in {}s)", activate_after.saturating_sub(now))
+        }
+        _ => e.into(),
     }
 }
 

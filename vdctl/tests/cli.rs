@@ -161,6 +161,34 @@ fn errors_go_to_stderr_with_a_nonzero_exit() {
     assert!(stderr(&out).contains("the keyring has no keys"), "{}", stderr(&out));
 }
 
+#[test]
+fn a_starting_keyring_refuses_to_sign_until_its_key_is_promoted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ring.json");
+    let ring = path.to_str().unwrap();
+    let secret = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    let doc = serde_json::json!({"version": 1, "keys": [
+        {"kid": "k-new", "state": "pending", "secret": secret, "created_at": 1000, "activate_after": 4102444800u64}
+    ]});
+    std::fs::write(&path, doc.to_string()).unwrap();
+
+    let out = vdctl(&["sign", "--keyring", ring, "--path", "/videos/a.mp4"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    assert!(stdout(&out).is_empty());
+    let err = stderr(&out);
+    for want in ["no active key yet", "\"k-new\"", "4102444800", "2100-01-01T00:00:00Z"] {
+        assert!(err.contains(want), "{want:?} missing from {err}");
+    }
+    assert!(!err.contains(secret), "{err}");
+
+    // Verifying works meanwhile, and a rotation at activate_after promotes the key, retiring nothing.
+    let out = vdctl(&["rotate", "--keyring", ring, "--now", "4102444800"]);
+    assert!(stdout(&out).contains("promoted k-new to active; no key was active before"), "{}", stdout(&out));
+    let out = vdctl(&["sign", "--keyring", ring, "--path", "/videos/a.mp4"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("kid=k-new"), "{}", stdout(&out));
+}
+
 #[tokio::test]
 async fn request_rotation_sets_the_annotation_the_operator_acts_on() {
     use kube::api::{Api, PostParams};

@@ -97,7 +97,7 @@ impl TestAgent {
 
     /// A URL signed with the agent's active key; `path` is the decoded path under /videos.
     pub fn signed(&self, path: &str, carrier: Carrier) -> String {
-        sign_with(&Signer::new(&self.keyring), &format!("http://{}", self.addr), path, carrier)
+        sign_with(&Signer::new(&self.keyring).unwrap(), &format!("http://{}", self.addr), path, carrier)
     }
 
     pub fn stop(&mut self) {

@@ -6,9 +6,9 @@
  * const url = await signer.signUrl({ baseUrl: "https://media.example.com", path: "/videos/a.mp4", expiresIn: 3600 });
  * ```
  */
-export { Signer, SignError, sign, claimsText } from "./sign.js";
+export { Signer, SignError, NotYetActiveError, sign, claimsText } from "./sign.js";
 export type { Claims, Signed, SignOptions, Via } from "./sign.js";
-export { parseKeyring, KeyringError } from "./keyring.js";
+export { parseKeyring, nextPending, KeyringError } from "./keyring.js";
 export type { Key, Keyring, KeyState } from "./keyring.js";
 export { canonicalPath, checkCanonical, encodePath, PathError, MAX_PATH_LEN } from "./path.js";
 export type { PathKind } from "./path.js";

@@ -10,14 +10,19 @@ export interface Key {
   readonly state: KeyState;
   readonly secret: Uint8Array;
   readonly createdAt: number;
+  /** For a pending key: the earliest time it may become active. */
+  readonly activateAfter?: number;
   readonly acceptUntil?: number;
 }
 
-/** A validated keyring: exactly one active key, unique ids, 32–64-byte secrets. */
+/**
+ * A validated keyring: at most one active key, unique ids, 32–64-byte secrets. Without an active key it is
+ * *starting* (spec §7.1): it has a pending key, verifies as usual, and cannot sign until that key is promoted.
+ */
 export interface Keyring {
   readonly keys: readonly Key[];
-  /** The key a signer must use. */
-  readonly active: Key;
+  /** The key a signer must use; `undefined` while the keyring is starting. */
+  readonly active: Key | undefined;
 }
 
 /** A keyring document that breaks a rule of the spec. Messages name keys by id, never by secret. */
@@ -74,10 +79,20 @@ export function parseKeyring(doc: string | unknown): Keyring {
       state: k.state as KeyState,
       secret,
       createdAt: k.created_at,
+      ...(isTime(k.activate_after) ? { activateAfter: k.activate_after } : {}),
       ...(isTime(k.accept_until) ? { acceptUntil: k.accept_until } : {}),
     });
   }
   const active = parsed.filter((k) => k.state === "active");
-  if (active.length !== 1) throw new KeyringError(`the keyring has ${active.length} active keys; it must have exactly one`);
-  return { keys: parsed, active: active[0]! };
+  if (active.length > 1) throw new KeyringError(`the keyring has ${active.length} active keys; it must have at most one`);
+  if (active.length === 0 && !parsed.some((k) => k.state === "pending")) {
+    throw new KeyringError("the keyring has no active and no pending key; nobody could ever sign with it");
+  }
+  return { keys: parsed, active: active[0] };
+}
+
+/** The pending key that becomes active first (one without `activate_after` counts as due since its creation). */
+export function nextPending(keyring: Keyring): Key | undefined {
+  const due = (k: Key) => k.activateAfter ?? k.createdAt;
+  return keyring.keys.filter((k) => k.state === "pending").reduce<Key | undefined>((a, k) => (a && due(a) <= due(k) ? a : k), undefined);
 }

@@ -2,7 +2,7 @@
 
 import { base64url } from "./base64.js";
 import { canonicalIpRange } from "./ip.js";
-import type { Key, Keyring } from "./keyring.js";
+import { type Key, type Keyring, nextPending } from "./keyring.js";
 import { PathError, checkCanonical, encodePath } from "./path.js";
 
 /** Everything a token says, in canonical form. */
@@ -97,6 +97,23 @@ export class SignError extends Error {
   override name = "SignError";
 }
 
+/**
+ * The keyring is starting (spec §7.2): it has no active key yet, and its pending key may not have reached every
+ * agent. Retry at `activateAfter`, once the operator has promoted the key.
+ */
+export class NotYetActiveError extends SignError {
+  override name = "NotYetActiveError";
+  constructor(
+    readonly kid: string,
+    readonly activateAfter: number,
+  ) {
+    super(
+      `the keyring has no active key yet: key "${kid}" becomes active at Unix time ${activateAfter} ` +
+        `(${new Date(activateAfter * 1000).toISOString()}); nothing can be signed before then`,
+    );
+  }
+}
+
 /** Signs with a keyring's active key, the only key a signer may use (spec §7.2). */
 export class Signer {
   private constructor(
@@ -104,8 +121,15 @@ export class Signer {
     private readonly cryptoKey: CryptoKey,
   ) {}
 
+  /** Throws {@link NotYetActiveError} for a starting keyring: it never falls back to the pending key. */
   static async create(keyring: Keyring): Promise<Signer> {
-    return new Signer(keyring.active, await hmacKey(keyring.active.secret));
+    const active = keyring.active;
+    if (active === undefined) {
+      // A valid keyring without an active key has a pending one.
+      const pending = nextPending(keyring)!;
+      throw new NotYetActiveError(pending.kid, pending.activateAfter ?? pending.createdAt);
+    }
+    return new Signer(active, await hmacKey(active.secret));
   }
 
   /** The id of the key this signer uses. */

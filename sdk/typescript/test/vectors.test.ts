@@ -7,6 +7,7 @@ import { test } from "node:test";
 
 import {
   KeyringError,
+  NotYetActiveError,
   SignError,
   Signer,
   canonicalIpRange,
@@ -28,7 +29,12 @@ interface Vectors {
   ip_ranges: { input: string; canonical?: string }[];
   // Vectors whose claims have `via` (tokens only an agent mints) have no URL forms.
   sign: { name: string; claims: Claims; path: string; signing_input: string; signature: string; token: string; url?: string; token_url?: string; path_url?: string }[];
-  keyrings: { name: string; document: { keys?: { secret?: string }[] }; valid: boolean }[];
+  keyrings: {
+    name: string;
+    document: { keys?: { secret?: string }[] };
+    valid: boolean;
+    signs_with?: { kid: string; error?: "not_yet_active"; activate_after?: number };
+  }[];
 }
 
 const vectors: Vectors = JSON.parse(
@@ -117,13 +123,29 @@ test("the Signer never mints via, whatever it is given", async () => {
   assert.ok(!claims.includes("via:"), claims);
 });
 
-test("keyring vectors", () => {
+test("keyring vectors", async () => {
   for (const v of vectors.keyrings) {
-    if (v.valid) {
-      assert.doesNotThrow(() => parseKeyring(v.document), v.name);
-    } else {
+    if (!v.valid) {
       assert.throws(() => parseKeyring(v.document), KeyringError, v.name);
+      continue;
     }
+    const ring = parseKeyring(v.document);
+    // What a signer built from it does (spec §7.2): sign with the active key, or refuse while starting.
+    const want = v.signs_with!;
+    if (want.error === undefined) {
+      assert.equal((await Signer.create(ring)).kid, want.kid, v.name);
+      continue;
+    }
+    assert.equal(want.error, "not_yet_active", v.name);
+    assert.equal(ring.active, undefined, v.name);
+    await assert.rejects(Signer.create(ring), (e: unknown) => {
+      assert.ok(e instanceof NotYetActiveError && e instanceof SignError, v.name);
+      assert.equal(e.kid, want.kid, v.name);
+      assert.equal(e.activateAfter, want.activate_after, v.name);
+      assert.ok(e.message.includes(`"${want.kid}"`) && e.message.includes(String(want.activate_after)), e.message);
+      for (const key of v.document.keys ?? []) assert.ok(!e.message.includes(key.secret!), e.message);
+      return true;
+    });
   }
 });
 
