@@ -32,6 +32,8 @@ pub const MANAGER: &str = "videodelivery-operator";
 const HANDOFF_MANAGER: &str = "videodelivery-operator-handoff";
 /// Even with nothing due, look again this often.
 const RESYNC: Duration = Duration::from_secs(300);
+/// While the API server refuses an owned object, look again at least this often.
+const REFUSED_RETRY: Duration = Duration::from_secs(20);
 /// While storage credentials are missing, look again this often.
 const CREDENTIALS_RETRY: Duration = Duration::from_secs(15);
 
@@ -186,7 +188,10 @@ pub fn error_policy(vd: Arc<VideoDelivery>, error: &Error, ctx: Arc<Context>) ->
     let mut failures = ctx.failures.lock().unwrap_or_else(|p| p.into_inner());
     let n = failures.entry(ObjectRef::from(vd.as_ref())).or_insert(0);
     *n = n.saturating_add(1);
-    let wait = Duration::from_secs(1u64 << (*n - 1).min(8)).min(RESYNC);
+    // A refusal ends when the spec or a cluster policy changes; the spec is watched, a policy is not, so look
+    // again at least every REFUSED_RETRY.
+    let cap = if matches!(error, Error::Refused) { REFUSED_RETRY } else { RESYNC };
+    let wait = Duration::from_secs(1u64 << (*n - 1).min(8)).min(cap);
     warn!(name = %vd.name_any(), namespace = ?vd.namespace(), error = %error, retry_in = ?wait, "reconcile failed");
     Action::requeue(wait)
 }

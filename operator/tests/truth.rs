@@ -107,10 +107,20 @@ async fn a_refused_apply_turns_ready_false_with_the_api_servers_words_and_keys_k
     let (policies, bindings, policy) = deny_policy(&client, &ns).await;
     let vds: Api<VideoDelivery> = Api::namespaced(client.clone(), &ns);
     // The policy takes a moment to be enforced; keep editing until the refusal shows.
-    let patch = serde_json::json!({"spec": {"agents": {"cacheControl": "public, max-age=60"}}});
-    let vd = vds.patch("media", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    let mut n = 0;
+    let vd = eventually("Ready=False ApplyFailed", LONG, || {
+        n += 1;
+        let vds = vds.clone();
+        async move {
+            let patch = serde_json::json!({"spec": {"agents": {"cacheControl": format!("public, max-age={n}")}}});
+            vds.patch("media", &PatchParams::default(), &Patch::Merge(&patch)).await.ok()?;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let vd = vds.get("media").await.ok()?;
+            (condition(&vd, "Ready")?.reason == "ApplyFailed").then_some(vd)
+        }
+    })
+    .await;
     let generation = vd.metadata.generation;
-    let vd = wait_ready(&client, &ns, "media", "False", Some("ApplyFailed")).await;
     let ready = condition(&vd, "Ready").unwrap();
     assert!(
         ready.message.contains("public caching of private video is forbidden by cluster policy")
