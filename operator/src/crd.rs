@@ -7,7 +7,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::api::core::v1::{
+    Affinity, LocalObjectReference, ResourceRequirements, Toleration, TopologySpreadConstraint,
+};
+use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -19,6 +22,13 @@ pub const ROTATE_ANNOTATION: &str = "videodelivery.dev/rotate";
 
 /// A Go-style duration the API server's CEL `duration()` understands and humantime parses: "168h", "2m", "1h30m".
 const DURATION_PATTERN: &str = vd_token::duration::PATTERN;
+
+/// Longest VideoDelivery name: the agents' Service is `{name}-agent`, a DNS-1035 label of at most 63 characters.
+pub const MAX_NAME_LEN: usize = 57;
+const NAME_RULE: &str =
+    "self.metadata.name.size() <= 57 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')";
+const NAME_MESSAGE: &str = "metadata.name must be at most 57 lowercase letters, digits or '-', start with a letter and \
+    end with a letter or digit (no '.'): the agents' Service is named {name}-agent, a DNS label of at most 63 characters";
 
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
@@ -33,7 +43,8 @@ const DURATION_PATTERN: &str = vd_token::duration::PATTERN;
     printcolumn(name = "Active Key", type_ = "string", json_path = ".status.activeKeyId"),
     printcolumn(name = "Agents", type_ = "integer", json_path = ".status.readyAgents"),
     printcolumn(name = "Desired", type_ = "integer", json_path = ".status.desiredAgents"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new(NAME_RULE).message(NAME_MESSAGE)
 )]
 #[serde(rename_all = "camelCase")]
 /// Private video served from object storage by a fleet of agents that check signed URLs.
@@ -55,13 +66,22 @@ pub struct VideoDeliverySpec {
 ).message("storage.url must be s3://bucket[/prefix] or file:///absolute/dir"))]
 #[x_kube(validation = Rule::new("!self.url.startsWith('file://') || has(self.volumeClaimName)")
     .message("a file:// storage needs volumeClaimName: the PersistentVolumeClaim that holds the files"))]
+#[x_kube(validation = Rule::new("!self.url.startsWith('s3://') || !has(self.volumeClaimName)")
+    .message("storage.volumeClaimName is only for a file:// storage: an s3:// storage mounts no volume"))]
+#[x_kube(validation = Rule::new(FILE_PATH_RULE).message(FILE_PATH_MESSAGE).field_path(".url"))]
+#[x_kube(validation = Rule::new(file_mount_rule())
+    .message(kube::core::Message::Message(file_mount_message()))
+    .field_path(".url"))]
 pub struct StorageSpec {
-    /// `s3://bucket[/prefix]` or `file:///dir` (a directory on the volume named by `volumeClaimName`).
+    /// `s3://bucket[/prefix]` or `file:///dir` (a directory on the volume named by `volumeClaimName`, mounted at
+    /// that path: canonical, and clear of the directories the agent itself needs).
     #[schemars(length(min = 1, max = 1024))]
     pub url: String,
-    /// S3 endpoint for stores other than AWS (MinIO, Cloudflare R2, GCS's S3 interface).
+    /// S3 endpoint for stores other than AWS (MinIO, Cloudflare R2, GCS's S3 interface):
+    /// `http(s)://host[:port][/path]`, without credentials (they belong in `credentialsSecretRef`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
+    #[x_kube(validation = Rule::new(ENDPOINT_RULE).message(ENDPOINT_MESSAGE))]
     pub endpoint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
@@ -73,10 +93,67 @@ pub struct StorageSpec {
     /// `AWS_SECRET_ACCESS_KEY` (and `AWS_SESSION_TOKEN` if used). Without it, agents use the pod's own identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<SecretRef>,
-    /// The PersistentVolumeClaim mounted read-only at the `file://` directory.
+    /// The PersistentVolumeClaim mounted read-only at the `file://` directory; required with `file://`, refused
+    /// with `s3://`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new(DNS_SUBDOMAIN_RULE).message(
+        "storage.volumeClaimName must be the name of a PersistentVolumeClaim: lowercase letters, digits, '-' and '.', \
+         starting and ending with a letter or digit"
+    ))]
     pub volume_claim_name: Option<String>,
 }
+
+/// CEL: a DNS subdomain name, the form of most object names (`volumeClaimName`, Secret names).
+const DNS_SUBDOMAIN_RULE: &str = "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')";
+
+/// CEL: a `file://` URL names its directory canonically, since it is also the mount path: absolute, without empty,
+/// `.` or `..` segments, trailing `/`, or characters a path on a volume rarely needs.
+const FILE_PATH_RULE: &str = "!self.url.startsWith('file://') || (self.url.matches('^file://(/[-A-Za-z0-9._~@+=]+)+$') \
+    && !self.url.matches('/[.][.]?(/|$)'))";
+const FILE_PATH_MESSAGE: &str = "storage.url file:///dir must be a canonical absolute path: segments of letters, digits \
+    and -._~@+=, with no empty ('//'), '.' or '..' segment and no trailing '/'";
+
+/// Directories of the agent's container that the `file://` volume must neither cover nor lie in: the keyring
+/// mount, the image's system directories (the binary and its libraries), the kernel's, and scratch space.
+pub const AGENT_RESERVED_PATHS: [&str; 13] = [
+    crate::resources::KEYRING_MOUNT,
+    "/bin",
+    "/dev",
+    "/etc",
+    "/lib",
+    "/lib64",
+    "/proc",
+    "/run",
+    "/sbin",
+    "/sys",
+    "/tmp",
+    "/usr",
+    "/var/run",
+];
+
+fn file_mount_rule() -> String {
+    let reserved: Vec<String> = AGENT_RESERVED_PATHS.iter().map(|p| format!("'{p}'")).collect();
+    format!(
+        "!self.url.startsWith('file://') || ![{}].exists(m, self.url.substring(7) == m || \
+         self.url.substring(7).startsWith(m + '/') || m.startsWith(self.url.substring(7) + '/'))",
+        reserved.join(", ")
+    )
+}
+
+fn file_mount_message() -> String {
+    format!(
+        "storage.url file:///dir is where the volume is mounted in the agent: it must not be, contain or lie in {} \
+         (the keyring, the agent's binary and libraries, system and scratch directories); /media or /srv/videos are fine",
+        AGENT_RESERVED_PATHS.join(", ")
+    )
+}
+
+/// CEL: an S3 endpoint is an absolute http(s) URL, without userinfo (a place to leak credentials), query or
+/// fragment, which the S3 client would mangle.
+const ENDPOINT_RULE: &str = "self.matches('^https?://(\\\\[[0-9A-Fa-f:.]+\\\\]|[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?)(:[0-9]{1,5})?(/[-A-Za-z0-9._~%/]*)?$')";
+const ENDPOINT_MESSAGE: &str = "storage.endpoint must be a URL like https://host[:port][/path], without user, query, \
+    fragment or spaces (credentials belong in credentialsSecretRef)";
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 pub struct SecretRef {
@@ -302,8 +379,12 @@ fn public_prefix_items(schema: &mut schemars::Schema) {
     .message(kube::core::Message::Expression(PUBLIC_PREFIX_UNDER_ROUTE_MESSAGE.into()))
     .field_path(".publicPrefixes"))]
 pub struct AgentsSpec {
-    /// The agent image; the operator's `--agent-image` when empty.
+    /// The agent image; the operator's `--agent-image` when not set. When set, it must not be empty or hold spaces.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    #[x_kube(validation = Rule::new("self.matches('^[^\\\\s\\\\x00-\\\\x1f\\\\x7f]+$')")
+        .message("agents.image must be an image reference like registry.example/videodelivery-agent:1.2, without spaces; \
+                  leave it out for the operator's default"))]
     pub image: Option<String>,
     /// A fixed number of agents (2 when neither this nor autoscaling is set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -311,33 +392,217 @@ pub struct AgentsSpec {
     pub replicas: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<AutoscalingSpec>,
-    /// Requests and limits of the agent container (defaults: 100m CPU and 64Mi requested, 512Mi limit).
+    /// Requests and limits of the agent container (defaults: 100m CPU and 64Mi requested, 512Mi limit). Each a
+    /// quantity, and no request above the limit of the same resource.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = bound_resources)]
+    #[x_kube(validation = Rule::new(QUANTITIES_RULE).message(QUANTITIES_MESSAGE))]
+    #[x_kube(validation = Rule::new(REQUESTS_RULE).message(REQUESTS_MESSAGE))]
     pub resources: Option<ResourceRequirements>,
-    /// URL path under which objects are served.
+    /// URL path under which objects are served; canonical (no empty, `.` or `..` segment).
     #[serde(default = "default_route_prefix")]
     #[schemars(regex(pattern = "^/[A-Za-z0-9._~/-]*$"), length(max = 256))]
+    #[x_kube(validation = Rule::new(ROUTE_PREFIX_RULE).message(ROUTE_PREFIX_MESSAGE))]
     pub route_prefix: String,
     /// Folders served without a token (trailers, thumbnails), under `routePrefix` and ending in `/`, e.g.
     /// `/videos/public/`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32), inner(length(max = PUBLIC_PREFIX_MAX_LEN)), transform = public_prefix_items)]
     pub public_prefixes: Vec<String>,
-    /// Cache-Control of successful answers (what a CDN in front may cache).
+    /// Cache-Control of successful answers (what a CDN in front may cache); a header value, so no control
+    /// characters.
     #[serde(default = "default_cache_control")]
     #[schemars(length(max = 256))]
+    #[x_kube(validation = Rule::new(HEADER_VALUE_RULE).message(
+        "agents.cacheControl must be one line without control characters (it is sent as a header)"
+    ))]
     pub cache_control: String,
-    /// Origins allowed to read answers from scripts (web players on another origin); `*` for any.
+    /// Origins allowed to read answers from scripts (web players on another origin), as browsers send them
+    /// (`https://player.example`, lowercase, no path); `*` for any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32))]
+    #[schemars(length(max = 32), inner(length(max = 256)), transform = cors_origin_items)]
     pub cors_origins: Vec<String>,
+    /// Load balancers, ingress controllers or CDNs in front of the agents, as CIDRs (`10.0.0.0/8`) or addresses:
+    /// the agents believe X-Forwarded-For only from these, so that rate limits and IP-bound tokens see the viewer,
+    /// not the proxy. Changing it rolls the agents.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 64)), transform = trusted_proxy_items)]
+    pub trusted_proxies: Vec<String>,
     #[serde(default)]
     pub rate_limit: RateLimitSpec,
     #[serde(default)]
     pub cache: CacheSpec,
     #[serde(default)]
     pub playback: PlaybackSpec,
+    /// Nodes the agents may run on, by label.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    pub node_selector: BTreeMap<String, String>,
+    /// Taints the agents tolerate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub tolerations: Vec<Toleration>,
+    /// Node and pod (anti-)affinity of the agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// How the agents spread over zones or nodes. A constraint without `labelSelector` selects the agents of
+    /// this VideoDelivery (`app.kubernetes.io/name` and `app.kubernetes.io/instance`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+    /// PriorityClass of the agents' pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new(DNS_SUBDOMAIN_RULE).message(
+        "agents.priorityClassName must be the name of a PriorityClass: lowercase letters, digits, '-' and '.'"
+    ))]
+    pub priority_class_name: Option<String>,
+    /// Secrets (in this namespace) that hold credentials for pulling `image` from a private registry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<AgentNetworkPolicySpec>,
+    #[serde(default)]
+    pub metrics: MetricsSpec,
 }
+
+/// CEL on `resources`: every request and limit is a non-negative quantity.
+const QUANTITIES_RULE: &str = "(!has(self.requests) || self.requests.all(k, isQuantity(string(self.requests[k])) && \
+    quantity(string(self.requests[k])).sign() >= 0)) && (!has(self.limits) || self.limits.all(k, \
+    isQuantity(string(self.limits[k])) && quantity(string(self.limits[k])).sign() >= 0))";
+const QUANTITIES_MESSAGE: &str =
+    "agents.resources: each request and limit must be a quantity like 100m, 0.5, 64Mi or 1Gi, and not negative";
+/// CEL on `resources`: no request above the limit of the same resource (the Deployment would be refused).
+const REQUESTS_RULE: &str = "!has(self.requests) || !has(self.limits) || self.requests.all(k, !(k in self.limits) || \
+    !isQuantity(string(self.requests[k])) || !isQuantity(string(self.limits[k])) || \
+    quantity(string(self.requests[k])).compareTo(quantity(string(self.limits[k]))) <= 0)";
+const REQUESTS_MESSAGE: &str =
+    "agents.resources: a request must not be above the limit of the same resource (requests <= limits)";
+
+/// Bounds `requests` and `limits`, which keeps the CEL rules on them within the API server's cost budget.
+fn bound_resources(schema: &mut schemars::Schema) {
+    for field in ["requests", "limits"] {
+        if let Some(map) = schema.get_mut("properties").and_then(|p| p.get_mut(field)).and_then(|m| m.as_object_mut())
+        {
+            map.insert("maxProperties".into(), 16.into());
+        }
+    }
+}
+
+/// CEL: a route prefix that the agent accepts (`vd_token::canonical_path` once a trailing `/` is dropped).
+const ROUTE_PREFIX_RULE: &str =
+    "!self.contains('//') && !(self.endsWith('/') ? self : self + '/').matches('/[.][.]?/')";
+const ROUTE_PREFIX_MESSAGE: &str = "agents.routePrefix must be a canonical path like /videos: no empty ('//'), '.' or \
+    '..' segment (the agents would refuse to start)";
+
+/// CEL: a value sent as an HTTP header holds no control character (CR/LF would make the agent drop it).
+const HEADER_VALUE_RULE: &str = "!self.matches('[\\\\x00-\\\\x1f\\\\x7f]')";
+
+/// CEL, on each `corsOrigins` entry: `*` or an origin exactly as a browser sends it in `Origin`, which the agent
+/// compares byte for byte.
+const CORS_ORIGIN_RULE: &str = "self == '*' || self.matches('^https?://([a-z0-9]([-a-z0-9.]*[a-z0-9])?|\\\\[[0-9a-f:.]+\\\\])(:[0-9]{1,5})?$')";
+const CORS_ORIGIN_MESSAGE: &str = "each agents.corsOrigins entry must be * or an origin as browsers send it: \
+    http(s)://host[:port] in lowercase, without path, trailing '/' or comma";
+
+/// CEL, on each `trustedProxies` entry: what the agent's `--trusted-proxy` takes (an address becomes a /32 or /128).
+const TRUSTED_PROXY_RULE: &str = "isCIDR(self) || isIP(self)";
+const TRUSTED_PROXY_MESSAGE: &str =
+    "each agents.trustedProxies entry must be a CIDR like 10.0.0.0/8 or fd00::/8, or an IP address like 192.0.2.10";
+
+fn items_rule(schema: &mut schemars::Schema, rule: &str, message: &str) {
+    let items = schema.get_mut("items").and_then(|v| <&mut schemars::Schema>::try_from(v).ok());
+    let items = items.expect("a list schema has an items schema");
+    kube::core::validate(items, kube::core::Rule::new(rule).message(message)).expect("a CEL rule serializes");
+}
+
+fn cors_origin_items(schema: &mut schemars::Schema) {
+    items_rule(schema, CORS_ORIGIN_RULE, CORS_ORIGIN_MESSAGE);
+}
+
+fn trusted_proxy_items(schema: &mut schemars::Schema) {
+    items_rule(schema, TRUSTED_PROXY_RULE, TRUSTED_PROXY_MESSAGE);
+}
+
+/// A NetworkPolicy for the agents' pods. It restricts ingress only: storage may be anywhere, so egress stays open.
+/// Kubelet's probes come from the node, which network policies always allow.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentNetworkPolicySpec {
+    /// Make the NetworkPolicy (`{name}-agent`).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Who may reach the video port (load balancers, ingress controllers, the backends' pods): these peers, or
+    /// anyone when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub from: Vec<NetworkPolicyPeer>,
+    /// Who may reach the admin port (/metrics, /healthz, /readyz), e.g. the monitoring namespace
+    /// (`namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: monitoring}}`); nobody when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub metrics_from: Vec<NetworkPolicyPeer>,
+}
+
+/// Scraping of the agents' metrics.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricsSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_monitor: Option<PodMonitorSpec>,
+}
+
+/// A Prometheus Operator PodMonitor (`monitoring.coreos.com/v1`, `{name}-agent`) for the agents' `/metrics` on
+/// their admin port. Needs the Prometheus Operator's CRDs in the cluster.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodMonitorSpec {
+    #[serde(default)]
+    pub enabled: bool,
+    /// How often Prometheus scrapes each agent, as a Go duration of at least 1s.
+    #[serde(default = "default_scrape_interval")]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = 32))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s')")
+        .message("agents.metrics.podMonitor.interval must be at least 1s"))]
+    pub interval: String,
+    /// Labels on the PodMonitor, for a Prometheus whose `podMonitorSelector` picks by label (kube-prometheus-stack
+    /// selects `release: <its release name>`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 16))]
+    #[x_kube(validation = Rule::new(labels_rule()).message(LABELS_MESSAGE))]
+    pub labels: BTreeMap<String, String>,
+}
+
+fn default_scrape_interval() -> String {
+    "30s".into()
+}
+
+impl Default for PodMonitorSpec {
+    fn default() -> Self {
+        PodMonitorSpec { enabled: false, interval: default_scrape_interval(), labels: BTreeMap::new() }
+    }
+}
+
+/// A qualified name (annotation and label keys): an optional DNS subdomain prefix and `/`, then a name.
+const QUALIFIED_NAME_REGEX: &str =
+    "^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$";
+const QUALIFIED_NAME_FORM: &str = "a qualified name like example.com/name or name: an optional DNS prefix of at \
+    most 253 characters and '/', then at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter \
+    or digit";
+
+/// CEL on a map of labels: qualified-name keys and label values.
+fn labels_rule() -> String {
+    format!(
+        "self.all(k, k.indexOf('/') <= 253 && k.matches('{QUALIFIED_NAME_REGEX}') && \
+         self[k].matches('^([A-Za-z0-9]([-A-Za-z0-9_.]{{0,61}}[A-Za-z0-9])?)?$'))"
+    )
+}
+/// CEL on a map of annotations: qualified-name keys (the API server refuses the object otherwise).
+fn annotation_keys_rule() -> String {
+    format!("self.all(k, k.indexOf('/') <= 253 && k.matches('{QUALIFIED_NAME_REGEX}'))")
+}
+const LABELS_MESSAGE: &str = "agents.metrics.podMonitor.labels: each key must be a qualified name like example.com/name \
+    or name, each value at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit";
 
 /// HLS and DASH playback with one token (token format §5.4–§5.6). The path carrier needs no setting.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -440,9 +705,18 @@ impl Default for AgentsSpec {
             public_prefixes: Vec::new(),
             cache_control: default_cache_control(),
             cors_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
             rate_limit: RateLimitSpec::default(),
             cache: CacheSpec::default(),
             playback: PlaybackSpec::default(),
+            node_selector: BTreeMap::new(),
+            tolerations: Vec::new(),
+            affinity: None,
+            topology_spread_constraints: Vec::new(),
+            priority_class_name: None,
+            image_pull_secrets: Vec::new(),
+            network_policy: None,
+            metrics: MetricsSpec::default(),
         }
     }
 }
@@ -539,8 +813,11 @@ pub struct ServiceSpec {
     #[serde(default = "default_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
-    /// Annotations for the Service (load balancer settings, CDN origin hints).
+    /// Annotations for the Service (load balancer settings, CDN origin hints); keys are qualified names.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64), inner(length(max = 4096)))]
+    #[x_kube(validation = Rule::new(annotation_keys_rule())
+        .message(kube::core::Message::Message(format!("each service.annotations key must be {QUALIFIED_NAME_FORM}"))))]
     pub annotations: BTreeMap<String, String>,
 }
 
