@@ -25,8 +25,7 @@ const DURATION_PATTERN: &str = vd_token::duration::PATTERN;
 
 /// Longest VideoDelivery name: the agents' Service is `{name}-agent`, a DNS-1035 label of at most 63 characters.
 pub const MAX_NAME_LEN: usize = 57;
-const NAME_RULE: &str =
-    "self.metadata.name.size() <= 57 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')";
+const NAME_RULE: &str = "self.metadata.name.size() <= 57 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')";
 const NAME_MESSAGE: &str = "metadata.name must be at most 57 lowercase letters, digits or '-', start with a letter and \
     end with a letter or digit (no '.'): the agents' Service is named {name}-agent, a DNS label of at most 63 characters";
 
@@ -519,8 +518,7 @@ const REQUESTS_MESSAGE: &str =
 /// Bounds `requests` and `limits`, which keeps the CEL rules on them within the API server's cost budget.
 fn bound_resources(schema: &mut schemars::Schema) {
     for field in ["requests", "limits"] {
-        if let Some(map) = schema.get_mut("properties").and_then(|p| p.get_mut(field)).and_then(|m| m.as_object_mut())
-        {
+        if let Some(map) = schema.get_mut("properties").and_then(|p| p.get_mut(field)).and_then(|m| m.as_object_mut()) {
             map.insert("maxProperties".into(), 16.into());
         }
     }
@@ -537,7 +535,8 @@ const HEADER_VALUE_RULE: &str = "!self.matches('[\\\\x00-\\\\x1f\\\\x7f]')";
 
 /// CEL, on each `corsOrigins` entry: `*` or an origin exactly as a browser sends it in `Origin`, which the agent
 /// compares byte for byte.
-const CORS_ORIGIN_RULE: &str = "self == '*' || self.matches('^https?://([a-z0-9]([-a-z0-9.]*[a-z0-9])?|\\\\[[0-9a-f:.]+\\\\])(:[0-9]{1,5})?$')";
+const CORS_ORIGIN_RULE: &str =
+    "self == '*' || self.matches('^https?://([a-z0-9]([-a-z0-9.]*[a-z0-9])?|\\\\[[0-9a-f:.]+\\\\])(:[0-9]{1,5})?$')";
 const CORS_ORIGIN_MESSAGE: &str = "each agents.corsOrigins entry must be * or an origin as browsers send it: \
     http(s)://host[:port] in lowercase, without path, trailing '/' or comma";
 
@@ -620,8 +619,7 @@ impl Default for PodMonitorSpec {
 }
 
 /// A qualified name (annotation and label keys): an optional DNS subdomain prefix and `/`, then a name.
-const QUALIFIED_NAME_REGEX: &str =
-    "^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$";
+const QUALIFIED_NAME_REGEX: &str = "^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$";
 const QUALIFIED_NAME_FORM: &str = "a qualified name like example.com/name or name: an optional DNS prefix of at \
     most 253 characters and '/', then at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter \
     or digit";
@@ -1072,7 +1070,9 @@ pub mod forms {
     fn host(h: &str, lowercase: bool) -> bool {
         if let Some(inner) = h.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
             return !inner.is_empty()
-                && inner.bytes().all(|c| c.is_ascii_hexdigit() && !(lowercase && c.is_ascii_uppercase()) || c == b':' || c == b'.');
+                && inner.bytes().all(|c| {
+                    c.is_ascii_hexdigit() && !(lowercase && c.is_ascii_uppercase()) || c == b':' || c == b'.'
+                });
         }
         let b = h.as_bytes();
         let ok = |c: &u8| c.is_ascii_digit() || c.is_ascii_lowercase() || (!lowercase && c.is_ascii_uppercase());
