@@ -67,6 +67,8 @@ pub struct VideoDeliverySpec {
     .message("a file:// storage needs volumeClaimName: the PersistentVolumeClaim that holds the files"))]
 #[x_kube(validation = Rule::new("!self.url.startsWith('s3://') || !has(self.volumeClaimName)")
     .message("storage.volumeClaimName is only for a file:// storage: an s3:// storage mounts no volume"))]
+// On the object, not the field: a refusal of a field shows its value, and an endpoint may hold credentials.
+#[x_kube(validation = Rule::new(ENDPOINT_RULE).message(ENDPOINT_MESSAGE).field_path(".endpoint"))]
 #[x_kube(validation = Rule::new(FILE_PATH_RULE).message(FILE_PATH_MESSAGE).field_path(".url"))]
 #[x_kube(validation = Rule::new(file_mount_rule())
     .message(kube::core::Message::Message(file_mount_message()))
@@ -80,7 +82,6 @@ pub struct StorageSpec {
     /// `http(s)://host[:port][/path]`, without credentials (they belong in `credentialsSecretRef`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
-    #[x_kube(validation = Rule::new(ENDPOINT_RULE).message(ENDPOINT_MESSAGE))]
     pub endpoint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
@@ -150,7 +151,7 @@ fn file_mount_message() -> String {
 
 /// CEL: an S3 endpoint is an absolute http(s) URL, without userinfo (a place to leak credentials), query or
 /// fragment, which the S3 client would mangle.
-const ENDPOINT_RULE: &str = "self.matches('^https?://(\\\\[[0-9A-Fa-f:.]+\\\\]|[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?)(:[0-9]{1,5})?(/[-A-Za-z0-9._~%/]*)?$')";
+const ENDPOINT_RULE: &str = "!has(self.endpoint) || self.endpoint.matches('^https?://(\\\\[[0-9A-Fa-f:.]+\\\\]|[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?)(:[0-9]{1,5})?(/[-A-Za-z0-9._~%/]*)?$')";
 const ENDPOINT_MESSAGE: &str = "storage.endpoint must be a URL like https://host[:port][/path], without user, query, \
     fragment or spaces (credentials belong in credentialsSecretRef)";
 
@@ -504,8 +505,8 @@ pub struct AgentsSpec {
 
 /// CEL on `resources`: every request and limit is a non-negative quantity.
 const QUANTITIES_RULE: &str = "(!has(self.requests) || self.requests.all(k, isQuantity(string(self.requests[k])) && \
-    quantity(string(self.requests[k])).sign() >= 0)) && (!has(self.limits) || self.limits.all(k, \
-    isQuantity(string(self.limits[k])) && quantity(string(self.limits[k])).sign() >= 0))";
+    !string(self.requests[k]).startsWith('-'))) && (!has(self.limits) || self.limits.all(k, \
+    isQuantity(string(self.limits[k])) && !string(self.limits[k]).startsWith('-')))";
 const QUANTITIES_MESSAGE: &str =
     "agents.resources: each request and limit must be a quantity like 100m, 0.5, 64Mi or 1Gi, and not negative";
 /// CEL on `resources`: no request above the limit of the same resource (the Deployment would be refused).
@@ -515,11 +516,16 @@ const REQUESTS_RULE: &str = "!has(self.requests) || !has(self.limits) || self.re
 const REQUESTS_MESSAGE: &str =
     "agents.resources: a request must not be above the limit of the same resource (requests <= limits)";
 
-/// Bounds `requests` and `limits`, which keeps the CEL rules on them within the API server's cost budget.
+/// Bounds `requests` and `limits` (8 resources, quantities of 64 characters), which keeps the CEL rules on them
+/// within the API server's cost budget.
 fn bound_resources(schema: &mut schemars::Schema) {
     for field in ["requests", "limits"] {
-        if let Some(map) = schema.get_mut("properties").and_then(|p| p.get_mut(field)).and_then(|m| m.as_object_mut()) {
-            map.insert("maxProperties".into(), 16.into());
+        let map = schema.get_mut("properties").and_then(|p| p.get_mut(field)).and_then(|m| m.as_object_mut());
+        if let Some(map) = map {
+            map.insert("maxProperties".into(), 8.into());
+            if let Some(values) = map.get_mut("additionalProperties").and_then(|v| v.as_object_mut()) {
+                values.insert("maxLength".into(), 64.into());
+            }
         }
     }
 }
@@ -603,9 +609,16 @@ pub struct PodMonitorSpec {
     /// Labels on the PodMonitor, for a Prometheus whose `podMonitorSelector` picks by label (kube-prometheus-stack
     /// selects `release: <its release name>`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = 16))]
+    #[schemars(extend("maxProperties" = 16), transform = label_values)]
     #[x_kube(validation = Rule::new(labels_rule()).message(LABELS_MESSAGE))]
     pub labels: BTreeMap<String, String>,
+}
+
+/// Label values are at most 63 characters; saying so keeps the CEL rule on them within the cost budget.
+fn label_values(schema: &mut schemars::Schema) {
+    if let Some(values) = schema.get_mut("additionalProperties").and_then(|v| v.as_object_mut()) {
+        values.insert("maxLength".into(), 63.into());
+    }
 }
 
 fn default_scrape_interval() -> String {
@@ -911,7 +924,7 @@ pub struct ServiceSpec {
     pub port: i32,
     /// Annotations for the Service (load balancer settings, CDN origin hints); keys are qualified names.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = 64), inner(length(max = 4096)))]
+    #[schemars(extend("maxProperties" = 64))]
     #[x_kube(validation = Rule::new(annotation_keys_rule())
         .message(kube::core::Message::Message(format!("each service.annotations key must be {QUALIFIED_NAME_FORM}"))))]
     pub annotations: BTreeMap<String, String>,
