@@ -175,7 +175,7 @@ async fn nonsense_is_refused_at_apply_time_with_a_readable_message() {
     }
     // What `kubectl apply` prints.
     let manifest = common_manifest("my.media", s3);
-    let out = kubectl(&cp, &["apply", "-n", &ns, "-f", "-"], &manifest);
+    let out = kubectl(cp, &["apply", "-n", &ns, "-f", "-"], &manifest);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(name_message), "{stderr}");
@@ -412,7 +412,13 @@ async fn the_examples_apply_cleanly() {
     let api: Api<VideoDelivery> = Api::namespaced(cp.client().await.unwrap(), &ns);
     let names: Vec<String> =
         api.list(&Default::default()).await.unwrap().items.into_iter().map(|v| v.metadata.name.unwrap()).collect();
-    assert_eq!(names, ["archive", "courses", "media"]);
+    assert_eq!(names, ["archive", "courses", "live", "media"]);
     let courses = api.get("courses").await.unwrap();
     assert_eq!(courses.spec.agents.autoscaling.unwrap().target_cpu_utilization, 60, "no field was dropped");
+    let live = api.get("live").await.unwrap();
+    assert_eq!(live.spec.agents.trusted_proxies, ["10.0.0.0/8", "192.0.2.10"], "no field was dropped");
+    assert!(live.spec.agents.network_policy.is_some_and(|np| np.enabled && np.metrics_from.len() == 1));
+    for vd in api.list(&Default::default()).await.unwrap() {
+        vd.validate(&SigningFloors::default()).unwrap_or_else(|e| panic!("{}: {e}", vd.name_any()));
+    }
 }
