@@ -11,13 +11,15 @@ use k8s_openapi::api::autoscaling::v2::{
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvFromSource, HTTPGetAction, KeyToPath, PersistentVolumeClaimVolumeSource,
     PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret, SecretEnvSource,
-    SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec as CoreServiceSpec, Volume,
-    VolumeMount,
+    SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec as CoreServiceSpec,
+    TopologySpreadConstraint, Volume, VolumeMount,
 };
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPort, NetworkPolicySpec};
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{ApiResource, DynamicObject};
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
@@ -164,6 +166,14 @@ pub fn agent_args(vd: &VideoDelivery) -> Vec<String> {
     }
     args.extend(s.agents.public_prefixes.iter().map(|p| format!("--public-prefix={p}")));
     args.extend(s.agents.cors_origins.iter().map(|o| format!("--cors-origin={o}")));
+    // The agent takes CIDRs only; an address is its /32 or /128. An entry the CRD would refuse is left out.
+    args.extend(
+        s.agents
+            .trusted_proxies
+            .iter()
+            .filter_map(|p| crate::crd::forms::ip_net(p))
+            .map(|p| format!("--trusted-proxy={p}")),
+    );
     let playback = &s.agents.playback;
     if playback.rewrite_manifests {
         args.push("--rewrite-manifests".into());
@@ -317,6 +327,13 @@ pub fn deployment(vd: &VideoDelivery, image: &str, credentials_version: Option<&
                     }),
                     containers: vec![container],
                     volumes: Some(volumes),
+                    node_selector: (!s.agents.node_selector.is_empty()).then(|| s.agents.node_selector.clone()),
+                    tolerations: (!s.agents.tolerations.is_empty()).then(|| s.agents.tolerations.clone()),
+                    affinity: s.agents.affinity.clone(),
+                    topology_spread_constraints: topology_spread(vd),
+                    priority_class_name: s.agents.priority_class_name.clone(),
+                    image_pull_secrets: (!s.agents.image_pull_secrets.is_empty())
+                        .then(|| s.agents.image_pull_secrets.clone()),
                     ..Default::default()
                 }),
             },
@@ -324,6 +341,87 @@ pub fn deployment(vd: &VideoDelivery, image: &str, credentials_version: Option<&
         }),
         ..Default::default()
     }
+}
+
+/// The spec's topology spread constraints; one without a label selector spreads this VideoDelivery's agents.
+fn topology_spread(vd: &VideoDelivery) -> Option<Vec<TopologySpreadConstraint>> {
+    let constraints = &vd.spec.agents.topology_spread_constraints;
+    let own = LabelSelector { match_labels: Some(selector_labels(vd)), ..Default::default() };
+    let empty = |s: &LabelSelector| {
+        s.match_labels.as_ref().is_none_or(BTreeMap::is_empty) && s.match_expressions.as_ref().is_none_or(Vec::is_empty)
+    };
+    (!constraints.is_empty()).then(|| {
+        constraints
+            .iter()
+            .cloned()
+            .map(|mut c| {
+                if c.label_selector.as_ref().is_none_or(empty) {
+                    c.label_selector = Some(own.clone());
+                }
+                c
+            })
+            .collect()
+    })
+}
+
+/// The agents' NetworkPolicy (`{name}-agent`), when `agents.networkPolicy.enabled`: ingress to the video port from
+/// the `from` peers (anyone when there are none), to the admin port only from the `metricsFrom` peers. Egress
+/// stays open (storage may be anywhere). When it is disabled the controller deletes the one it owns.
+pub fn network_policy(vd: &VideoDelivery) -> Option<NetworkPolicy> {
+    let np = vd.spec.agents.network_policy.as_ref().filter(|np| np.enabled)?;
+    let port = |name: &str| NetworkPolicyPort {
+        port: Some(IntOrString::String(name.into())),
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    };
+    let mut ingress = vec![NetworkPolicyIngressRule {
+        ports: Some(vec![port("http")]),
+        from: (!np.from.is_empty()).then(|| np.from.clone()),
+    }];
+    if !np.metrics_from.is_empty() {
+        ingress
+            .push(NetworkPolicyIngressRule { ports: Some(vec![port("admin")]), from: Some(np.metrics_from.clone()) });
+    }
+    Some(NetworkPolicy {
+        metadata: meta(vd, agent_name(vd)),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector { match_labels: Some(selector_labels(vd)), ..Default::default() }),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(ingress),
+            ..Default::default()
+        }),
+    })
+}
+
+/// The Prometheus Operator's PodMonitor kind, for an `Api<DynamicObject>`.
+pub fn pod_monitor_api_resource() -> ApiResource {
+    ApiResource {
+        group: "monitoring.coreos.com".into(),
+        version: "v1".into(),
+        api_version: "monitoring.coreos.com/v1".into(),
+        kind: "PodMonitor".into(),
+        plural: "podmonitors".into(),
+    }
+}
+
+/// The agents' PodMonitor (`{name}-agent`), when `agents.metrics.podMonitor.enabled`: Prometheus scrapes `/metrics`
+/// on each agent's admin port. Labels are the spec's and the operator's own; nothing in it is secret. When it is
+/// disabled the controller deletes the one it owns; a cluster without the Prometheus Operator's CRDs refuses it.
+pub fn pod_monitor(vd: &VideoDelivery) -> Option<DynamicObject> {
+    let pm = vd.spec.agents.metrics.pod_monitor.as_ref().filter(|pm| pm.enabled)?;
+    let mut metadata = meta(vd, agent_name(vd));
+    let mut all_labels = pm.labels.clone();
+    all_labels.extend(labels(vd));
+    metadata.labels = Some(all_labels);
+    let mut obj = DynamicObject::new(&agent_name(vd), &pod_monitor_api_resource());
+    obj.metadata = metadata;
+    obj.data = serde_json::json!({
+        "spec": {
+            "selector": {"matchLabels": selector_labels(vd)},
+            "podMetricsEndpoints": [{"port": "admin", "path": "/metrics", "interval": pm.interval}],
+        }
+    });
+    Some(obj)
 }
 
 /// The autoscaler, when the spec asks for one.
@@ -444,5 +542,125 @@ mod tests {
             url(&vd("storage: {url: 's3://v'}\nservice: {port: 8080}")),
             "http://media-agent.web.svc:8080/videos/"
         );
+    }
+
+    #[test]
+    fn trusted_proxies_reach_the_agent_and_roll_it() {
+        let a = vd("storage: {url: 's3://videos'}");
+        assert!(!agent_args(&a).iter().any(|x| x.starts_with("--trusted-proxy")));
+        let b = vd("storage: {url: 's3://videos'}\nagents: {trustedProxies: [10.0.0.0/8, 192.0.2.10, '2001:db8::1']}");
+        let args = agent_args(&b);
+        let proxies: Vec<&str> = args.iter().filter_map(|x| x.strip_prefix("--trusted-proxy=")).collect();
+        assert_eq!(proxies, ["10.0.0.0/8", "192.0.2.10/32", "2001:db8::1/128"], "the agent takes CIDRs only");
+        assert_ne!(config_hash(&a, "i", None), config_hash(&b, "i", None), "a new proxy list rolls the agents");
+    }
+
+    #[test]
+    fn scheduling_reaches_the_pod_template() {
+        let v = vd(r#"
+storage: {url: 's3://videos'}
+agents:
+  nodeSelector: {pool: video}
+  tolerations: [{key: dedicated, operator: Equal, value: video, effect: NoSchedule}]
+  affinity: {podAntiAffinity: {preferredDuringSchedulingIgnoredDuringExecution: [{weight: 100, podAffinityTerm: {topologyKey: kubernetes.io/hostname}}]}}
+  topologySpreadConstraints:
+    - {maxSkew: 1, topologyKey: topology.kubernetes.io/zone, whenUnsatisfiable: ScheduleAnyway}
+    - {maxSkew: 2, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {tier: video}}}
+  priorityClassName: video-critical
+  imagePullSecrets: [{name: registry}]
+"#);
+        let pod = deployment(&v, "i", None).spec.unwrap().template.spec.unwrap();
+        assert_eq!(pod.node_selector.unwrap()["pool"], "video");
+        assert_eq!(pod.tolerations.unwrap()[0].key.as_deref(), Some("dedicated"));
+        assert!(pod.affinity.unwrap().pod_anti_affinity.is_some());
+        assert_eq!(pod.priority_class_name.as_deref(), Some("video-critical"));
+        assert_eq!(pod.image_pull_secrets.unwrap()[0].name, "registry");
+        let spread = pod.topology_spread_constraints.unwrap();
+        let selectors: Vec<_> =
+            spread.iter().map(|c| c.label_selector.clone().unwrap().match_labels.unwrap()).collect();
+        assert_eq!(selectors[0], selector_labels(&v), "an empty selector spreads this VideoDelivery's agents");
+        assert_eq!(selectors[1], BTreeMap::from([("tier".to_string(), "video".to_string())]), "a given one is kept");
+        // Without scheduling fields the pod template has none of them.
+        let pod = deployment(&vd("storage: {url: 's3://v'}"), "i", None).spec.unwrap().template.spec.unwrap();
+        assert!(pod.node_selector.is_none() && pod.tolerations.is_none() && pod.affinity.is_none());
+        assert!(pod.topology_spread_constraints.is_none() && pod.image_pull_secrets.is_none());
+        assert!(pod.priority_class_name.is_none());
+    }
+
+    #[test]
+    fn the_network_policy_opens_video_to_its_peers_and_metrics_to_monitoring() {
+        let port_names = |rule: &NetworkPolicyIngressRule| -> Vec<String> {
+            rule.ports
+                .iter()
+                .flatten()
+                .filter_map(|p| match &p.port {
+                    Some(IntOrString::String(name)) => Some(name.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        for (agents, from_anyone, metrics_rule) in [
+            ("{}", None, None),
+            ("{networkPolicy: {enabled: false, from: [{podSelector: {}}]}}", None, None),
+            ("{networkPolicy: {enabled: true}}", Some(true), Some(false)),
+            (
+                "{networkPolicy: {enabled: true, from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: ingress}}}], \
+                 metricsFrom: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: monitoring}}}]}}",
+                Some(false),
+                Some(true),
+            ),
+        ] {
+            let v = vd(&format!("storage: {{url: 's3://videos'}}\nagents: {agents}"));
+            let Some(np) = network_policy(&v) else {
+                assert!(from_anyone.is_none(), "{agents}: no policy");
+                continue;
+            };
+            assert_eq!(np.metadata.name.as_deref(), Some("media-agent"));
+            assert_eq!(np.metadata.owner_references.as_ref().unwrap()[0].uid, "uid-1");
+            let spec = np.spec.unwrap();
+            assert_eq!(spec.pod_selector.unwrap().match_labels.unwrap(), selector_labels(&v));
+            assert_eq!(spec.policy_types.unwrap(), ["Ingress"], "egress to storage stays open");
+            let ingress = spec.ingress.unwrap();
+            assert_eq!(port_names(&ingress[0]), ["http"]);
+            assert_eq!(ingress[0].from.is_none(), from_anyone.unwrap(), "{agents}");
+            assert_eq!(ingress.len() == 2, metrics_rule.unwrap(), "{agents}");
+            if let Some(m) = ingress.get(1) {
+                assert_eq!(port_names(m), ["admin"]);
+                assert_eq!(m.from.as_ref().unwrap().len(), 1);
+            }
+            assert!(
+                !ingress.iter().any(|r| port_names(r).contains(&"admin".into()) && r.from.is_none()),
+                "the admin port is never open to anyone"
+            );
+        }
+    }
+
+    #[test]
+    fn the_pod_monitor_scrapes_the_admin_port() {
+        assert!(pod_monitor(&vd("storage: {url: 's3://v'}")).is_none());
+        assert!(
+            pod_monitor(&vd("storage: {url: 's3://v'}\nagents: {metrics: {podMonitor: {enabled: false}}}")).is_none()
+        );
+        let v =
+            vd("storage: {url: 's3://v'}\nagents: {metrics: {podMonitor: {enabled: true, labels: {release: kps}}}}");
+        let pm = pod_monitor(&v).unwrap();
+        let json = serde_json::to_value(&pm).unwrap();
+        assert_eq!(json["apiVersion"], "monitoring.coreos.com/v1");
+        assert_eq!(json["kind"], "PodMonitor");
+        assert_eq!(json["metadata"]["name"], "media-agent");
+        assert_eq!(json["metadata"]["namespace"], "web");
+        assert_eq!(json["metadata"]["labels"]["release"], "kps");
+        assert_eq!(json["metadata"]["labels"]["app.kubernetes.io/managed-by"], "videodelivery-operator");
+        assert_eq!(json["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+        assert_eq!(json["spec"]["selector"]["matchLabels"]["app.kubernetes.io/instance"], "media");
+        let endpoint = &json["spec"]["podMetricsEndpoints"][0];
+        assert_eq!(
+            (&endpoint["port"], &endpoint["path"], &endpoint["interval"]),
+            (&"admin".into(), &"/metrics".into(), &"30s".into())
+        );
+        // The port name is the container's.
+        let c = &deployment(&v, "i", None).spec.unwrap().template.spec.unwrap().containers[0];
+        let admin = c.ports.as_ref().unwrap().iter().find(|p| p.name.as_deref() == Some("admin")).unwrap();
+        assert_eq!(admin.container_port, ADMIN_PORT);
     }
 }

@@ -3,9 +3,11 @@
 
 mod common;
 
+use kube::ResourceExt;
 use kube::api::{Api, PostParams};
 use vd_testsupport::ControlPlane;
-use videodelivery_operator::crd::VideoDelivery;
+use videodelivery_operator::crd::{MAX_NAME_LEN, SigningFloors, VideoDelivery};
+use videodelivery_operator::resources;
 
 #[test]
 fn committed_crd_is_what_crdgen_prints() {
@@ -71,15 +73,239 @@ async fn nonsense_is_refused_at_apply_time_with_a_readable_message() {
     ];
     for (i, (yaml, expected)) in cases.iter().enumerate() {
         let vd = VideoDelivery::new(&format!("bad-{i}"), common::spec(yaml));
-        match api.create(&PostParams::default(), &vd).await {
-            Ok(_) => panic!("the API server accepted {yaml:?}"),
-            Err(kube::Error::Api(s)) => {
-                assert_eq!(s.code, 422, "{yaml:?}: {s:?}");
-                assert!(s.message.contains(expected), "{yaml:?}: message {:?} lacks {expected:?}", s.message);
-            }
-            Err(e) => panic!("{yaml:?}: {e}"),
+        refused(&api, &vd, expected).await;
+    }
+    // What breaks owned objects or agents: refused by the CRD, and by the operator's own check (for a CRD older
+    // than the operator), each with a readable message.
+    let s3 = "storage: {url: 's3://videos'}";
+    let file = |dir: &str, claim: &str| format!("storage: {{url: 'file://{dir}', volumeClaimName: '{claim}'}}");
+    let mount = "storage.url file:///dir is where the volume is mounted in the agent: it must not be, contain or lie in \
+                 /etc/videodelivery/keyring";
+    let canonical = "storage.url file:///dir must be a canonical absolute path";
+    let endpoint = "storage.endpoint must be a URL like https://host[:port][/path], without user, query, fragment or \
+                    spaces (credentials belong in credentialsSecretRef)";
+    let cors = "each agents.corsOrigins entry must be * or an origin as browsers send it";
+    let route = "agents.routePrefix must be a canonical path like /videos";
+    let claim = "storage.volumeClaimName must be the name of a PersistentVolumeClaim";
+    let cases: Vec<(String, &str)> = vec![
+        (format!("{s3}\nagents: {{image: ''}}"), "agents.image must be an image reference"),
+        (format!("{s3}\nagents: {{image: 'agent :1'}}"), "agents.image must be an image reference"),
+        (
+            format!("{s3}\nagents: {{resources: {{requests: {{memory: 1Gi}}, limits: {{memory: 512Mi}}}}}}"),
+            "agents.resources: a request must not be above the limit of the same resource",
+        ),
+        (
+            format!("{s3}\nagents: {{resources: {{requests: {{cpu: 2}}, limits: {{cpu: 1500m}}}}}}"),
+            "agents.resources: a request must not be above the limit of the same resource",
+        ),
+        (
+            format!("{s3}\nagents: {{resources: {{requests: {{cpu: lots}}}}}}"),
+            "agents.resources: each request and limit must be a quantity like 100m",
+        ),
+        (
+            format!("{s3}\nagents: {{resources: {{limits: {{memory: -1Gi}}}}}}"),
+            "agents.resources: each request and limit must be a quantity like 100m",
+        ),
+        (
+            format!("{s3}\nservice: {{annotations: {{'bad key!': x}}}}"),
+            "each service.annotations key must be a qualified name like example.com/name",
+        ),
+        (file("/etc/videodelivery/keyring", "v"), mount),
+        (file("/etc/videodelivery", "v"), mount),
+        (file("/etc/videodelivery/keyring/media", "v"), mount),
+        (file("/tmp", "v"), mount),
+        (file("/usr/local", "v"), mount),
+        (file("/media/../etc", "v"), canonical),
+        (file("/media//x", "v"), canonical),
+        (file("/media/./x", "v"), canonical),
+        (file("/media/", "v"), canonical),
+        (file("/media", ""), claim),
+        (file("/media", "Films"), claim),
+        (
+            "storage: {url: 's3://videos', volumeClaimName: films}".into(),
+            "storage.volumeClaimName is only for a file:// storage",
+        ),
+        (format!("{s3}\nagents: {{routePrefix: /videos/../admin}}"), route),
+        (format!("{s3}\nagents: {{routePrefix: //videos}}"), route),
+        (format!("{s3}\nagents: {{routePrefix: /videos/./x}}"), route),
+        (
+            format!("{s3}\nagents: {{cacheControl: \"private\\r\\nX-Injected: 1\"}}"),
+            "agents.cacheControl must be one line without control characters",
+        ),
+        ("storage: {url: 's3://videos', endpoint: 'minio:9000'}".into(), endpoint),
+        ("storage: {url: 's3://videos', endpoint: 'http://user:hunter2@minio:9000'}".into(), endpoint),
+        ("storage: {url: 's3://videos', endpoint: 'http://minio:9000/?region=x'}".into(), endpoint),
+        (format!("{s3}\nagents: {{corsOrigins: ['https://player.example/']}}"), cors),
+        (format!("{s3}\nagents: {{corsOrigins: ['https://a.example,https://b.example']}}"), cors),
+        (
+            format!("{s3}\nagents: {{trustedProxies: [10.0.0.0/33]}}"),
+            "each agents.trustedProxies entry must be a CIDR like 10.0.0.0/8",
+        ),
+        (
+            format!("{s3}\nagents: {{metrics: {{podMonitor: {{enabled: true, interval: 0s}}}}}}"),
+            "agents.metrics.podMonitor.interval must be at least 1s",
+        ),
+        // The production floors (this test binary keeps them).
+        (
+            format!(
+                "{s3}\nsigning: {{rotationInterval: 1s, propagationDelay: 0s, maxTokenLifetime: 0s, clockSkew: 0s}}"
+            ),
+            "signing.rotationInterval must be at least 1h",
+        ),
+        (format!("{s3}\nsigning: {{propagationDelay: 0s}}"), "signing.propagationDelay must be at least 1m30s"),
+        (format!("{s3}\nsigning: {{maxTokenLifetime: 0s}}"), "signing.maxTokenLifetime must be at least 1m"),
+    ];
+    for (i, (yaml, expected)) in cases.iter().enumerate() {
+        let vd = VideoDelivery::new(&format!("form-{i}"), common::spec(yaml));
+        refused(&api, &vd, expected).await;
+        let text = refusal_text(&api, &vd).await;
+        assert!(!text.contains("hunter2"), "a refusal never repeats a credential: {text}");
+        assert!(vd.validate(&SigningFloors::default()).is_err(), "the operator accepts what the CRD refuses: {yaml}");
+    }
+    // Durations below a second do not match the pattern at all.
+    let vd = VideoDelivery::new("form-ms", common::spec(&format!("{s3}\nsigning: {{propagationDelay: 1ms}}")));
+    refused(&api, &vd, "spec.signing.propagationDelay in body should match '^([0-9]+(h|m|s))+$'").await;
+    // Names from which a derived name would be invalid.
+    let name_message = "metadata.name must be at most 57 lowercase letters, digits or '-', start with a letter and end \
+                        with a letter or digit (no '.')";
+    for name in ["my.media".to_string(), "a".repeat(58), "1media".into()] {
+        let vd = VideoDelivery::new(&name, common::spec(s3));
+        refused(&api, &vd, name_message).await;
+        assert!(vd.validate(&SigningFloors::default()).is_err(), "{name}");
+    }
+    // What `kubectl apply` prints.
+    let manifest = common_manifest("my.media", s3);
+    let out = kubectl(cp, &["apply", "-n", &ns, "-f", "-"], &manifest);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(name_message), "{stderr}");
+}
+
+/// Asserts that the API server refuses `vd` with 422 and a message that contains `expected`.
+async fn refused(api: &Api<VideoDelivery>, vd: &VideoDelivery, expected: &str) {
+    let what = serde_json::to_string(&vd.spec).unwrap();
+    match api.create(&PostParams::default(), vd).await {
+        Ok(_) => panic!("the API server accepted {} {what}", vd.name_any()),
+        Err(kube::Error::Api(s)) => {
+            assert_eq!(s.code, 422, "{what}: {s:?}");
+            assert!(s.message.contains(expected), "{what}: message {:?} lacks {expected:?}", s.message);
+        }
+        Err(e) => panic!("{what}: {e}"),
+    }
+}
+
+async fn refusal_text(api: &Api<VideoDelivery>, vd: &VideoDelivery) -> String {
+    match api.create(&PostParams { dry_run: true, ..Default::default() }, vd).await {
+        Err(kube::Error::Api(s)) => s.message,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn common_manifest(name: &str, spec: &str) -> String {
+    let spec: serde_json::Value = serde_yaml_ng::from_str(spec).unwrap();
+    serde_json::json!({
+        "apiVersion": "videodelivery.dev/v1alpha1",
+        "kind": "VideoDelivery",
+        "metadata": {"name": name},
+        "spec": spec,
+    })
+    .to_string()
+}
+
+fn kubectl(cp: &ControlPlane, args: &[&str], stdin: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = std::process::Command::new(vd_testsupport::binary("kubectl").unwrap())
+        .arg(format!("--kubeconfig={}", cp.kubeconfig().display()))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Specs at the edges of what the CRD accepts, new fields included: the API server takes them, the operator's
+/// check agrees, and every object the operator would make from them is one the API server takes too.
+#[tokio::test]
+async fn good_specs_pass_and_make_valid_owned_objects() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await.unwrap();
+    let ns = cp.namespace("crd-good").await.unwrap();
+    let api: Api<VideoDelivery> = Api::namespaced(client.clone(), &ns);
+    let longest = format!("m{}", "0123456789".repeat(6))[..MAX_NAME_LEN].to_string();
+    let cases = [
+        (longest.as_str(), "storage: {url: 'file:///srv/videos/2024', volumeClaimName: video-archive.v2}"),
+        (
+            "scheduled",
+            r#"
+storage: {url: 's3://videos', endpoint: 'https://s3.example.com:9000/base', pathStyle: true}
+agents:
+  image: registry.example/videodelivery-agent:1.2
+  replicas: 3
+  routePrefix: /videos/
+  cacheControl: public, max-age=60
+  corsOrigins: ['*', 'https://player.example', 'http://localhost:3000']
+  trustedProxies: [10.0.0.0/8, 192.0.2.10, 'fd00::/8']
+  resources: {requests: {cpu: 500m, memory: 256Mi}, limits: {cpu: 1, memory: 512Mi}}
+  nodeSelector: {pool: video}
+  tolerations: [{key: dedicated, operator: Equal, value: video, effect: NoSchedule}]
+  affinity:
+    podAntiAffinity:
+      preferredDuringSchedulingIgnoredDuringExecution:
+        - {weight: 100, podAffinityTerm: {topologyKey: kubernetes.io/hostname}}
+  topologySpreadConstraints: [{maxSkew: 1, topologyKey: topology.kubernetes.io/zone, whenUnsatisfiable: ScheduleAnyway}]
+  priorityClassName: system-cluster-critical
+  imagePullSecrets: [{name: registry}]
+  networkPolicy:
+    enabled: true
+    from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: ingress-nginx}}}, {ipBlock: {cidr: 10.0.0.0/8}}]
+    metricsFrom: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: monitoring}}}]
+  metrics: {podMonitor: {enabled: true, interval: 15s, labels: {release: kube-prometheus-stack}}}
+service: {annotations: {service.beta.kubernetes.io/aws-load-balancer-type: nlb, cdn_hint: origin}}
+"#,
+        ),
+        (
+            "autoscaled",
+            "storage: {url: 's3://videos'}\nagents: {autoscaling: {minReplicas: 2, maxReplicas: 5}, networkPolicy: {enabled: true}}",
+        ),
+    ];
+    for (name, yaml) in cases {
+        let vd = api.create(&PostParams::default(), &VideoDelivery::new(name, common::spec(yaml))).await;
+        let vd = vd.unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(vd.spec, common::spec(yaml), "{name}: the API server dropped or changed a field");
+        vd.validate(&SigningFloors::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut objects = vec![
+            typed(resources::deployment(&vd, "registry.example/agent:1", Some("1"))),
+            typed(resources::service(&vd)),
+            typed(resources::service_account(&vd)),
+            typed(resources::keyring_secret(&vd, Default::default(), None)),
+        ];
+        objects.extend(resources::network_policy(&vd).map(typed));
+        objects.extend(resources::hpa(&vd).map(typed));
+        objects.extend(resources::pdb(&vd).map(typed));
+        for value in objects {
+            let kind = value["kind"].as_str().unwrap().to_string();
+            let gvk = kube::api::GroupVersionKind::try_from(&kube::api::TypeMeta {
+                api_version: value["apiVersion"].as_str().unwrap().into(),
+                kind: kind.clone(),
+            })
+            .unwrap();
+            let (ar, _) = kube::discovery::pinned_kind(&client, &gvk).await.unwrap();
+            let api: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
+            let obj: kube::api::DynamicObject = serde_json::from_value(value).unwrap();
+            let dry = PostParams { dry_run: true, ..Default::default() };
+            api.create(&dry, &obj).await.unwrap_or_else(|e| panic!("{name}: the API server refuses its {kind}: {e}"));
         }
     }
+}
+
+fn typed<K: kube::Resource<DynamicType = ()> + serde::Serialize>(k: K) -> serde_json::Value {
+    let mut v = serde_json::to_value(&k).unwrap();
+    v["apiVersion"] = K::api_version(&()).into();
+    v["kind"] = K::kind(&()).into();
+    v
 }
 
 #[tokio::test]
@@ -186,7 +412,13 @@ async fn the_examples_apply_cleanly() {
     let api: Api<VideoDelivery> = Api::namespaced(cp.client().await.unwrap(), &ns);
     let names: Vec<String> =
         api.list(&Default::default()).await.unwrap().items.into_iter().map(|v| v.metadata.name.unwrap()).collect();
-    assert_eq!(names, ["archive", "courses", "media"]);
+    assert_eq!(names, ["archive", "courses", "live", "media"]);
     let courses = api.get("courses").await.unwrap();
     assert_eq!(courses.spec.agents.autoscaling.unwrap().target_cpu_utilization, 60, "no field was dropped");
+    let live = api.get("live").await.unwrap();
+    assert_eq!(live.spec.agents.trusted_proxies, ["10.0.0.0/8", "192.0.2.10"], "no field was dropped");
+    assert!(live.spec.agents.network_policy.is_some_and(|np| np.enabled && np.metrics_from.len() == 1));
+    for vd in api.list(&Default::default()).await.unwrap() {
+        vd.validate(&SigningFloors::default()).unwrap_or_else(|e| panic!("{}: {e}", vd.name_any()));
+    }
 }
