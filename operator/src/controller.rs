@@ -7,8 +7,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ObjectReference, Secret};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -110,7 +111,7 @@ pub async fn run(
             None => Api::all(c),
         }
     }
-    // Deployments: only what this operator made. Secrets: all of them in scope, because a storage-credentials
+    // Deployments and NetworkPolicies: only what this operator made. Secrets: all of them in scope, because a storage-credentials
     // Secret is the user's (it carries no label of ours) and a keyring Secret whose label was removed must still
     // be seen. Services and ServiceAccounts are not watched: every reconcile re-applies them.
     let mine = watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
@@ -118,7 +119,8 @@ pub async fn run(
     let store = controller.store();
     let _ = ctx.store.set(store.clone());
     controller
-        .owns(owned::<Deployment>(client.clone(), namespace), mine)
+        .owns(owned::<Deployment>(client.clone(), namespace), mine.clone())
+        .owns(owned::<NetworkPolicy>(client.clone(), namespace), mine)
         .watches(owned::<Secret>(client.clone(), namespace), watcher::Config::default(), move |secret: Secret| {
             secret_owners(&store, &secret)
         })
@@ -253,7 +255,7 @@ impl<'a> Reconciler<'a> {
         let mut failure = None;
         let mut keys = Keys { observed: KeysObserved::Unknown, next_deadline: None };
         let mut applied = None;
-        match self.vd.spec.validate(&self.ctx.floors) {
+        match self.vd.validate(&self.ctx.floors) {
             Err(e) => {
                 let msg = e.to_string();
                 self.event(EventType::Warning, reasons::INVALID_SPEC, "Validate", &msg, None).await;
@@ -529,7 +531,42 @@ impl<'a> Reconciler<'a> {
         let deployment: Deployment = self.apply_object(&desired).await?;
         self.apply_or_delete(resources::hpa(self.vd), &name).await?;
         self.apply_or_delete(resources::pdb(self.vd), &name).await?;
+        self.apply_or_delete(resources::network_policy(self.vd), &name).await?;
+        self.pod_monitor(&name).await?;
         Ok(deployment)
+    }
+
+    /// The PodMonitor belongs to the Prometheus Operator: where its CRD is missing, scraping is impossible but
+    /// serving is not, so that is a Warning event rather than a blocked VideoDelivery.
+    async fn pod_monitor(&self, name: &str) -> Result<(), AgentsError> {
+        let ar = resources::pod_monitor_api_resource();
+        let api: Api<DynamicObject> = Api::namespaced_with(self.ctx.client.clone(), &self.ns, &ar);
+        let missing = |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 404);
+        match resources::pod_monitor(self.vd) {
+            Some(pm) => match api.patch(name, &self.apply, &Patch::Apply(&pm)).await {
+                Ok(_) => Ok(()),
+                Err(e) if missing(&e) => {
+                    let note = "agents.metrics.podMonitor is enabled but this cluster has no PodMonitor kind                                 (monitoring.coreos.com/v1, from the Prometheus Operator): the agents' metrics are                                 not scraped";
+                    self.event(EventType::Warning, "PodMonitorUnavailable", "Deploy", note, None).await;
+                    Ok(())
+                }
+                Err(e) => Err(self.classify("PodMonitor", name, e)),
+            },
+            None => {
+                let live = match api.get_opt(name).await {
+                    Ok(live) => live,
+                    Err(e) if missing(&e) => None,
+                    Err(e) => return Err(AgentsError::Kube(e)),
+                };
+                let uid = self.vd.uid().unwrap_or_default();
+                if live.is_some_and(|l| l.owner_references().iter().any(|o| o.uid == uid)) {
+                    api.delete(name, &DeleteParams::default())
+                        .await
+                        .map_err(|e| self.classify("PodMonitor", name, e))?;
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Moving from fixed replicas to autoscaling: an apply without `replicas` would drop this manager's claim on
