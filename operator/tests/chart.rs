@@ -138,7 +138,10 @@ impl Rendered {
         };
         for d in &self.docs {
             let (kind, name) = (d["kind"].as_str().unwrap(), d["metadata"]["name"].as_str().unwrap());
-            if kind != "CustomResourceDefinition" && !(kind == "ServiceAccount" && !name.starts_with(fullname)) {
+            // The CRD's name is the API's; serviceAccount.name may name the ServiceAccount.
+            let named_elsewhere =
+                kind == "CustomResourceDefinition" || (kind == "ServiceAccount" && !name.starts_with(fullname));
+            if !named_elsewhere {
                 assert!(name == fullname || name.starts_with(&format!("{fullname}-")), "{kind} {name}: not {fullname}");
                 assert_eq!(d["metadata"]["labels"]["app.kubernetes.io/instance"], labels["app.kubernetes.io/instance"]);
             }
@@ -577,7 +580,11 @@ async fn installed_chart_runs_the_operator_with_exactly_enough_rights() {
     // The chart installs the CRD (taking it over from the control plane's start, or an earlier release) with the
     // documented lab setting: floors of 1 s on both the CRD and the operator, for the scenario's 8 s rotation.
     let sets = format!("leaderElection.leaseDuration=6s,{TEST_FLOORS}");
-    helm(cp, &["install", "videodelivery", CHART, "--namespace", &system, "--take-ownership", "--set", &sets]).unwrap();
+    let notes =
+        helm(cp, &["install", "videodelivery", CHART, "--namespace", &system, "--take-ownership", "--set", &sets])
+            .unwrap();
+    // Whoever installs with lowered floors is told, every time, that this is no production setting.
+    assert!(notes.contains("WARNING: signingFloors are not the production defaults"), "{notes}");
     until_signing(&client, &apps, FAST_SIGNING, true).await;
 
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &system);
@@ -781,6 +788,7 @@ async fn overrides_and_an_existing_service_account_on_the_api_server() {
                 serviceAccount.name=platform-operator";
     let rendered = helm(cp, &["install", "vdn", CHART, "--namespace", &ns, "--set", sets]).unwrap();
     assert!(rendered.contains("STATUS: deployed"), "{rendered}");
+    assert!(!rendered.contains("WARNING"), "production floors need no warning: {rendered}");
 
     let dep = Api::<Deployment>::namespaced(client.clone(), &ns).get("video-ops").await.unwrap();
     let pod = dep.spec.as_ref().unwrap().template.clone();
