@@ -7,6 +7,10 @@ k8s=$(awk '$1 == "k8s.io/kubernetes" {print $2}' "$here/go.mod" | head -1)
 [ -n "$k8s" ] || k8s=$(grep -oE 'k8s.io/kubernetes v[0-9.]+' "$here/go.mod" | head -1 | cut -d' ' -f2)
 etcd=$(grep -oE 'go.etcd.io/etcd/server/v3 v[0-9.]+' "$here/go.mod" | head -1 | cut -d' ' -f2)
 helm=$(grep -oE 'helm.sh/helm/v3 v[0-9.]+' "$here/helm/go.mod" | head -1 | cut -d' ' -f2)
+# Stamped as helm's Makefile does: the Kubernetes version helm is built against (client-go v0.N is Kubernetes 1.N)
+# is the default .Capabilities.KubeVersion of `helm template` and `helm lint` (unstamped, v1.20).
+kube=$(grep -oE 'k8s.io/client-go v0\.[0-9]+' "$here/helm/go.mod" | head -1 | cut -d. -f3)
+helm_stamp="$helm kube 1.$kube"
 # helm is added to the same directory (the key names the control plane; helm is checked by its own stamp below).
 dir=${VD_CONTROLPLANE_DIR:-$HOME/.cache/videodelivery/controlplane/$k8s-etcd$etcd}
 mkdir -p "$dir"
@@ -14,8 +18,12 @@ mkdir -p "$dir"
 want=(etcd kube-apiserver kube-controller-manager kubectl helm)
 missing=()
 for b in "${want[@]}"; do [ -x "$dir/$b" ] || missing+=("$b"); done
-# A helm from an older pin is rebuilt.
-if [ -x "$dir/helm" ] && [ "$(cat "$dir/helm.version" 2>/dev/null)" != "$helm" ]; then missing+=(helm); fi
+# A helm from an older pin or stamp is rebuilt. The stamp has its own marker, newer than the binary, so that
+# helm.version keeps meaning the pin alone.
+if [ -x "$dir/helm" ] && { [ "$(cat "$dir/helm.version" 2>/dev/null)" != "$helm" ] ||
+  [ "$(cat "$dir/helm.stamp" 2>/dev/null)" != "$helm_stamp" ] || [ "$dir/helm" -nt "$dir/helm.stamp" ]; }; then
+  missing+=(helm)
+fi
 if ((${#missing[@]} == 0)); then
   echo "control plane binaries already built in $dir" >&2
   echo "$dir"
@@ -33,9 +41,14 @@ for b in "${missing[@]}"; do
   t0=$(date +%s)
   case $b in
     etcd) pkg=go.etcd.io/etcd/server/v3 ;;
-    helm) (cd helm && go build -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$helm" \
-             -o "$dir/helm.tmp" helm.sh/helm/v3/cmd/helm) && mv "$dir/helm.tmp" "$dir/helm"
+    helm) hv=helm.sh/helm/v3
+          hflags="-s -w -X $hv/internal/version.version=$helm -X $hv/internal/version.gitTreeState=clean"
+          for p in pkg/chartutil pkg/lint/rules; do
+            hflags="$hflags -X $hv/$p.k8sVersionMajor=1 -X $hv/$p.k8sVersionMinor=$kube"
+          done
+          (cd helm && go build -trimpath -ldflags "$hflags" -o "$dir/helm.tmp" $hv/cmd/helm) && mv "$dir/helm.tmp" "$dir/helm"
           echo "$helm" >"$dir/helm.version"
+          echo "$helm_stamp" >"$dir/helm.stamp"
           echo "built helm in $(($(date +%s) - t0))s" >&2; continue ;;
     *) pkg=k8s.io/kubernetes/cmd/$b ;;
   esac
