@@ -14,10 +14,11 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use vd_testsupport::{ControlPlane, Process};
 use vd_token::duration::GoDuration;
@@ -515,8 +516,35 @@ async fn scenario(client: &Client, ns: &str, operator: &mut Process) -> Result<(
             .then_some(())
     })
     .await?;
+    // A deleted keyring is made again (create-only), pending until agents can have it.
     secrets.delete("a-keyring", &DeleteParams::default()).await.map_err(|e| e.to_string())?;
-    wait_for("a new keyring", || cond("a", "KeysReady", "True", None)).await?;
+    wait_for("a new keyring", || cond("a", "KeysReady", "False", Some("KeyringRecreated"))).await?;
+
+    // The agents' NetworkPolicy and PodMonitor: made, restored by the watch when deleted by hand, and removed. On
+    // `a`, which nothing else wakes now (its new key is pending for two minutes), so only the watch can restore.
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns);
+    let monitors: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), ns, &videodelivery_operator::resources::pod_monitor_api_resource());
+    let on = serde_json::json!({"spec": {"agents": {"networkPolicy": {"enabled": true}, "metrics": {"podMonitor": {"enabled": true}}}}});
+    vds.patch("a", &PatchParams::default(), &Patch::Merge(&on)).await.map_err(|e| e.to_string())?;
+    wait_for("NetworkPolicy and PodMonitor made", || async {
+        (policies.get_opt("a-agent").await.ok()?.is_some() && monitors.get_opt("a-agent").await.ok()?.is_some())
+            .then_some(())
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    policies.delete("a-agent", &DeleteParams::default()).await.map_err(|e| e.to_string())?;
+    wait_within("NetworkPolicy restored", Duration::from_secs(3), || async {
+        policies.get_opt("a-agent").await.ok()?.map(drop)
+    })
+    .await?;
+    let off = serde_json::json!({"spec": {"agents": {"networkPolicy": {"enabled": false}, "metrics": {"podMonitor": {"enabled": false}}}}});
+    vds.patch("a", &PatchParams::default(), &Patch::Merge(&off)).await.map_err(|e| e.to_string())?;
+    wait_for("NetworkPolicy and PodMonitor removed", || async {
+        (policies.get_opt("a-agent").await.ok()?.is_none() && monitors.get_opt("a-agent").await.ok()?.is_none())
+            .then_some(())
+    })
+    .await?;
 
     if let Ok(Some(status)) = operator.try_wait() {
         return Err(format!("the operator exited ({status})"));
@@ -577,6 +605,7 @@ async fn installed_chart_runs_the_operator_with_exactly_enough_rights() {
     let system = cp.namespace("vd-system").await.unwrap();
     let apps = cp.namespace("apps").await.unwrap();
     let _crd = CRD_OWNER.lock().await;
+    common::install_podmonitor_crd(cp);
     // The chart installs the CRD (taking it over from the control plane's start, or an earlier release) with the
     // documented lab setting: floors of 1 s on both the CRD and the operator, for the scenario's 8 s rotation.
     let sets = format!("leaderElection.leaseDuration=6s,{TEST_FLOORS}");

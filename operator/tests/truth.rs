@@ -463,3 +463,54 @@ async fn a_zero_lease_duration_is_refused_not_spun_on() {
     assert!(!status.success());
     assert!(op.process.log().contains("lease duration must be at least 3s"), "{}", op.process.log());
 }
+
+#[tokio::test]
+async fn a_pod_monitor_is_made_where_prometheus_operator_is_installed_and_its_absence_is_said() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await.unwrap();
+    let ns = cp.namespace("podmonitor").await.unwrap();
+    let _op = Operator::start(cp, &ns, &[]);
+    common::create(
+        &client,
+        &ns,
+        "media",
+        "storage: {url: 's3://videos'}\nagents: {replicas: 1, metrics: {podMonitor: {enabled: true, interval: 15s}}}",
+    )
+    .await;
+    // No Prometheus Operator yet: serving goes on, and the Warning says why nothing scrapes the agents.
+    let said =
+        eventually("a PodMonitorUnavailable Warning", LONG, || warning(&client, &ns, "media", "PodMonitorUnavailable"))
+            .await;
+    assert!(said.contains("monitoring.coreos.com/v1"), "{said}");
+    agents_ready(&client, &ns, "media", 1).await;
+    wait_ready(&client, &ns, "media", "True", Some("Ready")).await;
+
+    common::install_podmonitor_crd(cp);
+    let monitors: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &ns, &videodelivery_operator::resources::pod_monitor_api_resource());
+    let vds: Api<VideoDelivery> = Api::namespaced(client.clone(), &ns);
+    let mut n = 0;
+    let pm = eventually("the PodMonitor", LONG, || {
+        n += 1;
+        let (vds, monitors) = (vds.clone(), monitors.clone());
+        async move {
+            // The CRD's arrival is not watched; any edit (or the periodic resync) brings the PodMonitor.
+            let touch = serde_json::json!({"metadata": {"annotations": {"touch": n.to_string()}}});
+            vds.patch("media", &PatchParams::default(), &Patch::Merge(&touch)).await.ok()?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            monitors.get_opt("media-agent").await.ok()?
+        }
+    })
+    .await;
+    let endpoint = &pm.data["spec"]["podMetricsEndpoints"][0];
+    assert_eq!((endpoint["port"].as_str(), endpoint["path"].as_str()), (Some("admin"), Some("/metrics")));
+    assert_eq!(endpoint["interval"].as_str(), Some("15s"));
+    assert_eq!(pm.data["spec"]["selector"]["matchLabels"]["app.kubernetes.io/instance"].as_str(), Some("media"));
+
+    let off = serde_json::json!({"spec": {"agents": {"metrics": {"podMonitor": {"enabled": false}}}}});
+    vds.patch("media", &PatchParams::default(), &Patch::Merge(&off)).await.unwrap();
+    eventually("the PodMonitor removed", LONG, || async {
+        monitors.get_opt("media-agent").await.ok()?.is_none().then_some(())
+    })
+    .await;
+}

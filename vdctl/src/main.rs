@@ -88,6 +88,9 @@ enum Command {
     },
     /// Ask the operator to rotate a VideoDelivery's signing key now (sets the videodelivery.dev/rotate
     /// annotation; the operator publishes a new key, then promotes it after the propagation delay).
+    ///
+    /// Idempotent: while a key is already pending, another request is served by that key (no second key; a
+    /// RotationRequested event names it). Ask again after the promotion for another rotation.
     RequestRotation {
         /// The VideoDelivery's name.
         name: String,
@@ -245,7 +248,10 @@ fn request_rotation(name: &str, namespace: Option<&str>) -> Result<ExitCode> {
         api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .with_context(|| format!("could not annotate VideoDelivery {ns}/{name}"))?;
-        println!("rotation requested for {ns}/{name} ({stamp}); watch it with `kubectl get vd {name} -n {ns} -w`");
+        println!(
+            "rotation requested for {ns}/{name} ({stamp}); a key already pending serves it. Watch it with \
+             `kubectl get vd {name} -n {ns} -w`"
+        );
         Ok(ExitCode::SUCCESS)
     })
 }

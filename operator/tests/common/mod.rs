@@ -167,3 +167,36 @@ pub fn selector(name: &str) -> String {
 pub fn rv<K: ResourceExt>(k: &K) -> String {
     k.resource_version().unwrap_or_default()
 }
+
+/// The Prometheus Operator release whose PodMonitor CRD the tests install: the real one, from the project's Go
+/// module (its `example/prometheus-operator-crd/`), fetched through the Go module proxy like the control plane.
+const PROMETHEUS_OPERATOR: &str = "github.com/prometheus-operator/prometheus-operator@v0.85.0";
+
+/// Installs the real PodMonitor CRD into this test binary's control plane, once, and waits until it is served.
+pub fn install_podmonitor_crd(cp: &ControlPlane) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let out = Command::new("go").args(["mod", "download", "-json", PROMETHEUS_OPERATOR]).output();
+        let out = out.expect("the go command is needed to fetch the Prometheus Operator's CRDs");
+        assert!(
+            out.status.success(),
+            "go mod download {PROMETHEUS_OPERATOR}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let dir = std::path::PathBuf::from(info["Dir"].as_str().unwrap());
+        let crd = dir.join("example/prometheus-operator-crd/monitoring.coreos.com_podmonitors.yaml");
+        let kubectl = vd_testsupport::binary("kubectl").unwrap();
+        let run =
+            |args: &[&str]| Command::new(&kubectl).env("KUBECONFIG", cp.kubeconfig()).args(args).output().unwrap();
+        let out = run(&["apply", "--server-side", "-f", crd.to_str().unwrap()]);
+        assert!(out.status.success(), "installing the PodMonitor CRD: {}", String::from_utf8_lossy(&out.stderr));
+        let out =
+            run(&["wait", "--for=condition=Established", "crd/podmonitors.monitoring.coreos.com", "--timeout=30s"]);
+        assert!(
+            out.status.success(),
+            "the PodMonitor CRD was not established: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+}
