@@ -514,3 +514,34 @@ async fn a_pod_monitor_is_made_where_prometheus_operator_is_installed_and_its_ab
     })
     .await;
 }
+
+#[tokio::test]
+async fn every_key_gets_its_own_event() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await.unwrap();
+    let ns = cp.namespace("keyevents").await.unwrap();
+    let _op = Operator::start(cp, &ns, &[]);
+    // grace = 1 + 2 + 1 = 4 s; a new key is published every 5 s.
+    common::create(
+        &client,
+        &ns,
+        "media",
+        "storage: {url: 's3://videos'}\nagents: {replicas: 0}\n\
+         signing: {rotationInterval: 5s, propagationDelay: 1s, maxTokenLifetime: 2s, clockSkew: 1s}",
+    )
+    .await;
+    // kube-runtime folds repeated events with the same reason into one series that keeps the first message; each
+    // key's event must stay its own, or the second key never appears.
+    let published = eventually("two keys published, each with its own event", LONG, || async {
+        let notes: BTreeSet<String> = events_for(&client, &ns, "media")
+            .await
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("KeyPublished"))
+            .filter_map(|e| e.message)
+            .collect();
+        (notes.len() >= 2).then_some(notes)
+    })
+    .await;
+    let kids: BTreeSet<&str> = published.iter().filter_map(|n| n.split_whitespace().nth(2)).collect();
+    assert!(kids.len() >= 2, "{published:?}");
+}
