@@ -465,8 +465,9 @@ async fn scenario(client: &Client, ns: &str, operator: &mut Process) -> Result<(
     wait_for("a Ready", || cond("a", "Ready", "True", Some("Ready"))).await?;
 
     // Watches, not timers, bring the operator back: the check allows 3 s after a quiet moment, while
-    // nothing is due for `a` for a week.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // nothing is due for `a` for a week. The quiet moment is long enough for the status writes of `a` becoming
+    // Ready to have woken (and finished) their own reconciles, even on a loaded machine.
+    tokio::time::sleep(Duration::from_secs(5)).await;
     // Someone scales the agents by hand; the operator puts its replica count back.
     let manual = serde_json::json!({"spec": {"replicas": 5}});
     deployments.patch("a-agent", &PatchParams::default(), &Patch::Merge(&manual)).await.map_err(|e| e.to_string())?;
