@@ -53,7 +53,7 @@ pub async fn serve<B>(
     kind: manifest::Kind,
     presented: &Claims,
 ) -> Result<Response<Body>, Failure> {
-    let signer = state.auth.signer().ok_or(Refusal::NoKeyring)?;
+    let signer = state.auth.signer().ok_or(Refusal::NoActiveKey)?;
     let host = request_host(req).unwrap_or("localhost");
     let rewriter = Rewriter::new(host, raw_path, grant(&signer, presented)).ok_or(Refusal::BadHost)?;
 

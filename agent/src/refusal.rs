@@ -25,6 +25,9 @@ pub enum Refusal {
     /// The token check failed: 401 for a missing token, 403 for every other reason.
     Token(Reason),
     NoKeyring,
+    /// The keyring is starting (its Secret was made again): tokens verify, but nothing can be minted until its
+    /// pending key becomes active.
+    NoActiveKey,
     /// A session requested from a page on an origin that is not listed (spec §5.5).
     CrossSite,
     /// A DASH template needs a prefix token and a path token was presented (spec §5.6).
@@ -78,6 +81,11 @@ impl Refusal {
                 r
             }
             Refusal::NoKeyring => error(StatusCode::SERVICE_UNAVAILABLE, "no_keyring", "no keyring is loaded yet"),
+            Refusal::NoActiveKey => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_active_key",
+                "the keyring has no active key yet (it was made again); try again after its pending key activates",
+            ),
             Refusal::CrossSite => {
                 metrics.rejections.get_or_create(&ReasonLabel { reason: "cross_site" }).inc();
                 let msg = "a session can be opened only from this origin or an origin listed in --cors-origin";

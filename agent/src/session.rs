@@ -20,9 +20,8 @@ pub fn exchange<B>(state: &State, req: &Request<B>, client: IpAddr) -> Result<Re
     if !cors::may_mint_credentials(&state.config, req.headers(), request_host(req)) {
         return Err(Refusal::CrossSite);
     }
-    let (Some(verifier), Some(signer)) = (state.auth.verifier(), state.auth.signer()) else {
-        return Err(Refusal::NoKeyring);
-    };
+    let verifier = state.auth.verifier().ok_or(Refusal::NoKeyring)?;
+    let signer = state.auth.signer().ok_or(Refusal::NoActiveKey)?;
     let cookies = crate::server::cookies(req);
     let auth = request_auth(req, req.uri().path(), None, client, &cookies);
     let now = unix_now();
