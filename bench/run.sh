@@ -167,7 +167,7 @@ if [ "${CARGO_BENCHES:-1}" = 1 ]; then   # CARGO_BENCHES=0 skips these (quick ch
   slow=$(cargo bench -q -p videodelivery-agent --bench slow_clients 2>/dev/null | grep '^|' || true)
   # A long-tail catalogue: every viewer on a different video, so no slice is shared.
   slow+=$'\n'$(VD_SLOW_CLIENTS=1000 VD_SLOW_FILES=1000 cargo bench -q -p videodelivery-agent --bench slow_clients \
-    2>/dev/null | grep '^| [0-9]' || true)
+    2>/dev/null | grep -E '^\| (agent|nginx) ' || true)
   held=$(cargo bench -q -p videodelivery-agent --bench held_connections 2>/dev/null | grep '^|' || true)
   verify=$(cargo bench -q -p vd-token --bench verify 2>/dev/null | grep -B1 'time:' | grep -v '^--$' || true)
   operator=$(cargo bench -q -p videodelivery-operator --bench scale 2>/dev/null | grep '^|' || true)

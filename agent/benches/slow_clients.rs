@@ -1,5 +1,6 @@
-//! Many slow viewers at once: N connections (default 10,000) each reading a video at 64 KiB/s from one agent
-//! process. Reports the agent's peak memory and whether every stream kept moving, as Markdown.
+//! Many slow viewers at once: N connections (default 10,000) each reading a video at 64 KiB/s, from one agent
+//! process and then, in the same run, from nginx serving the same files. Reports each server's peak memory and open
+//! files and whether every stream kept moving, as Markdown (nginx needs to be on PATH; bench/run.sh installs it).
 //! Run: `cargo bench -p videodelivery-agent --bench slow_clients` (VD_SLOW_CLIENTS, VD_SLOW_SECONDS to change;
 //! VD_SLOW_FILES=N spreads the viewers over N different videos, a long-tail catalogue rather than one hit).
 
@@ -43,7 +44,6 @@ async fn main() {
     raise_fd_limit();
     let clients = env_or("VD_SLOW_CLIENTS", 10_000);
     let seconds = env_or("VD_SLOW_SECONDS", 20);
-    let rate = 64 * 1024u64; // bytes per second per client
     let dir = tempfile::tempdir().unwrap();
     let media = dir.path().join("media");
     std::fs::create_dir(&media).unwrap();
@@ -78,7 +78,7 @@ async fn main() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     // The agent's own binary, in its own process, so its memory is its own.
-    let mut agent = Command::new(env!("CARGO_BIN_EXE_videodelivery-agent"))
+    let agent = Command::new(env!("CARGO_BIN_EXE_videodelivery-agent"))
         .args(["--storage", &format!("file://{}", media.display())])
         .args(["--keyring", dir.path().join("keyring.json").to_str().unwrap()])
         .args(["--listen", &format!("127.0.0.1:{port}"), "--admin-listen", &format!("127.0.0.1:{admin}")])
@@ -87,10 +87,79 @@ async fn main() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    println!(
+        "| server | clients | videos | rate each | seconds | streams still receiving in the last 5 s | streams at half \
+         their rate or more | bytes delivered | RSS idle | peak RSS | peak open files |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    let row = crowd("agent", agent, port, &requests, clients, seconds).await;
+    println!("{row}");
+
+    // nginx on the same files (it follows the links), without tokens.
+    let nginx_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let conf = dir.path().join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "user root; worker_processes 2; daemon off; pid {d}/nginx.pid; error_log {d}/error.log crit;\n\
+             worker_rlimit_nofile 30000; events {{ worker_connections 30000; }}\n\
+             http {{ access_log off; sendfile on; client_body_temp_path {d}; proxy_temp_path {d};\n\
+             fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
+             server {{ listen 127.0.0.1:{nginx_port}; location /videos/ {{ alias {m}/; }} }} }}\n",
+            d = dir.path().display(),
+            m = media.display()
+        ),
+    )
+    .unwrap();
+    let nginx = Command::new("nginx")
+        .args(["-c", conf.to_str().unwrap(), "-e", dir.path().join("error.log").to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nginx is needed for the comparison: apt-get install nginx (bench/run.sh does)");
+    let plain: Vec<Arc<Vec<u8>>> = (0..files)
+        .map(|i| {
+            let name = if i == 0 { "/videos/film.mp4".to_owned() } else { format!("/videos/film-{i}.mp4") };
+            Arc::new(format!("GET {name} HTTP/1.1\r\nHost: bench\r\n\r\n").into_bytes())
+        })
+        .collect();
+    let row = crowd("nginx", nginx, nginx_port, &plain, clients, seconds).await;
+    println!("{row}");
+}
+
+/// A server and its worker processes (nginx forks).
+fn pids(root: u32) -> Vec<u32> {
+    let mut all = vec![root];
+    let children = std::fs::read_to_string(format!("/proc/{root}/task/{root}/children")).unwrap_or_default();
+    all.extend(children.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+    all
+}
+
+fn total_rss_mib(root: u32, field: &str) -> f64 {
+    pids(root).iter().map(|&p| rss_mib(p, field)).sum()
+}
+
+fn fds(root: u32) -> usize {
+    pids(root).iter().map(|p| std::fs::read_dir(format!("/proc/{p}/fd")).map(|d| d.count()).unwrap_or(0)).sum()
+}
+
+/// Runs `clients` slow readers of `requests` against the server on `port` for `seconds`, then stops the server.
+/// Returns the table row.
+async fn crowd(
+    name: &str,
+    mut server: std::process::Child,
+    port: u16,
+    requests: &[Arc<Vec<u8>>],
+    clients: u64,
+    seconds: u64,
+) -> String {
+    let rate = 64 * 1024u64; // bytes per second per client
+    let files = requests.len() as u64;
     while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let idle = rss_mib(agent.id(), "VmRSS:");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let idle = total_rss_mib(server.id(), "VmRSS:");
 
     let progressed = Arc::new(AtomicU64::new(0));
     let alive = Arc::new(AtomicU64::new(0));
@@ -133,29 +202,26 @@ async fn main() {
             }
         }));
     }
-    let mut peak_seen = 0.0f64;
+    let (mut peak, mut peak_fds) = (0.0f64, 0usize);
     while Instant::now() < deadline {
-        peak_seen = peak_seen.max(rss_mib(agent.id(), "VmRSS:"));
+        peak = peak.max(total_rss_mib(server.id(), "VmRSS:"));
+        peak_fds = peak_fds.max(fds(server.id()));
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     for t in tasks {
         let _ = t.await;
     }
-    let peak = rss_mib(agent.id(), "VmHWM:").max(peak_seen);
-    let _ = agent.kill();
-    let _ = agent.wait();
+    // The kernel's high-water mark catches a peak between samples (for nginx, only its master's).
+    peak = peak.max(rss_mib(server.id(), "VmHWM:"));
+    let _ = server.kill();
+    let _ = server.wait();
     let moving = progressed.load(Ordering::Relaxed);
     let alive = alive.load(Ordering::Relaxed);
-    println!(
-        "| clients | videos | rate each | seconds | streams still receiving in the last 5 s | streams at half their rate or more | \
-         bytes delivered | agent RSS idle | agent peak RSS |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|");
-    println!(
-        "| {clients} | {files} | 64 KiB/s | {seconds} | {alive} / {clients} | {moving} / {clients} | {:.0} MiB | {idle:.1} MiB | \
-         {peak:.1} MiB |",
+    format!(
+        "| {name} | {clients} | {files} | 64 KiB/s | {seconds} | {alive} / {clients} | {moving} / {clients} | {:.0} MiB | \
+         {idle:.1} MiB | {peak:.1} MiB | {peak_fds} |",
         total.load(Ordering::Relaxed) as f64 / 1048576.0
-    );
+    )
 }
 
 fn now() -> u64 {
