@@ -5,6 +5,9 @@
 //! Run: `cargo bench -p videodelivery-agent --bench held_connections` (needs nginx on PATH; bench/run.sh installs
 //! it). VD_HELD_CLIENTS changes the 10,000.
 
+#[path = "support/nginx.rs"]
+mod nginx;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -162,27 +165,7 @@ async fn main() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let nginx_port = free_port();
-    let conf = dir.path().join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "user root; worker_processes 2; daemon off; pid {d}/nginx.pid; error_log {d}/error.log crit;\n\
-             worker_rlimit_nofile 30000; events {{ worker_connections 30000; }}\n\
-             http {{ access_log off; sendfile on; client_body_temp_path {d}; proxy_temp_path {d};\n\
-             fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
-             server {{ listen 127.0.0.1:{nginx_port} http2; location /videos/ {{ alias {m}/; }} }} }}\n",
-            d = dir.path().display(),
-            m = media.display()
-        ),
-    )
-    .unwrap();
-    let nginx = Command::new("nginx")
-        .args(["-c", conf.to_str().unwrap(), "-e", dir.path().join("error.log").to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nginx is needed for the comparison: apt-get install nginx (bench/run.sh does)");
+    let nginx::Nginx { child: nginx, port: nginx_port } = nginx::start(dir.path(), &media, true);
     let servers = [
         Server { name: "agent", child: agent, port, health: Some(admin), film: signed.clone() },
         Server { name: "nginx", child: nginx, port: nginx_port, health: None, film: "/videos/film.mp4".into() },

@@ -4,6 +4,9 @@
 //! Run: `cargo bench -p videodelivery-agent --bench slow_clients` (VD_SLOW_CLIENTS, VD_SLOW_SECONDS to change;
 //! VD_SLOW_FILES=N spreads the viewers over N different videos, a long-tail catalogue rather than one hit).
 
+#[path = "support/nginx.rs"]
+mod nginx;
+
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -96,27 +99,7 @@ async fn main() {
     println!("{row}");
 
     // nginx on the same files (it follows the links), without tokens.
-    let nginx_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let conf = dir.path().join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "user root; worker_processes 2; daemon off; pid {d}/nginx.pid; error_log {d}/error.log crit;\n\
-             worker_rlimit_nofile 30000; events {{ worker_connections 30000; }}\n\
-             http {{ access_log off; sendfile on; client_body_temp_path {d}; proxy_temp_path {d};\n\
-             fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
-             server {{ listen 127.0.0.1:{nginx_port}; location /videos/ {{ alias {m}/; }} }} }}\n",
-            d = dir.path().display(),
-            m = media.display()
-        ),
-    )
-    .unwrap();
-    let nginx = Command::new("nginx")
-        .args(["-c", conf.to_str().unwrap(), "-e", dir.path().join("error.log").to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nginx is needed for the comparison: apt-get install nginx (bench/run.sh does)");
+    let nginx::Nginx { child: nginx, port: nginx_port } = nginx::start(dir.path(), &media, false);
     let plain: Vec<Arc<Vec<u8>>> = (0..files)
         .map(|i| {
             let name = if i == 0 { "/videos/film.mp4".to_owned() } else { format!("/videos/film-{i}.mp4") };

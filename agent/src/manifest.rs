@@ -508,6 +508,10 @@ impl Tree {
         if self.levels.len() > MAX_DEPTH {
             return Err(invalid("the manifest nests elements deeper than 32 levels"));
         }
+        if self.base_url.is_some() {
+            // A BaseURL's value is its text; players differ on what an element inside it means. Refuse.
+            return Err(invalid("a manifest element lies inside a BaseURL"));
+        }
         let is_base_url = e.local_name().as_ref() == b"BaseURL";
         let parent = self.levels.last_mut().ok_or_else(|| invalid("unbalanced manifest"))?;
         if is_base_url {
@@ -882,6 +886,18 @@ mod tests {
             "<MPD><BaseURL/><BaseURL>https://evil.example/</BaseURL><SegmentList><SegmentURL media=\"a.m4s\"/></SegmentList></MPD>",
         ),
     ];
+
+    #[tokio::test]
+    async fn an_element_inside_a_base_url_is_refused() {
+        // Found by the dash_rewrite fuzzer: the text around the element made a base the player model read otherwise.
+        let mpd = "<MPD><Period><BaseURL>http://media.example/a<Period><SegmentList><SegmentURL media=\"a.m4s\"/>\
+                   </SegmentList></Period>b/</BaseURL></Period></MPD>";
+        let r = Rewriter::new("media.example", "/videos/film/manifest.mpd", prefix("/videos/film/")).unwrap();
+        let chunks = vec![Ok(Bytes::from_static(mpd.as_bytes()))];
+        let out: Vec<io::Result<Bytes>> = rewrite(Kind::Dash, r, futures::stream::iter(chunks).boxed()).collect().await;
+        let err = out.into_iter().find_map(Result::err).expect("refused");
+        assert_eq!(err.to_string(), "a manifest element lies inside a BaseURL");
+    }
 
     #[tokio::test]
     async fn dash_bases_that_players_may_read_differently_get_no_token() {
