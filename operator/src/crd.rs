@@ -282,7 +282,8 @@ fn duration(field: &'static str, text: &str) -> Result<Duration, SpecError> {
 /// chart's `signingFloors`) lower them for tests and labs, never silently.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SigningFloors {
-    /// Above kubelet's Secret propagation (its sync period plus cache TTL; 68 s was measured on a real node).
+    /// Above kubelet's Secret propagation: its sync period (1 min) plus jitter and cache TTL, up to about 92 s by
+    /// default; 68 s was measured on a real node.
     pub propagation_delay: vd_token::duration::GoDuration,
     pub token_lifetime: vd_token::duration::GoDuration,
     pub rotation_interval: vd_token::duration::GoDuration,
@@ -292,7 +293,7 @@ impl Default for SigningFloors {
     fn default() -> Self {
         use vd_token::duration::GoDuration;
         SigningFloors {
-            propagation_delay: GoDuration::from_secs(90),
+            propagation_delay: GoDuration::from_secs(120),
             token_lifetime: GoDuration::from_secs(60),
             rotation_interval: GoDuration::from_secs(3600),
         }
@@ -307,8 +308,8 @@ impl SigningFloors {
             (
                 format!("duration(self.propagationDelay) >= duration('{p}')"),
                 format!(
-                    "signing.propagationDelay must be at least {p}: kubelet takes about a minute to put a new key in \
-                     the agents' volume, and backends must not sign with it before (the operator's \
+                    "signing.propagationDelay must be at least {p}: kubelet can take a minute and a half to put a new \
+                     key in the agents' volume, and backends must not sign with it before (the operator's \
                      --min-propagation-delay sets this floor)"
                 ),
             ),

@@ -49,7 +49,7 @@ struct Args {
     identity: Option<String>,
     /// Shortest signing.propagationDelay accepted: above kubelet's Secret propagation. Lower only for tests, and
     /// install the CRD with the same floor (the chart's signingFloors does both).
-    #[arg(long, env = "VD_MIN_PROPAGATION_DELAY", default_value = "90s", value_parser = vd_token::duration::parse)]
+    #[arg(long, env = "VD_MIN_PROPAGATION_DELAY", default_value = "2m", value_parser = vd_token::duration::parse)]
     min_propagation_delay: GoDuration,
     /// Shortest signing.maxTokenLifetime accepted.
     #[arg(long, env = "VD_MIN_TOKEN_LIFETIME", default_value = "1m", value_parser = vd_token::duration::parse)]

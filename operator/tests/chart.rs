@@ -199,7 +199,7 @@ fn lint_and_template_with_every_option() {
                 spread.as_array().unwrap().iter().map(|c| c["topologyKey"].as_str().unwrap()).collect();
             assert_eq!(keys, ["kubernetes.io/hostname", "topology.kubernetes.io/zone"]);
             assert!(spread.as_array().unwrap().iter().all(|c| c["whenUnsatisfiable"] == "ScheduleAnyway"));
-            for a in ["--min-propagation-delay=1m30s", "--min-token-lifetime=1m", "--min-rotation-interval=1h"] {
+            for a in ["--min-propagation-delay=2m", "--min-token-lifetime=1m", "--min-rotation-interval=1h"] {
                 assert!(r.has_arg(a), "{a}");
             }
             let crd = r.one("CustomResourceDefinition");

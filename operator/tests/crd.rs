@@ -152,7 +152,7 @@ async fn nonsense_is_refused_at_apply_time_with_a_readable_message() {
             ),
             "signing.rotationInterval must be at least 1h",
         ),
-        (format!("{s3}\nsigning: {{propagationDelay: 0s}}"), "signing.propagationDelay must be at least 1m30s"),
+        (format!("{s3}\nsigning: {{propagationDelay: 0s}}"), "signing.propagationDelay must be at least 2m"),
         (format!("{s3}\nsigning: {{maxTokenLifetime: 0s}}"), "signing.maxTokenLifetime must be at least 1m"),
     ];
     for (i, (yaml, expected)) in cases.iter().enumerate() {
