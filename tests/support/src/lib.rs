@@ -20,7 +20,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
 mod node;
-pub use node::{Node, NodeOptions};
+pub use node::{NODE_IP, NODE_NAME, Node, NodeOptions, clean_host};
 
 /// Kubernetes version of the binaries (must match tests/controlplane/go.mod).
 pub const K8S_VERSION: &str = "v1.35.4";
@@ -574,6 +574,11 @@ impl S3Server {
 
     /// Starts one on a free loopback port. Fails, naming the build command, when the binary is missing.
     pub fn start() -> Result<S3Server, Error> {
+        Self::start_on("127.0.0.1")
+    }
+
+    /// Starts one on a free port of `address` (the node address, for pods to reach it).
+    pub fn start_on(address: &str) -> Result<S3Server, Error> {
         let bin = std::env::var_os("VD_VERSITYGW").map(PathBuf::from).unwrap_or_else(|| {
             let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/root".into());
             home.join(".cache/videodelivery/s3/versitygw-v1.8.0/versitygw")
@@ -584,13 +589,13 @@ impl S3Server {
         let root = tempfile::tempdir().map_err(io("temp dir"))?;
         let port = free_port()?;
         let mut cmd = Command::new(&bin);
-        cmd.args(["--access", Self::ACCESS_KEY, "--secret", Self::SECRET_KEY, "--port", &format!("127.0.0.1:{port}")])
+        cmd.args(["--access", Self::ACCESS_KEY, "--secret", Self::SECRET_KEY, "--port", &format!("{address}:{port}")])
             .arg("posix")
             .arg(root.path());
         let log = std::env::temp_dir().join(format!("versitygw-{port}.log"));
         let process = Process::spawn(cmd, log)?;
-        wait_for("versitygw", Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok())?;
-        Ok(S3Server { _process: process, endpoint: format!("http://127.0.0.1:{port}"), root })
+        wait_for("versitygw", Duration::from_secs(10), || std::net::TcpStream::connect((address, port)).is_ok())?;
+        Ok(S3Server { _process: process, endpoint: format!("http://{address}:{port}"), root })
     }
 
     /// Creates a bucket (a folder) and writes an object into it.

@@ -149,19 +149,7 @@ impl Node {
                 return Err(Error::Node(format!("`{tool}` is missing; run `bash scripts/setup.sh`")));
             }
         }
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(LOCK)
-            .map_err(io(format!("open {LOCK}")))?;
-        // SAFETY: flock on a file descriptor we own.
-        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            return Err(Error::Node(format!(
-                "another node runs on this machine ({LOCK} is locked): a test binary, or `bash scripts/dev-cluster.sh up` \
-                 (stop it with `bash scripts/dev-cluster.sh down`)"
-            )));
-        }
+        let lock = lock()?;
         // A run that was killed left its node behind: clean it first.
         cleanup(&bin);
         let dir = Path::new(DIR);
@@ -384,6 +372,32 @@ impl Node {
         // Still held: nobody else can have started a node in between.
         let _ = std::fs::remove_file(LOCK);
     }
+}
+
+/// Takes the machine's node lock, or says who holds it.
+fn lock() -> Result<std::fs::File, Error> {
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(LOCK)
+        .map_err(io(format!("open {LOCK}")))?;
+    // SAFETY: flock on a file descriptor we own.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(Error::Node(format!(
+            "another node runs on this machine ({LOCK} is locked): a test binary, or `bash scripts/dev-cluster.sh up` \
+             (stop it with `bash scripts/dev-cluster.sh down`)"
+        )));
+    }
+    Ok(lock)
+}
+
+/// Removes what a node that was killed left on this host; nothing to do when none was. Fails while a node runs.
+pub fn clean_host() -> Result<(), Error> {
+    let _lock = lock()?;
+    cleanup(&crate::bin_dir());
+    let _ = std::fs::remove_file(LOCK);
+    Ok(())
 }
 
 impl Drop for Node {
