@@ -146,6 +146,34 @@ async fn ready_pods(pods: &Api<Pod>, selector: &str) -> Vec<Pod> {
 
 /// A backend that signs the way the README says: with the `active-kid`/`active-key` of the keyring Secret as it is
 /// right now (read through the API, so it sees a promotion the moment the operator writes it).
+/// Four seconds of test pattern as HLS (fMP4 segments of one second, one rendition) under `dir`.
+fn make_hls(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let out = Command::new("ffmpeg")
+        .current_dir(dir)
+        .args(["-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=160x90:rate=25"])
+        .args(["-t", "4", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-g", "25"])
+        .args(["-f", "hls", "-hls_time", "1", "-hls_playlist_type", "vod", "-hls_segment_type", "fmp4"])
+        .args(["-hls_segment_filename", "seg%d.m4s", "index.m3u8"])
+        .output()
+        .expect("ffmpeg (scripts/setup.sh installs it)");
+    assert!(out.status.success(), "ffmpeg: {}", String::from_utf8_lossy(&out.stderr));
+    for e in std::fs::read_dir(dir).unwrap() {
+        std::fs::set_permissions(e.unwrap().path(), std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    }
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+}
+
+/// Runs tests/browser/play.mjs (Debian's Chromium through Playwright, the page served on 127.0.0.1:`port`).
+fn play_in_chromium(port: u16, scenarios: serde_json::Value) -> Vec<serde_json::Value> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/browser");
+    assert!(dir.join("node_modules/playwright-core").exists(), "run scripts/setup.sh (npm ci in tests/browser)");
+    let config = serde_json::json!({ "port": port, "scenarios": scenarios }).to_string();
+    let out = Command::new("node").current_dir(&dir).arg("play.mjs").arg(config).output().unwrap();
+    assert!(out.status.success(), "play.mjs: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 struct Backend {
     secrets: Api<Secret>,
     name: String,
@@ -153,22 +181,25 @@ struct Backend {
 
 impl Backend {
     async fn sign(&self, base: &str, path: &str) -> (String, String) {
+        let (kid, signer) = self.signer().await;
+        (kid, signer.url(&request(base, path, Carrier::Query, timing::TOKEN_LIFETIME)).unwrap())
+    }
+
+    async fn sign_with(&self, base: &str, path: &str, carrier: Carrier, ttl: u64) -> String {
+        self.signer().await.1.url(&request(base, path, carrier, ttl)).unwrap()
+    }
+
+    async fn signer(&self) -> (String, Signer) {
         let s = self.secrets.get(&format!("{}-keyring", self.name)).await.unwrap();
         let data = s.data.unwrap();
         let kid = String::from_utf8(data["active-kid"].0.clone()).unwrap();
-        let url = Signer::with_key(&kid, &data["active-key"].0)
-            .url(&UrlRequest {
-                base_url: base,
-                path,
-                exp: now() + timing::TOKEN_LIFETIME,
-                nbf: None,
-                prefix: None,
-                ip: None,
-                carrier: Carrier::Query,
-            })
-            .unwrap();
-        (kid, url)
+        let signer = Signer::with_key(&kid, &data["active-key"].0);
+        (kid, signer)
     }
+}
+
+fn request<'a>(base: &'a str, path: &'a str, carrier: Carrier, ttl: u64) -> UrlRequest<'a> {
+    UrlRequest { base_url: base, path, exp: now() + ttl, nbf: None, prefix: None, ip: None, carrier }
 }
 
 type Http = HttpClient<HttpConnector, Empty<Bytes>>;
@@ -366,6 +397,40 @@ async fn the_chart_runs_on_a_real_node() {
     let archive_backend = Backend { secrets: Api::namespaced(client.clone(), &ns), name: "archive".into() };
     let (_, url) = archive_backend.sign(&archive_url, "/videos/films/b.mp4").await;
     first_fetch(&fresh, &url, 12_345, 100_000, &archive_video).await.unwrap_or_else(|e| panic!("file://: {e}"));
+
+    // 3b. Chromium plays HLS from agents on the same volume, through the NodePort, cross-origin from a web page,
+    // with a token on the playlist only (the agents rewrite the segment and init URIs).
+    step("Chromium plays HLS through the NodePort");
+    make_hls(&media.path().join("film"));
+    let page_port = common::free_port();
+    common::create(
+        &client,
+        &ns,
+        "player",
+        &format!(
+            "storage: {{url: 'file:///media', volumeClaimName: video-archive}}\n\
+             agents: {{replicas: 1, corsOrigins: ['http://127.0.0.1:{page_port}'], playback: {{rewriteManifests: true}}}}\n\
+             service: {{type: NodePort}}"
+        ),
+    )
+    .await;
+    agents_ready(&client, &ns, "player", 1).await;
+    let (player_cluster_url, player_node_port) = service_addresses(&client, &ns, "player").await;
+    let player_backend = Backend { secrets: Api::namespaced(client.clone(), &ns), name: "player".into() };
+    let (_, probe) = player_backend.sign(&player_cluster_url, "/videos/films/b.mp4").await;
+    first_fetch(&fresh, &probe, 0, 1000, &archive_video).await.unwrap_or_else(|e| panic!("player: {e}"));
+    let master = player_backend
+        .sign_with(&player_node_port.expect("a NodePort"), "/videos/film/index.m3u8", Carrier::Token, 600)
+        .await;
+    let report = play_in_chromium(
+        page_port,
+        serde_json::json!([{ "name": "hls.js via NodePort", "kind": "hls", "url": master }]),
+    );
+    let r = &report[0];
+    assert!(r["errors"].as_array().unwrap().is_empty(), "Chromium: {r}\n{}", agent_logs(node, &ns, "player"));
+    assert_eq!(r["ended"], true, "played to the end: {r}");
+    let duration = r["duration"].as_f64().unwrap();
+    assert!((3.5..4.6).contains(&duration), "the whole film: {r}");
 
     // 4. A configuration change rolls the agents while two clients send a signed range request every 100 ms.
     step("rolling update under traffic");
