@@ -32,11 +32,12 @@ const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/videodeliver
 
 /// Every timing the scenarios depend on, in one place.
 ///
-/// kubelet resyncs each pod every `syncFrequency` (plus up to half of it as jitter) and only then rewrites a
-/// Secret volume, so a key reaches the agents at most about 1.5 × SYNC (+ the agent's 1 s file poll) after the
-/// operator publishes it. The test shortens SYNC from kubelet's default 60 s to 10 s so that a whole rotation fits
-/// in a minute and a half; `propagationDelay` keeps the same margin over 1.5 × SYNC that the production floor (90 s)
-/// keeps over the default (60 s + jitter; 68 s measured on this kind of machine).
+/// kubelet rewrites a pod's Secret volume when it resyncs the pod: every `syncFrequency`, plus up to half of it as
+/// jitter (`workerResyncIntervalJitterFactor` 0.5 in kubelet 1.35), so a keyring change reaches the agents at most
+/// about 1.5 × SYNC (+ 1 s of kubelet's sync tick, + the agent's 1 s file poll) after the operator writes it. The
+/// test shortens SYNC from kubelet's default 60 s to 10 s (worst case about 17 s) so that two rotations fit in two
+/// minutes, and keeps `propagationDelay` (25 s) above that worst case. With the defaults the same bound is about
+/// 92 s (68 s was measured on this kind of machine), which a production `propagationDelay` must exceed.
 mod timing {
     use std::time::Duration;
     pub const KUBELET_SYNC: Duration = Duration::from_secs(10);
