@@ -238,18 +238,25 @@ async fn fetch_range(
     Ok(parts.headers)
 }
 
-/// Like [`fetch_range`], but for the first request to a new Service: kube-proxy programs a Service's endpoints a
-/// moment after the pods are Ready (until then it refuses connections), so a refused connection is retried for
-/// a while.
+/// The first request to a Service: like [`fetch_range`], once kube-proxy has programmed it (see
+/// [`service_addresses`]).
 async fn first_fetch(http: &Http, url: &str, offset: usize, len: usize, want: &[u8]) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    fetch_range(http, url, offset, len, want).await.map(drop)
+}
+
+/// Waits until kube-proxy has written the rules that send `cluster_ip` to ready endpoints. Until then a new
+/// ClusterIP is not local to anything: a connection to it is refused, or even leaves the machine by the default
+/// route (a 404 from whatever answers out there was seen), so no request is sent before.
+fn wait_programmed(cluster_ip: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        match fetch_range(http, url, offset, len, want).await {
-            Err(e) if e.contains("ConnectionRefused") && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(200)).await
-            }
-            other => return other.map(drop),
+        let out = Command::new("iptables-save").args(["-t", "nat"]).output().unwrap();
+        let rules = String::from_utf8_lossy(&out.stdout);
+        if rules.lines().any(|l| l.contains(&format!("-d {cluster_ip}/32")) && l.contains("-j KUBE-SVC-")) {
+            return;
         }
+        assert!(Instant::now() < deadline, "kube-proxy did not program {cluster_ip} within 60s");
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -287,12 +294,15 @@ async fn agents_ready(client: &Client, ns: &str, name: &str, replicas: usize) {
     common::wait_ready(client, ns, name, "True", Some("Ready")).await;
 }
 
-/// The address of the agents' Service: (ClusterIP:port, node address:NodePort when it has one).
+/// The address of the agents' Service: (ClusterIP:port, node address:NodePort when it has one), once kube-proxy
+/// routes it.
 async fn service_addresses(client: &Client, ns: &str, name: &str) -> (String, Option<String>) {
     let svc = Api::<Service>::namespaced(client.clone(), ns).get(&format!("{name}-agent")).await.unwrap();
     let spec = svc.spec.unwrap();
     let port = &spec.ports.unwrap()[0];
-    let cluster = format!("http://{}:{}", spec.cluster_ip.unwrap(), port.port);
+    let ip = spec.cluster_ip.unwrap();
+    wait_programmed(&ip);
+    let cluster = format!("http://{ip}:{}", port.port);
     let node_port = port.node_port.map(|p| format!("http://{}:{p}", vd_testsupport::NODE_IP));
     (cluster, node_port)
 }
