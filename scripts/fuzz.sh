@@ -48,7 +48,8 @@ summary=()
 crash_file() { grep -aoE '(Test unit written to|Failing input:) *[^ ]+' "$1" | tail -1 | awk '{print $NF}'; }
 
 # Recorded inputs first: each file under fuzz/regressions/<target>/ is run once by the built target.
-bindir="fuzz/target/$(rustc +nightly -vV | sed -n 's/^host: //p')/release"
+# cargo fuzz builds into $CARGO_TARGET_DIR when it is set (as cargo does), else into fuzz/target.
+bindir="${CARGO_TARGET_DIR:-fuzz/target}/$(rustc +nightly -vV | sed -n 's/^host: //p')/release"
 for t in $targets; do
     dir="fuzz/regressions/$t"
     [ -d "$dir" ] || continue
