@@ -9,6 +9,11 @@ command -v node >/dev/null || need_apt+=(nodejs npm)
 # The browser playback test: ffmpeg makes the media, Debian's Chromium plays it (driven by Playwright).
 command -v ffmpeg >/dev/null || need_apt+=(ffmpeg)
 command -v chromium >/dev/null || need_apt+=(chromium)
+# The test node: kube-proxy and kubelet program iptables; runc is built with seccomp; nft drops the empty tables
+# the node leaves at teardown.
+command -v iptables >/dev/null || need_apt+=(iptables)
+command -v nft >/dev/null || need_apt+=(nftables)
+[ -e /usr/include/seccomp.h ] || need_apt+=(libseccomp-dev)
 if ((${#need_apt[@]})); then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo=sudo
@@ -22,6 +27,7 @@ rustup component add rustfmt clippy >/dev/null 2>&1 || true
 # under ~/.cache/videodelivery (the first build takes several minutes; later runs reuse it).
 command -v go >/dev/null || { echo "setup: Go is required to build the test control plane and S3 server" >&2; exit 1; }
 bash tests/controlplane/build.sh >/dev/null
+bash tests/node/build.sh >/dev/null
 bash tests/s3/build.sh >/dev/null
 cargo build --workspace --locked --bins
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds etcd, kube-apiserver, kube-controller-manager, kubectl and helm from Go modules into a cache directory
+# Builds etcd, kube-apiserver, kube-controller-manager, kubectl, helm, and the node's kubelet, kube-proxy and
+# kube-scheduler from Go modules into a cache directory
 # keyed by the pinned versions. Does nothing when they are already there. Prints the bin directory last.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -14,8 +15,11 @@ helm_stamp="$helm kube 1.$kube"
 # helm is added to the same directory (the key names the control plane; helm is checked by its own stamp below).
 dir=${VD_CONTROLPLANE_DIR:-$HOME/.cache/videodelivery/controlplane/$k8s-etcd$etcd}
 mkdir -p "$dir"
+# Two test binaries (or setup and a test) may build at once: one builds, the other waits, then finds it built.
+exec 8>"$dir/.build.lock"
+flock 8
 
-want=(etcd kube-apiserver kube-controller-manager kubectl helm)
+want=(etcd kube-apiserver kube-controller-manager kubectl helm kubelet kube-proxy kube-scheduler)
 missing=()
 for b in "${want[@]}"; do [ -x "$dir/$b" ] || missing+=("$b"); done
 # A helm from an older pin or stamp is rebuilt. The stamp has its own marker, newer than the binary, so that

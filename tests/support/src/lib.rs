@@ -19,6 +19,9 @@ use kube::api::{Api, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
+mod node;
+pub use node::{NODE_IP, NODE_NAME, Node, NodeOptions, clean_host};
+
 /// Kubernetes version of the binaries (must match tests/controlplane/go.mod).
 pub const K8S_VERSION: &str = "v1.35.4";
 const ETCD_VERSION: &str = "v3.6.5";
@@ -42,6 +45,10 @@ pub enum Error {
     Kubeconfig(#[from] kube::config::KubeconfigError),
     #[error("invalid CRD file {0}: {1}")]
     Crd(PathBuf, String),
+    #[error("the node cannot start: {0}")]
+    Node(String),
+    #[error("`{command}` failed: {output}")]
+    Command { command: String, output: String },
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
@@ -68,11 +75,34 @@ pub struct ControlPlane {
     dir: PathBuf,
     kubeconfig: PathBuf,
     pids: Vec<u32>,
+    ca: PathBuf,
 }
+
+/// Where a control plane listens. The default (loopback, RBAC only) is what most tests need; a [`Node`] needs the
+/// API server on an address its pods can reach (pods cannot use loopback) and the node's own users.
+#[derive(Clone, Debug)]
+pub struct ControlPlaneOptions {
+    /// The address the API server binds to and advertises.
+    pub address: String,
+    /// A node name: adds the `Node` authorizer, the tokens of `system:node:<name>` and `system:kube-proxy`, and
+    /// makes the API server reach kubelets by InternalIP (there is no DNS for node names here).
+    pub node: Option<String>,
+}
+
+impl Default for ControlPlaneOptions {
+    fn default() -> Self {
+        ControlPlaneOptions { address: "127.0.0.1".into(), node: None }
+    }
+}
+
+/// Token of the node's kubelet (user `system:node:<node>`).
+pub(crate) const NODE_TOKEN: &str = "vd-envtest-node-token";
+/// Token of kube-proxy (user `system:kube-proxy`, bound to `system:node-proxier` by the API server's bootstrap).
+pub(crate) const PROXY_TOKEN: &str = "vd-envtest-proxy-token";
 
 static SHARED: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
 static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
-static DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
+static DIR: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
 extern "C" fn stop_all() {
     if let Ok(pids) = CHILDREN.lock() {
@@ -81,8 +111,10 @@ extern "C" fn stop_all() {
             unsafe { libc::kill(*pid as libc::pid_t, libc::SIGKILL) };
         }
     }
-    if let Ok(Some(dir)) = DIR.lock().map(|d| d.clone()) {
-        let _ = std::fs::remove_dir_all(dir);
+    if let Ok(dirs) = DIR.lock() {
+        for dir in dirs.iter() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -96,7 +128,7 @@ impl ControlPlane {
             std::thread::Builder::new()
                 .name("vd-controlplane".into())
                 .spawn(move || {
-                    let _ = tx.send(ControlPlane::start().map_err(|e| e.to_string()));
+                    let _ = tx.send(ControlPlane::start(&ControlPlaneOptions::default()).map_err(|e| e.to_string()));
                     loop {
                         std::thread::park();
                     }
@@ -110,14 +142,19 @@ impl ControlPlane {
         }
     }
 
-    fn start() -> Result<ControlPlane, Error> {
+    /// Starts a control plane with `options`. Its processes die with the calling thread (`PR_SET_PDEATHSIG`), so
+    /// call it from a thread that lives as long as the control plane should; an `atexit` hook stops them too.
+    pub fn start(options: &ControlPlaneOptions) -> Result<ControlPlane, Error> {
         let etcd = binary("etcd")?;
         let apiserver = binary("kube-apiserver")?;
         let kcm = binary("kube-controller-manager")?;
         let dir = tempfile::Builder::new().prefix("vd-envtest-").tempdir().map_err(io("temp dir"))?.keep();
-        *DIR.lock().unwrap_or_else(|p| p.into_inner()) = Some(dir.clone());
+        DIR.lock().unwrap_or_else(|p| p.into_inner()).push(dir.clone());
+        static ATEXIT: std::sync::Once = std::sync::Once::new();
         // SAFETY: registering a plain extern "C" function.
-        unsafe { libc::atexit(stop_all) };
+        ATEXIT.call_once(|| unsafe {
+            libc::atexit(stop_all);
+        });
 
         let sa_key = dir.join("sa.key");
         let status = Command::new("openssl")
@@ -130,8 +167,12 @@ impl ControlPlane {
         if !status.success() {
             return Err(Error::NotReady("openssl", status.to_string()));
         }
-        std::fs::write(dir.join("tokens.csv"), format!("{ADMIN_TOKEN},vd-admin,vd-admin-uid,\"system:masters\"\n"))
-            .map_err(io("write the token file"))?;
+        let mut tokens = format!("{ADMIN_TOKEN},vd-admin,vd-admin-uid,\"system:masters\"\n");
+        if let Some(node) = &options.node {
+            tokens.push_str(&format!("{NODE_TOKEN},system:node:{node},vd-node-uid,\"system:nodes\"\n"));
+            tokens.push_str(&format!("{PROXY_TOKEN},system:kube-proxy,vd-proxy-uid\n"));
+        }
+        std::fs::write(dir.join("tokens.csv"), tokens).map_err(io("write the token file"))?;
 
         let [etcd_port, peer_port, api_port] = [free_port()?, free_port()?, free_port()?];
         let log = |name: &str| std::fs::File::create(dir.join(format!("{name}.log"))).map_err(io("log file"));
@@ -150,14 +191,20 @@ impl ControlPlane {
                 .stderr(log("etcd.err")?),
         )?);
         let certs = dir.join("certs");
+        let address = &options.address;
+        let mut apiserver = Command::new(apiserver);
+        if options.node.is_some() {
+            apiserver.arg("--authorization-mode=Node,RBAC").arg("--kubelet-preferred-address-types=InternalIP");
+        } else {
+            apiserver.arg("--authorization-mode=RBAC");
+        }
         pids.push(spawn(
-            Command::new(apiserver)
+            apiserver
                 .arg(format!("--etcd-servers={etcd_url}"))
                 .arg(format!("--cert-dir={}", certs.display()))
                 .arg(format!("--secure-port={api_port}"))
-                .arg("--bind-address=127.0.0.1")
-                .arg("--advertise-address=127.0.0.1")
-                .arg("--authorization-mode=RBAC")
+                .arg(format!("--bind-address={address}"))
+                .arg(format!("--advertise-address={address}"))
                 .arg(format!("--token-auth-file={}", dir.join("tokens.csv").display()))
                 .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
                 .arg(format!("--service-account-key-file={}", sa_key.display()))
@@ -173,9 +220,10 @@ impl ControlPlane {
         std::thread::sleep(Duration::from_millis(200));
         let ca = std::fs::read(&cert).map_err(io("read apiserver.crt"))?;
         let kubeconfig = dir.join("kubeconfig");
-        std::fs::write(&kubeconfig, kubeconfig_yaml(api_port, &ca, ADMIN_TOKEN)).map_err(io("write kubeconfig"))?;
+        std::fs::write(&kubeconfig, kubeconfig_yaml(address, api_port, &ca, ADMIN_TOKEN))
+            .map_err(io("write kubeconfig"))?;
 
-        let cp = ControlPlane { dir: dir.clone(), kubeconfig: kubeconfig.clone(), pids };
+        let cp = ControlPlane { dir: dir.clone(), kubeconfig: kubeconfig.clone(), pids, ca: cert.clone() };
         register(&cp.pids);
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(io("runtime"))?;
         rt.block_on(cp.wait_ready())?;
@@ -274,6 +322,19 @@ impl ControlPlane {
         &self.dir
     }
 
+    /// A kubeconfig like the admin's that authenticates with `token` instead (for the node's components).
+    pub(crate) fn kubeconfig_with_token(&self, name: &str, token: &str) -> Result<PathBuf, Error> {
+        let text = std::fs::read_to_string(&self.kubeconfig).map_err(io("read kubeconfig"))?;
+        let path = self.dir.join(name);
+        std::fs::write(&path, text.replace(ADMIN_TOKEN, token)).map_err(io("write kubeconfig"))?;
+        Ok(path)
+    }
+
+    /// The API server's serving certificate bundle (what the kubeconfigs trust).
+    pub fn ca_file(&self) -> &Path {
+        &self.ca
+    }
+
     /// A fresh namespace with a unique name, so tests sharing the control plane do not see each other.
     pub async fn namespace(&self, hint: &str) -> Result<String, Error> {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -370,10 +431,10 @@ fn wait_for(what: &'static str, limit: Duration, mut ok: impl FnMut() -> bool) -
     Ok(())
 }
 
-fn kubeconfig_yaml(port: u16, ca: &[u8], token: &str) -> String {
+fn kubeconfig_yaml(address: &str, port: u16, ca: &[u8], token: &str) -> String {
     let ca = base64::engine::general_purpose::STANDARD.encode(ca);
     format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: envtest\n  cluster:\n    server: https://127.0.0.1:{port}\n    certificate-authority-data: {ca}\nusers:\n- name: admin\n  user:\n    token: {token}\ncontexts:\n- name: envtest\n  context:\n    cluster: envtest\n    user: admin\ncurrent-context: envtest\n"
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: envtest\n  cluster:\n    server: https://{address}:{port}\n    certificate-authority-data: {ca}\nusers:\n- name: admin\n  user:\n    token: {token}\ncontexts:\n- name: envtest\n  context:\n    cluster: envtest\n    user: admin\ncurrent-context: envtest\n"
     )
 }
 
@@ -513,6 +574,11 @@ impl S3Server {
 
     /// Starts one on a free loopback port. Fails, naming the build command, when the binary is missing.
     pub fn start() -> Result<S3Server, Error> {
+        Self::start_on("127.0.0.1")
+    }
+
+    /// Starts one on a free port of `address` (the node address, for pods to reach it).
+    pub fn start_on(address: &str) -> Result<S3Server, Error> {
         let bin = std::env::var_os("VD_VERSITYGW").map(PathBuf::from).unwrap_or_else(|| {
             let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/root".into());
             home.join(".cache/videodelivery/s3/versitygw-v1.8.0/versitygw")
@@ -523,13 +589,13 @@ impl S3Server {
         let root = tempfile::tempdir().map_err(io("temp dir"))?;
         let port = free_port()?;
         let mut cmd = Command::new(&bin);
-        cmd.args(["--access", Self::ACCESS_KEY, "--secret", Self::SECRET_KEY, "--port", &format!("127.0.0.1:{port}")])
+        cmd.args(["--access", Self::ACCESS_KEY, "--secret", Self::SECRET_KEY, "--port", &format!("{address}:{port}")])
             .arg("posix")
             .arg(root.path());
         let log = std::env::temp_dir().join(format!("versitygw-{port}.log"));
         let process = Process::spawn(cmd, log)?;
-        wait_for("versitygw", Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok())?;
-        Ok(S3Server { _process: process, endpoint: format!("http://127.0.0.1:{port}"), root })
+        wait_for("versitygw", Duration::from_secs(10), || std::net::TcpStream::connect((address, port)).is_ok())?;
+        Ok(S3Server { _process: process, endpoint: format!("http://{address}:{port}"), root })
     }
 
     /// Creates a bucket (a folder) and writes an object into it.

@@ -1,0 +1,810 @@
+//! On a real node (kubelet, containerd, runc, kube-proxy, kube-scheduler; see `vd_testsupport::Node`): the chart
+//! installed with `helm install`, the operator and the agents running as pods from images built by
+//! `scripts/images.sh`, signed range requests through the agents' Service (ClusterIP and NodePort), a rolling update
+//! and a key rotation under steady traffic without one failed request, the PDB holding an eviction, and
+//! `helm upgrade` and `helm uninstall`.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use common::{eventually, selector};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use vd_testsupport::{Node, NodeOptions, S3Server};
+use vd_token::{Carrier, Signer, UrlRequest};
+
+const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/videodelivery");
+
+/// Every timing the scenarios depend on, in one place.
+///
+/// kubelet rewrites a pod's Secret volume when it resyncs the pod: every `syncFrequency`, plus up to half of it as
+/// jitter (`workerResyncIntervalJitterFactor` 0.5 in kubelet 1.35), so a keyring change reaches the agents at most
+/// about 1.5 × SYNC (+ 1 s of kubelet's sync tick, + the agent's 1 s file poll) after the operator writes it. The
+/// test shortens SYNC from kubelet's default 60 s to 10 s (worst case about 17 s) so that two rotations fit in two
+/// minutes, and keeps `propagationDelay` (25 s) above that worst case. With the defaults the same bound is about
+/// 92 s (68 s was measured on this kind of machine), which a production `propagationDelay` must exceed.
+mod timing {
+    use std::time::Duration;
+    pub const KUBELET_SYNC: Duration = Duration::from_secs(10);
+    /// Key publication happens `ROTATION_INTERVAL - PROPAGATION_DELAY` after the previous one.
+    pub const SIGNING: &str = "{rotationInterval: 45s, propagationDelay: 25s, maxTokenLifetime: 10s, clockSkew: 2s}";
+    /// The lifetime of the tokens the backend mints: the maximum the spec allows.
+    pub const TOKEN_LIFETIME: u64 = 10;
+    /// How often the clients send a signed range request.
+    pub const REQUEST_EVERY: Duration = Duration::from_millis(100);
+    /// Longest wait for any pod or rollout.
+    pub const POD_READY: Duration = Duration::from_secs(120);
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn film(len: usize, seed: u32) -> Vec<u8> {
+    (0..len as u32).map(|i| (i.wrapping_mul(2654435761).wrapping_add(seed) >> 13) as u8).collect()
+}
+
+/// The binaries this test binary was built with (target/debug), which the images are made from.
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+    for b in ["videodelivery-agent", "videodelivery-operator"] {
+        assert!(dir.join(b).exists(), "{} is missing: `cargo build --workspace --bins` first", dir.join(b).display());
+    }
+    dir
+}
+
+/// The node of this test binary with the agent and operator images imported (once).
+fn node() -> &'static Node {
+    static IMPORTED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    let node = Node::shared(&NodeOptions { sync_frequency: timing::KUBELET_SYNC });
+    IMPORTED.get_or_init(|| {
+        node.import_images(&["agent", "operator"], Some(&bin_dir())).unwrap();
+    });
+    node
+}
+
+fn helm(node: &Node, args: &[&str]) -> String {
+    let cp = node.control_plane();
+    let out = Command::new(vd_testsupport::binary("helm").unwrap())
+        .arg(format!("--kubeconfig={}", cp.kubeconfig().display()))
+        .args(args)
+        .env("HELM_CACHE_HOME", cp.dir().join("helm/cache"))
+        .env("HELM_CONFIG_HOME", cp.dir().join("helm/config"))
+        .env("HELM_DATA_HOME", cp.dir().join("helm/data"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "helm {args:?}: {}\n{}", String::from_utf8_lossy(&out.stderr), node.log_tails());
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The host PID of each running container named `container` in `namespace` (we are on the node).
+fn container_pids(node: &Node, namespace: &str, container: &str) -> Vec<i32> {
+    let list = node
+        .crictl(&[
+            "ps",
+            "-o",
+            "json",
+            "--state",
+            "running",
+            "--name",
+            &format!("^{container}$"),
+            "--label",
+            &format!("io.kubernetes.pod.namespace={namespace}"),
+        ])
+        .unwrap();
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    list["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let id = c["id"].as_str().unwrap();
+            let info: serde_json::Value =
+                serde_json::from_str(&node.crictl(&["inspect", "-o", "json", id]).unwrap()).unwrap();
+            info["info"]["pid"].as_i64().unwrap() as i32
+        })
+        .collect()
+}
+
+/// What a user checks of a running container: its user, and whether its root filesystem is read-only.
+fn process_identity(pid: i32) -> (String, bool) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap().to_string();
+    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    let root = mountinfo.lines().find(|l| l.split(' ').nth(4) == Some("/")).unwrap();
+    let read_only = root.split(' ').nth(5).unwrap().split(',').any(|o| o == "ro");
+    (uid, read_only)
+}
+
+async fn ready_pods(pods: &Api<Pod>, selector: &str) -> Vec<Pod> {
+    let list = pods.list(&ListParams::default().labels(selector)).await.map(|l| l.items).unwrap_or_default();
+    list.into_iter()
+        .filter(|p| {
+            p.metadata.deletion_timestamp.is_none()
+                && p.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        })
+        .collect()
+}
+
+/// A backend that signs the way the README says: with the `active-kid`/`active-key` of the keyring Secret as it is
+/// right now (read through the API, so it sees a promotion the moment the operator writes it).
+/// Four seconds of test pattern as HLS (fMP4 segments of one second, one rendition) under `dir`.
+fn make_hls(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let out = Command::new("ffmpeg")
+        .current_dir(dir)
+        .args(["-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=160x90:rate=25"])
+        .args(["-t", "4", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-g", "25"])
+        .args(["-f", "hls", "-hls_time", "1", "-hls_playlist_type", "vod", "-hls_segment_type", "fmp4"])
+        .args(["-hls_segment_filename", "seg%d.m4s", "index.m3u8"])
+        .output()
+        .expect("ffmpeg (scripts/setup.sh installs it)");
+    assert!(out.status.success(), "ffmpeg: {}", String::from_utf8_lossy(&out.stderr));
+    for e in std::fs::read_dir(dir).unwrap() {
+        std::fs::set_permissions(e.unwrap().path(), std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    }
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+}
+
+/// Runs tests/browser/play.mjs (Debian's Chromium through Playwright, the page served on 127.0.0.1:`port`).
+fn play_in_chromium(port: u16, scenarios: serde_json::Value) -> Vec<serde_json::Value> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/browser");
+    assert!(dir.join("node_modules/playwright-core").exists(), "run scripts/setup.sh (npm ci in tests/browser)");
+    let config = serde_json::json!({ "port": port, "scenarios": scenarios }).to_string();
+    let out = Command::new("node").current_dir(&dir).arg("play.mjs").arg(config).output().unwrap();
+    assert!(out.status.success(), "play.mjs: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+struct Backend {
+    secrets: Api<Secret>,
+    name: String,
+}
+
+impl Backend {
+    async fn sign(&self, base: &str, path: &str) -> (String, String) {
+        let (kid, signer) = self.signer().await;
+        (kid, signer.url(&request(base, path, Carrier::Query, timing::TOKEN_LIFETIME)).unwrap())
+    }
+
+    async fn sign_with(&self, base: &str, path: &str, carrier: Carrier, ttl: u64) -> String {
+        self.signer().await.1.url(&request(base, path, carrier, ttl)).unwrap()
+    }
+
+    async fn signer(&self) -> (String, Signer) {
+        let s = self.secrets.get(&format!("{}-keyring", self.name)).await.unwrap();
+        let data = s.data.unwrap();
+        let kid = String::from_utf8(data["active-kid"].0.clone()).unwrap();
+        let signer = Signer::with_key(&kid, &data["active-key"].0);
+        (kid, signer)
+    }
+}
+
+fn request<'a>(base: &'a str, path: &'a str, carrier: Carrier, ttl: u64) -> UrlRequest<'a> {
+    UrlRequest { base_url: base, path, exp: now() + ttl, nbf: None, prefix: None, ip: None, carrier }
+}
+
+type Http = HttpClient<HttpConnector, Empty<Bytes>>;
+
+/// Two clients: one opens a connection per request (like curl), one keeps connections alive (like a CDN or a
+/// browser), so a rollout is tested for both.
+fn clients() -> [Http; 2] {
+    let fresh = HttpClient::builder(TokioExecutor::new()).pool_max_idle_per_host(0).build_http();
+    let pooled = HttpClient::builder(TokioExecutor::new()).build_http();
+    [fresh, pooled]
+}
+
+/// One signed range request; Err describes a failure (status, body, or transport error).
+async fn fetch_range(
+    http: &Http,
+    url: &str,
+    offset: usize,
+    len: usize,
+    want: &[u8],
+) -> Result<http::HeaderMap, String> {
+    let range = format!("bytes={offset}-{}", offset + len - 1);
+    let req = http::Request::get(url).header("range", &range).body(Empty::new()).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), http.request(req))
+        .await
+        .map_err(|_| "no answer within 5s".to_string())?
+        .map_err(|e| format!("{e:?}"))?;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.map_err(|e| format!("body: {e}"))?.to_bytes();
+    if parts.status != 206 {
+        return Err(format!("{} {}", parts.status, String::from_utf8_lossy(&body)));
+    }
+    if body[..] != want[offset..offset + len] {
+        return Err(format!("wrong bytes for {range}"));
+    }
+    Ok(parts.headers)
+}
+
+/// The first request to a Service: like [`fetch_range`], once kube-proxy has programmed it (see
+/// [`service_addresses`]).
+async fn first_fetch(http: &Http, url: &str, offset: usize, len: usize, want: &[u8]) -> Result<(), String> {
+    fetch_range(http, url, offset, len, want).await.map(drop)
+}
+
+/// Waits until kube-proxy has written the rules that send `cluster_ip` to ready endpoints. Until then a new
+/// ClusterIP is not local to anything: a connection to it is refused, or even leaves the machine by the default
+/// route (a 404 from whatever answers out there was seen), so no request is sent before.
+fn wait_programmed(cluster_ip: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = Command::new("iptables-save").args(["-t", "nat"]).output().unwrap();
+        let rules = String::from_utf8_lossy(&out.stdout);
+        if rules.lines().any(|l| l.contains(&format!("-d {cluster_ip}/32")) && l.contains("-j KUBE-SVC-")) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "kube-proxy did not program {cluster_ip} within 60s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+async fn create_s3_credentials(client: &Client, ns: &str) {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let creds = Secret {
+        metadata: ObjectMeta { name: Some("s3".into()), ..Default::default() },
+        data: Some(BTreeMap::from([
+            ("AWS_ACCESS_KEY_ID".into(), ByteString(S3Server::ACCESS_KEY.into())),
+            ("AWS_SECRET_ACCESS_KEY".into(), ByteString(S3Server::SECRET_KEY.into())),
+        ])),
+        ..Default::default()
+    };
+    secrets.create(&PostParams::default(), &creds).await.unwrap();
+}
+
+fn s3_storage(s3: &S3Server) -> String {
+    format!(
+        "storage: {{url: 's3://media', endpoint: '{}', region: us-east-1, pathStyle: true, credentialsSecretRef: {{name: s3}}}}",
+        s3.endpoint
+    )
+}
+
+/// Waits until the agents of `name` are all Ready through their own probes and the VideoDelivery says Ready.
+async fn agents_ready(client: &Client, ns: &str, name: &str, replicas: usize) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    eventually(&format!("{replicas} ready agents of {name}"), timing::POD_READY, || async {
+        let d = deployments.get(&format!("{name}-agent")).await.ok()?;
+        let s = d.status?;
+        let settled = s.replicas? as usize == replicas && s.updated_replicas? as usize == replicas;
+        (settled && ready_pods(&pods, &selector(name)).await.len() == replicas).then_some(())
+    })
+    .await;
+    common::wait_ready(client, ns, name, "True", Some("Ready")).await;
+}
+
+/// The address of the agents' Service: (ClusterIP:port, node address:NodePort when it has one), once kube-proxy
+/// routes it.
+async fn service_addresses(client: &Client, ns: &str, name: &str) -> (String, Option<String>) {
+    let svc = Api::<Service>::namespaced(client.clone(), ns).get(&format!("{name}-agent")).await.unwrap();
+    let spec = svc.spec.unwrap();
+    let port = &spec.ports.unwrap()[0];
+    let ip = spec.cluster_ip.unwrap();
+    wait_programmed(&ip);
+    let cluster = format!("http://{ip}:{}", port.port);
+    let node_port = port.node_port.map(|p| format!("http://{}:{p}", vd_testsupport::NODE_IP));
+    (cluster, node_port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_chart_runs_on_a_real_node() {
+    let started = Instant::now();
+    let node = node();
+    let cp = node.control_plane();
+    let client = cp.client().await.unwrap();
+    let step = |what: &str| eprintln!("[+{:>5.1}s] {what}", started.elapsed().as_secs_f64());
+
+    // 1. helm install, as the README says, with the chart's default images (imported, never pulled).
+    step("helm install");
+    helm(node, &["install", "videodelivery", CHART, "--namespace", "videodelivery", "--create-namespace"]);
+    let system_pods: Api<Pod> = Api::namespaced(client.clone(), "videodelivery");
+    // The operator pods are what the chart's Deployment selects.
+    let operator = Api::<Deployment>::namespaced(client.clone(), "videodelivery").get("videodelivery").await.unwrap();
+    let labels = operator.spec.unwrap().selector.match_labels.unwrap();
+    let operator_selector: String = labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+    let operator_selector = operator_selector.as_str();
+    eventually("two operator pods Ready", timing::POD_READY, || async {
+        (ready_pods(&system_pods, operator_selector).await.len() == 2).then_some(())
+    })
+    .await;
+    let operator_pods: Vec<String> =
+        ready_pods(&system_pods, operator_selector).await.iter().map(|p| p.name_any()).collect();
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "videodelivery");
+    let holder = eventually("a leader", Duration::from_secs(60), || async {
+        leases.get_opt("videodelivery").await.ok()??.spec?.holder_identity
+    })
+    .await;
+    assert!(operator_pods.contains(&holder), "the leader {holder} is one of the operator pods {operator_pods:?}");
+    let pids = container_pids(node, "videodelivery", "operator");
+    assert_eq!(pids.len(), 2, "two operator containers run");
+    for pid in pids {
+        let (uid, read_only) = process_identity(pid);
+        assert_eq!(uid.split_whitespace().nth(1), Some("65532"), "the operator runs as nonroot: {uid}");
+        assert!(read_only, "the operator's root filesystem is read-only");
+    }
+
+    // The rotation scenario runs beside the others, in its own namespace, from the start.
+    let rotation = tokio::spawn(rotation_under_traffic(node, started));
+
+    // 2. An S3 VideoDelivery: agents become Ready through their own probes; exact bytes through the Service.
+    step("S3 VideoDelivery");
+    let s3 = S3Server::start_on(vd_testsupport::NODE_IP).unwrap();
+    let video = film(4 * 1024 * 1024, 1);
+    s3.put("media", "films/a.mp4", &video).unwrap();
+    let ns = node.namespace("apps").await.unwrap();
+    create_s3_credentials(&client, &ns).await;
+    common::create(
+        &client,
+        &ns,
+        "media",
+        &format!(
+            "{}\nagents: {{replicas: 2, rateLimit: {{requestsPerSecond: 0}}}}\nservice: {{type: NodePort}}",
+            s3_storage(&s3)
+        ),
+    )
+    .await;
+    agents_ready(&client, &ns, "media", 2).await;
+    let pids = container_pids(node, &ns, "agent");
+    assert_eq!(pids.len(), 2);
+    for pid in pids {
+        let (uid, read_only) = process_identity(pid);
+        assert_eq!(uid.split_whitespace().nth(1), Some("65532"), "the agent runs as nonroot: {uid}");
+        assert!(read_only, "the agent's root filesystem is read-only");
+    }
+    let (cluster_url, node_port_url) = service_addresses(&client, &ns, "media").await;
+    let node_port_url = node_port_url.expect("a NodePort Service");
+    let backend = Backend { secrets: Api::namespaced(client.clone(), &ns), name: "media".into() };
+    let [fresh, pooled] = clients();
+    for (i, base) in [&cluster_url, &node_port_url].into_iter().enumerate() {
+        let (_, url) = backend.sign(base, "/videos/films/a.mp4").await;
+        let offset = 1_000_000 + i * 777_777;
+        first_fetch(&fresh, &url, offset, 256 * 1024, &video)
+            .await
+            .unwrap_or_else(|e| panic!("{base}: {e}\n{}", agent_logs(node, &ns, "media")));
+        fetch_range(&pooled, &url, 0, 1, &video).await.unwrap_or_else(|e| panic!("{base}: {e}"));
+        // Unsigned: refused.
+        let unsigned = format!("{base}/videos/films/a.mp4");
+        let err = fetch_range(&fresh, &unsigned, 0, 1, &video).await.unwrap_err();
+        assert!(err.starts_with("403") || err.starts_with("401"), "{err}");
+    }
+
+    // 3. A file:// VideoDelivery on a local (hostPath) PersistentVolume.
+    step("file:// VideoDelivery on a local volume");
+    let media = tempfile::Builder::new().prefix("vd-media-").tempdir().unwrap();
+    let archive_video = film(1024 * 1024, 2);
+    std::fs::create_dir_all(media.path().join("films")).unwrap();
+    std::fs::write(media.path().join("films/b.mp4"), &archive_video).unwrap();
+    for p in [media.path(), &media.path().join("films")] {
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    local_volume(&client, &ns, "video-archive", media.path()).await;
+    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/local-volume.yaml"))
+        .unwrap()
+        .replace("replicas: 3", "replicas: 1");
+    kubectl(node, &ns, &["apply", "-f", "-"], &example);
+    agents_ready(&client, &ns, "archive", 1).await;
+    let (archive_url, _) = service_addresses(&client, &ns, "archive").await;
+    let archive_backend = Backend { secrets: Api::namespaced(client.clone(), &ns), name: "archive".into() };
+    let (_, url) = archive_backend.sign(&archive_url, "/videos/films/b.mp4").await;
+    first_fetch(&fresh, &url, 12_345, 100_000, &archive_video).await.unwrap_or_else(|e| panic!("file://: {e}"));
+
+    // 3b. Chromium plays HLS from agents on the same volume, through the NodePort, cross-origin from a web page,
+    // with a token on the playlist only (the agents rewrite the segment and init URIs).
+    step("Chromium plays HLS through the NodePort");
+    make_hls(&media.path().join("film"));
+    let page_port = common::free_port();
+    common::create(
+        &client,
+        &ns,
+        "player",
+        &format!(
+            "storage: {{url: 'file:///media', volumeClaimName: video-archive}}\n\
+             agents: {{replicas: 1, corsOrigins: ['http://127.0.0.1:{page_port}'], playback: {{rewriteManifests: true}}}}\n\
+             service: {{type: NodePort}}"
+        ),
+    )
+    .await;
+    agents_ready(&client, &ns, "player", 1).await;
+    let (player_cluster_url, player_node_port) = service_addresses(&client, &ns, "player").await;
+    let player_backend = Backend { secrets: Api::namespaced(client.clone(), &ns), name: "player".into() };
+    let (_, probe) = player_backend.sign(&player_cluster_url, "/videos/films/b.mp4").await;
+    first_fetch(&fresh, &probe, 0, 1000, &archive_video).await.unwrap_or_else(|e| panic!("player: {e}"));
+    let master = player_backend
+        .sign_with(&player_node_port.expect("a NodePort"), "/videos/film/index.m3u8", Carrier::Token, 600)
+        .await;
+    let report = play_in_chromium(
+        page_port,
+        serde_json::json!([{ "name": "hls.js via NodePort", "kind": "hls", "url": master }]),
+    );
+    let r = &report[0];
+    assert!(r["errors"].as_array().unwrap().is_empty(), "Chromium: {r}\n{}", agent_logs(node, &ns, "player"));
+    assert_eq!(r["ended"], true, "played to the end: {r}");
+    let duration = r["duration"].as_f64().unwrap();
+    assert!((3.5..4.6).contains(&duration), "the whole film: {r}");
+
+    // 4. A configuration change rolls the agents while two clients send a signed range request every 100 ms.
+    step("rolling update under traffic");
+    let traffic = Traffic::start(backend, vec![cluster_url.clone(), node_port_url.clone()], video.clone());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let vds: Api<videodelivery_operator::crd::VideoDelivery> = Api::namespaced(client.clone(), &ns);
+    let change = serde_json::json!({"spec": {"agents": {"cacheControl": "public, max-age=7"}}});
+    vds.patch("media", &PatchParams::default(), &Patch::Merge(&change)).await.unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let before: BTreeSet<String> = ready_pods(&pods, &selector("media")).await.iter().map(|p| p.name_any()).collect();
+    eventually("the rollout replaced both agents and the old ones are gone", timing::POD_READY, || async {
+        let d = deployments.get("media-agent").await.ok()?;
+        let s = d.status?;
+        let all = pods.list(&ListParams::default().labels(&selector("media"))).await.ok()?.items;
+        let names: BTreeSet<String> = all.iter().map(|p| p.name_any()).collect();
+        (d.metadata.generation == s.observed_generation
+            && s.updated_replicas == Some(2)
+            && s.ready_replicas == Some(2)
+            && all.len() == 2
+            && names.is_disjoint(&before))
+        .then_some(())
+    })
+    .await;
+    // The old pods are gone only after their whole shutdown; keep sending a little longer.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let report = traffic.stop().await;
+    step(&format!("rolling update: {report:?}"));
+    assert!(report.failures.is_empty(), "requests failed during the rollout: {:#?}", report.failures);
+    assert!(report.ok > 100, "{report:?}");
+    assert!(
+        report.cache_control.contains("public, max-age=7") && report.cache_control.len() >= 2,
+        "answers came from the old agents and then the new ones: {:?}",
+        report.cache_control
+    );
+
+    // 5. An eviction respects the PDB: one agent may go, not two at once.
+    step("eviction and the PDB");
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
+    eventually("the PDB allows one disruption", Duration::from_secs(60), || async {
+        (pdbs.get("media-agent").await.ok()?.status?.disruptions_allowed == 1).then_some(())
+    })
+    .await;
+    let agents: Vec<String> = ready_pods(&pods, &selector("media")).await.iter().map(|p| p.name_any()).collect();
+    assert_eq!(agents.len(), 2);
+    // A drain, as `kubectl drain` does it: evict every agent, retrying what the budget refuses, while the
+    // clients keep sending. The budget lets one agent go at a time, so the Service never runs dry.
+    let traffic = Traffic::start(
+        Backend { secrets: Api::namespaced(client.clone(), &ns), name: "media".into() },
+        vec![cluster_url.clone()],
+        video.clone(),
+    );
+    let mut refusals = Vec::new();
+    let drain_started = Instant::now();
+    for agent in &agents {
+        loop {
+            let ready: Vec<String> = ready_pods(&pods, &selector("media")).await.iter().map(|p| p.name_any()).collect();
+            match evict(node, &ns, agent) {
+                Ok(_) => break,
+                Err(e) if e.contains("TooManyRequests") => refusals.push(format!(
+                    "+{:.1}s {agent} refused while ready: {ready:?}",
+                    drain_started.elapsed().as_secs_f64()
+                )),
+                Err(e) => panic!("evict {agent}: {e}"),
+            }
+            assert!(drain_started.elapsed() < timing::POD_READY, "the drain did not finish: {refusals:?}");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+    agents_ready(&client, &ns, "media", 2).await;
+    let report = traffic.stop().await;
+    step(&format!("drain: {} refusals {refusals:?}; traffic {report:?}", refusals.len()));
+    assert!(report.failures.is_empty(), "requests failed during the drain: {:#?}", report.failures);
+    assert!(!refusals.is_empty(), "the budget held the second eviction until a replacement was ready");
+
+    // 6. Rotation under traffic (started after step 1) must have finished with zero rejections.
+    step("waiting for the rotation scenario");
+    rotation.await.unwrap();
+
+    // 7. helm upgrade rolls the operator (one leader again); helm uninstall leaves nothing of the release.
+    step("helm upgrade");
+    helm(node, &["upgrade", "videodelivery", CHART, "--namespace", "videodelivery", "--set", "logFormat=text"]);
+    eventually("the upgraded operator pods Ready", timing::POD_READY, || async {
+        let ready = ready_pods(&system_pods, operator_selector).await;
+        let all = system_pods.list(&ListParams::default().labels(operator_selector)).await.ok()?.items;
+        let upgraded = ready.iter().filter(|p| !operator_pods.contains(&p.name_any())).count();
+        (upgraded == 2 && all.len() == 2).then_some(())
+    })
+    .await;
+    let new_pods: Vec<String> =
+        ready_pods(&system_pods, operator_selector).await.iter().map(|p| p.name_any()).collect();
+    eventually("a new leader", Duration::from_secs(60), || async {
+        let h = leases.get_opt("videodelivery").await.ok()??.spec?.holder_identity?;
+        new_pods.contains(&h).then_some(())
+    })
+    .await;
+    step("helm uninstall");
+    helm(node, &["uninstall", "videodelivery", "--namespace", "videodelivery", "--wait", "--timeout", "120s"]);
+    eventually("no operator pod left", timing::POD_READY, || async {
+        system_pods.list(&ListParams::default()).await.ok()?.items.is_empty().then_some(())
+    })
+    .await;
+    let instance = ListParams::default().labels("app.kubernetes.io/instance=videodelivery");
+    assert!(Api::<ClusterRole>::all(client.clone()).list(&instance).await.unwrap().items.is_empty());
+    assert!(Api::<ClusterRoleBinding>::all(client.clone()).list(&instance).await.unwrap().items.is_empty());
+    let left =
+        kubectl(node, "videodelivery", &["get", "all,sa,role,rolebinding,configmap,secret,lease", "-o", "name"], "");
+    let left: Vec<&str> =
+        left.lines().filter(|l| !l.ends_with("/kube-root-ca.crt") && !l.ends_with("serviceaccount/default")).collect();
+    assert!(left.is_empty(), "the release left {left:?}");
+    step("done");
+}
+
+/// A PersistentVolume on a host directory and a claim bound to it: the node's "local" storage.
+async fn local_volume(client: &Client, ns: &str, claim: &str, path: &Path) {
+    let pv: PersistentVolume = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": format!("{ns}-{claim}")},
+        "spec": {
+            "capacity": {"storage": "1Gi"},
+            "accessModes": ["ReadOnlyMany"],
+            "persistentVolumeReclaimPolicy": "Retain",
+            "storageClassName": "",
+            "hostPath": {"path": path.to_str().unwrap(), "type": "Directory"},
+            "claimRef": {"namespace": ns, "name": claim},
+        }
+    }))
+    .unwrap();
+    Api::<PersistentVolume>::all(client.clone()).create(&PostParams::default(), &pv).await.unwrap();
+    let pvc: PersistentVolumeClaim = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": claim},
+        "spec": {
+            "accessModes": ["ReadOnlyMany"],
+            "storageClassName": "",
+            "volumeName": format!("{ns}-{claim}"),
+            "resources": {"requests": {"storage": "1Gi"}},
+        }
+    }))
+    .unwrap();
+    Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns).create(&PostParams::default(), &pvc).await.unwrap();
+}
+
+/// The last lines of the agents' logs, to explain a failure.
+fn agent_logs(node: &Node, ns: &str, name: &str) -> String {
+    let selector = selector(name);
+    kubectl(node, ns, &["logs", "-l", &selector, "--prefix", "--tail=20", "--ignore-errors"], "")
+}
+
+fn kubectl(node: &Node, ns: &str, args: &[&str], stdin: &str) -> String {
+    kubectl_result(node, ns, args, stdin).unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"))
+}
+
+/// An eviction through the Eviction API, as `kubectl drain` asks for it (a process per request). Two evictions
+/// fired milliseconds apart (two `Api::evict` calls in a row) were both accepted against a budget that allowed one,
+/// even with plain pause pods: the API server apparently read a moment-old budget. A drain's pace never hits that.
+fn evict(node: &Node, ns: &str, pod: &str) -> Result<String, String> {
+    let body =
+        serde_json::json!({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": pod, "namespace": ns}});
+    let path = format!("/api/v1/namespaces/{ns}/pods/{pod}/eviction");
+    kubectl_result(node, ns, &["create", "--raw", &path, "-f", "-"], &body.to_string())
+}
+
+fn kubectl_result(node: &Node, ns: &str, args: &[&str], stdin: &str) -> Result<String, String> {
+    use std::io::Write;
+    let mut child = Command::new(vd_testsupport::binary("kubectl").unwrap())
+        .arg(format!("--kubeconfig={}", node.control_plane().kubeconfig().display()))
+        .arg(format!("--namespace={ns}"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[derive(Debug, Default)]
+struct TrafficReport {
+    ok: u32,
+    failures: Vec<String>,
+    cache_control: BTreeSet<String>,
+    kids: BTreeSet<String>,
+}
+
+/// Clients sending a freshly signed range request every [`timing::REQUEST_EVERY`] to each base URL, alternating a
+/// new connection and a kept-alive one, until stopped.
+struct Traffic {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<TrafficReport>,
+}
+
+impl Traffic {
+    fn start(backend: Backend, bases: Vec<String>, video: Vec<u8>) -> Traffic {
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let [fresh, pooled] = clients();
+            let started = Instant::now();
+            let mut report = TrafficReport::default();
+            let mut i = 0usize;
+            let mut tick = tokio::time::interval(timing::REQUEST_EVERY);
+            while !*stopped.borrow_and_update() {
+                tick.tick().await;
+                i += 1;
+                let base = &bases[i % bases.len()];
+                let http = if (i / bases.len()).is_multiple_of(2) { &fresh } else { &pooled };
+                let (kid, url) = backend.sign(base, "/videos/films/a.mp4").await;
+                report.kids.insert(kid.clone());
+                let offset = (i * 7919) % (video.len() - 65_536);
+                match fetch_range(http, &url, offset, 65_536, &video).await {
+                    Ok(headers) => {
+                        report.ok += 1;
+                        if let Some(cc) = headers.get("cache-control").and_then(|v| v.to_str().ok()) {
+                            report.cache_control.insert(cc.to_string());
+                        }
+                    }
+                    Err(e) => report.failures.push(format!(
+                        "+{:.1}s {base} ({}) signed with {kid}: {e}",
+                        started.elapsed().as_secs_f64(),
+                        if (i / bases.len()).is_multiple_of(2) { "new connection" } else { "kept alive" }
+                    )),
+                }
+            }
+            report
+        });
+        Traffic { stop, task }
+    }
+
+    async fn stop(self) -> TrafficReport {
+        let _ = self.stop.send(true);
+        self.task.await.unwrap()
+    }
+}
+
+/// A key rotation with the real kubelet carrying each keyring change to the agents' volume, while a backend signs
+/// with whatever key the Secret calls active and a client fetches through the Service every 100 ms: not one
+/// request refused, and the agents were never restarted to get the new key.
+async fn rotation_under_traffic(node: &'static Node, started: Instant) {
+    let cp = node.control_plane();
+    let client = cp.client().await.unwrap();
+    let s3 = S3Server::start_on(vd_testsupport::NODE_IP).unwrap();
+    let video = film(2 * 1024 * 1024, 3);
+    s3.put("media", "films/a.mp4", &video).unwrap();
+    let ns = node.namespace("rotate").await.unwrap();
+    create_s3_credentials(&client, &ns).await;
+    common::create(
+        &client,
+        &ns,
+        "keys",
+        &format!(
+            "{}\nsigning: {}\nagents: {{replicas: 1, rateLimit: {{requestsPerSecond: 0}}}}",
+            s3_storage(&s3),
+            timing::SIGNING
+        ),
+    )
+    .await;
+    agents_ready(&client, &ns, "keys", 1).await;
+    let (first, _) = common::keyring(&client, &ns, "keys").await.unwrap();
+    let first_kid = first.keys().iter().map(|k| k.kid().to_string()).next().unwrap();
+    let (cluster_url, _) = service_addresses(&client, &ns, "keys").await;
+    let backend = Backend { secrets: Api::namespaced(client.clone(), &ns), name: "keys".into() };
+    let [fresh, _] = clients();
+    let (_, url) = backend.sign(&cluster_url, "/videos/films/a.mp4").await;
+    first_fetch(&fresh, &url, 0, 1024, &video).await.unwrap_or_else(|e| panic!("rotation: {e}"));
+    let traffic = Traffic::start(backend, vec![cluster_url], video);
+    // Until the first key has been promoted away from and then removed from the keyring.
+    eventually("a full rotation (the first key removed)", Duration::from_secs(150), || async {
+        let (ring, _) = common::keyring(&client, &ns, "keys").await?;
+        (!ring.keys().iter().any(|k| k.kid() == first_kid)).then_some(())
+    })
+    .await;
+    // Tokens signed with the first key just before it retired stay valid a little longer: keep going.
+    tokio::time::sleep(Duration::from_secs(timing::TOKEN_LIFETIME)).await;
+    let report = traffic.stop().await;
+    eprintln!("[+{:>5.1}s] rotation: {report:?}", started.elapsed().as_secs_f64());
+    assert!(report.failures.is_empty(), "requests refused during the rotation: {:#?}", report.failures);
+    assert!(report.kids.len() >= 2, "signed with a new key after the promotion: {:?}", report.kids);
+    assert!(report.ok > 300, "{report:?}");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    for p in ready_pods(&pods, &selector("keys")).await {
+        let restarts = p.status.unwrap().container_statuses.unwrap()[0].restart_count;
+        assert_eq!(restarts, 0, "the agent got the key from its volume, without a restart");
+    }
+    // The namespace goes; its agents are stopped by the kubelet.
+    let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(client).delete(&ns, &DeleteParams::default()).await;
+}
+
+/// What the final stage of a Dockerfile says about the image: (base, [(copied file, destination)], user,
+/// entrypoint, exposed ports).
+type Stage = (String, Vec<(String, String)>, String, Vec<String>, Vec<String>);
+
+fn final_stage(dockerfile: &str) -> Stage {
+    let text = std::fs::read_to_string(dockerfile).unwrap();
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+    let from = lines.iter().rposition(|l| l.starts_with("FROM ")).unwrap();
+    let mut stage: Stage = (lines[from][5..].to_string(), vec![], String::new(), vec![], vec![]);
+    for l in &lines[from + 1..] {
+        let (op, rest) = l.split_once(' ').unwrap();
+        match op {
+            "COPY" => {
+                let args: Vec<&str> = rest.split_whitespace().filter(|a| !a.starts_with("--")).collect();
+                stage.1.push((args[0].to_string(), args[1].to_string()));
+            }
+            "USER" => stage.2 = rest.trim().to_string(),
+            "ENTRYPOINT" => stage.3 = serde_json::from_str(rest).unwrap(),
+            "EXPOSE" => stage.4.extend(rest.split_whitespace().map(|p| format!("{p}/tcp"))),
+            other => panic!("{dockerfile}: {other} in the final stage: extend scripts/images.sh and this test"),
+        }
+    }
+    stage
+}
+
+/// `tar -xOf archive member`.
+fn tar_member(archive: &Path, member: &str) -> Vec<u8> {
+    let out = Command::new("tar").arg("-xOf").arg(archive).arg(member).output().unwrap();
+    assert!(out.status.success(), "{member} in {}", archive.display());
+    out.stdout
+}
+
+/// scripts/images.sh builds the images from the Dockerfiles' final stage (one definition): the images the node
+/// runs have the Dockerfile's user, entrypoint, exposed ports and files, and what the distroless base provides
+/// (the nonroot user, CA certificates, the C library the binary links).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_images_are_what_the_dockerfiles_say() {
+    let node = node();
+    for (component, image) in
+        [("agent", "ghcr.io/videodelivery/agent:0.1.0"), ("operator", "ghcr.io/videodelivery/operator:0.1.0")]
+    {
+        let dockerfile = concat!(env!("CARGO_MANIFEST_DIR"), "/..").to_string() + &format!("/{component}/Dockerfile");
+        let (base, copies, user, entrypoint, ports) = final_stage(&dockerfile);
+        assert_eq!(base, "gcr.io/distroless/cc-debian12:nonroot", "scripts/images.sh stands in for this base only");
+        // The image as the node's runtime sees it.
+        let info: serde_json::Value =
+            serde_json::from_str(&node.crictl(&["inspecti", "-o", "json", image]).unwrap()).unwrap();
+        let config = &info["info"]["imageSpec"]["config"];
+        assert_eq!(config["User"], user.as_str(), "{component}: {config}");
+        assert_eq!(config["Entrypoint"], serde_json::json!(entrypoint), "{component}: {config}");
+        let exposed: Vec<String> =
+            config["ExposedPorts"].as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
+        assert_eq!(exposed, ports, "{component}");
+        // The files, from the archive the node imported.
+        let archive = Path::new("/run/vd-node/images").join(format!("{component}.tar"));
+        let index: serde_json::Value = serde_json::from_slice(&tar_member(&archive, "index.json")).unwrap();
+        let blob =
+            |digest: &str| tar_member(&archive, &format!("blobs/sha256/{}", digest.trim_start_matches("sha256:")));
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap();
+        let layer = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(layer.path(), blob(manifest["layers"][0]["digest"].as_str().unwrap())).unwrap();
+        let listing = Command::new("tar").arg("-tvf").arg(layer.path()).output().unwrap();
+        let listing = String::from_utf8(listing.stdout).unwrap();
+        for (_, dst) in &copies {
+            let entry = listing.lines().find(|l| l.ends_with(&format!(" {}", dst.trim_start_matches('/'))));
+            assert!(entry.is_some_and(|e| e.starts_with("-rwx")), "{component}: {dst} executable in {listing}");
+        }
+        let passwd = String::from_utf8(tar_member(layer.path(), "etc/passwd")).unwrap();
+        let uid = user.split(':').next().unwrap();
+        assert!(passwd.lines().any(|l| l.split(':').nth(2) == Some(uid)), "{component}: user {uid} in {passwd}");
+        assert!(listing.contains("etc/ssl/certs/ca-certificates.crt"), "{component}: CA certificates");
+        assert!(listing.contains("libc.so.6"), "{component}: the C library");
+    }
+}
