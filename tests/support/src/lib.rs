@@ -144,7 +144,20 @@ impl ControlPlane {
 
     /// Starts a control plane with `options`. Its processes die with the calling thread (`PR_SET_PDEATHSIG`), so
     /// call it from a thread that lives as long as the control plane should; an `atexit` hook stops them too.
+    ///
+    /// A start whose API server never answers is retried once with fresh ports and data, after printing why: a
+    /// loaded CI machine has been seen to lose one (the logs of the failed try are in the message).
     pub fn start(options: &ControlPlaneOptions) -> Result<ControlPlane, Error> {
+        match Self::start_once(options) {
+            Err(e @ Error::NotReady("kube-apiserver", _)) => {
+                eprintln!("vd-testsupport: the control plane did not start, trying once more: {e}");
+                Self::start_once(options)
+            }
+            other => other,
+        }
+    }
+
+    fn start_once(options: &ControlPlaneOptions) -> Result<ControlPlane, Error> {
         let etcd = binary("etcd")?;
         let apiserver = binary("kube-apiserver")?;
         let kcm = binary("kube-controller-manager")?;
@@ -226,7 +239,23 @@ impl ControlPlane {
         let cp = ControlPlane { dir: dir.clone(), kubeconfig: kubeconfig.clone(), pids, ca: cert.clone() };
         register(&cp.pids);
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(io("runtime"))?;
-        rt.block_on(cp.wait_ready())?;
+        if let Err(e) = rt.block_on(cp.wait_ready()) {
+            let tail = |name: &str| {
+                let text = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                lines[lines.len().saturating_sub(8)..].join("\n")
+            };
+            let why = format!(
+                "{e}\n--- kube-apiserver.err\n{}\n--- etcd.err\n{}",
+                tail("kube-apiserver.err"),
+                tail("etcd.err")
+            );
+            for pid in &cp.pids {
+                // SAFETY: plain signal to a process this function started.
+                unsafe { libc::kill(*pid as libc::pid_t, libc::SIGKILL) };
+            }
+            return Err(Error::NotReady("kube-apiserver", why));
+        }
 
         let mut cp = cp;
         cp.pids.push(spawn(
