@@ -245,7 +245,16 @@ fn dash_probe(template: &str) -> Cow<'_, str> {
 }
 
 /// DASH attributes that hold a URI or URI template.
-const DASH_URI_ATTRS: [&[u8]; 4] = [b"media", b"initialization", b"index", b"sourceURL"];
+/// The URI attributes DASH defines, by element (ISO/IEC 23009-1 §5.3.9): the same name on any other element is no URI
+/// to a player, so it never gets a token.
+fn dash_uri_attribute(element: &[u8], attr: &[u8]) -> bool {
+    match element {
+        b"SegmentTemplate" => matches!(attr, b"media" | b"initialization" | b"index"),
+        b"SegmentURL" => matches!(attr, b"media" | b"index"),
+        b"Initialization" | b"RepresentationIndex" | b"BitstreamSwitching" => attr == b"sourceURL",
+        _ => false,
+    }
+}
 
 /// The rewritten manifest as a stream of chunks. An error of kind `InvalidData` means the manifest is broken or
 /// cannot be rewritten safely; one wrapping [`PrefixRequired`] means it needs a prefix token.
@@ -596,7 +605,7 @@ fn dash_element<'e>(rw: &Rewriter, base: &Url, e: BytesStart<'e>) -> io::Result<
     let template = e.local_name().as_ref() == b"SegmentTemplate";
     for attr in e.attributes() {
         let attr = attr.map_err(|err| invalid(&format!("bad attribute in the manifest: {err}")))?;
-        if !DASH_URI_ATTRS.contains(&attr.key.as_ref()) {
+        if !dash_uri_attribute(e.local_name().as_ref(), attr.key.as_ref()) {
             continue;
         }
         let Ok(value) = attr.normalized_value(quick_xml::XmlVersion::Implicit1_0) else { continue };
@@ -886,6 +895,17 @@ mod tests {
             "<MPD><BaseURL/><BaseURL>https://evil.example/</BaseURL><SegmentList><SegmentURL media=\"a.m4s\"/></SegmentList></MPD>",
         ),
     ];
+
+    #[tokio::test]
+    async fn uri_attribute_names_on_other_elements_get_no_token() {
+        // Found by the dash_rewrite fuzzer: `media` on a Period is no URI to a player.
+        let mpd = "<MPD><Period media=\"PT0S\"><AdaptationSet><SegmentList><SegmentURL media=\"a.m4s\"/></SegmentList>\
+                   </AdaptationSet></Period></MPD>";
+        let r = Rewriter::new("media.example", "/videos/film/manifest.mpd", prefix("/videos/film/")).unwrap();
+        let out = run(Kind::Dash, r, mpd, 4096).await;
+        assert!(out.contains(r#"<Period media="PT0S">"#), "{out}");
+        assert!(out.contains(r#"media="a.m4s?token="#), "{out}");
+    }
 
     #[tokio::test]
     async fn an_element_inside_a_base_url_is_refused() {
