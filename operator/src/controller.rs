@@ -399,8 +399,11 @@ impl<'a> Reconciler<'a> {
         now: u64,
         requested: Option<&str>,
     ) -> Result<Keys, Error> {
+        // A keyring existed if status showed keys, or if agents were deployed (they never are before the first
+        // keyring). The Deployment is read from the API server: the cached object may predate the status write.
         let old = self.vd.status.as_ref();
-        let had_keys = old.is_some_and(|s| s.active_key_id.is_some() || !s.keys.is_empty());
+        let had_keys = old.is_some_and(|s| s.active_key_id.is_some() || !s.keys.is_empty())
+            || self.api::<Deployment>().get_opt(&resources::agent_name(self.vd)).await?.is_some();
         let rotation = if had_keys {
             // Tokens signed with the lost keys may be in flight and agents still hold the old Secret: a key
             // active at once would be signed with before any agent has it. Start pending instead.

@@ -177,7 +177,7 @@ async fn a_deleted_keyring_comes_back_pending_with_a_warning_never_active_at_onc
         &client,
         &ns,
         "media",
-        "storage: {url: 's3://videos'}\nsigning: {rotationInterval: 1h, propagationDelay: 6s, maxTokenLifetime: 10m}\nagents: {replicas: 1}",
+        "storage: {url: 's3://videos'}\nsigning: {rotationInterval: 1h, propagationDelay: 15s, maxTokenLifetime: 10m}\nagents: {replicas: 1}",
     )
     .await;
     let (first, _) = eventually("keyring", LONG, || keyring(&client, &ns, "media")).await;
@@ -195,7 +195,7 @@ async fn a_deleted_keyring_comes_back_pending_with_a_warning_never_active_at_onc
     assert!(ring.active().is_none(), "no key is active before agents can have it");
     let pending = &ring.keys()[0];
     assert_eq!(pending.state(), KeyState::Pending);
-    assert!(pending.activate_after().unwrap() >= deleted_at + 6, "active only after the propagation delay");
+    assert!(pending.activate_after().unwrap() >= deleted_at + 15, "active only after the propagation delay");
     let data = secret.data.as_ref().unwrap();
     assert!(!data.contains_key("active-key") && !data.contains_key("active-kid"), "nothing to sign with yet");
 
