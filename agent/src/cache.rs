@@ -8,16 +8,23 @@
 //! that is still sending a slice the cache has since dropped. The semaphore has the cache's capacity plus the
 //! streams' budget, so slice memory never exceeds their sum, whatever the mix of slow readers; a read that cannot
 //! get memory within the storage timeout is refused with 503 (or, mid-answer, ends the answer).
+//!
+//! Whole slices go to readers that give them back soon. A slow reader would hold a slice for as long as it takes
+//! to send (16 s for 1 MiB at 64 KiB/s), so it is sent cached slices and, for the rest, small chunks streamed past
+//! the cache: a thousand slow viewers of a thousand different videos hold about 96 KiB each, not one or two MiB.
+//! A reader that keeps up gets the next slice read ahead on its own task.
 
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use futures::stream;
-use futures::{FutureExt, StreamExt, TryStreamExt};
+use futures::stream::{self, BoxStream};
+use futures::{StreamExt, TryStreamExt};
 use moka::future::Cache;
 use moka::notification::RemovalCause;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::metrics::Metrics;
 use crate::storage::{Body, Storage, StorageError};
@@ -114,6 +121,22 @@ impl Memory {
         }
     }
 
+    /// The memory kept free when a slice is taken for read-ahead, or for a reader whose pace is not known yet: a
+    /// quarter of the whole, so streams that must go on in small chunks always find some.
+    fn spare(&self) -> usize {
+        self.total / 4
+    }
+
+    /// `len` bytes now, leaving at least `spare` free, or nothing.
+    fn try_reserve(&self, len: usize, spare: usize) -> Option<OwnedSemaphorePermit> {
+        if self.permits.available_permits() < len.saturating_add(spare) {
+            return None;
+        }
+        let permit = self.permits.clone().try_acquire_many_owned(u32::try_from(len).ok()?).ok()?;
+        self.report();
+        Some(permit)
+    }
+
     /// `bytes`, charged to the budget (by `permit`) until every copy of the returned handle is gone.
     fn wrap(&self, bytes: Bytes, permit: OwnedSemaphorePermit) -> Bytes {
         Bytes::from_owner(Held { bytes, permit: Some(permit), memory: self.clone() })
@@ -161,9 +184,11 @@ impl SliceCache {
         SliceCache { slices, slice_size, capacity, memory, metrics }
     }
 
-    /// The bytes of `range` of an object of `size` bytes, from cached slices where possible. The first slice is
-    /// ready before this returns (so storage errors become a status code); the rest stream as the client reads,
-    /// with the next slice loading while the current one is sent, so a stream holds at most two slices.
+    /// The bytes of `range` of an object of `size` bytes, from cached slices where possible. The first piece is
+    /// ready before this returns (so storage errors, and memory in use, become a status code); the rest stream as
+    /// the client reads. A stream holds one slice, and a second (read ahead) only while its reader keeps up; when
+    /// memory for a whole slice is in use, a slice is streamed past the cache in small chunks instead, so many
+    /// slow readers of different videos each hold a chunk, not a slice.
     pub async fn read(
         &self,
         storage: &Storage,
@@ -182,45 +207,38 @@ impl SliceCache {
         if self.slice_size > self.capacity {
             return self.bypass(storage, object, Some(etag), range).await;
         }
-        let object: Arc<str> = object.into();
-        let etag: Arc<str> = etag.into();
-        let first = range.start / self.slice_size;
-        let last = (range.end - 1) / self.slice_size;
-        let key = |index| SliceKey { object: object.clone(), etag: etag.clone(), index };
-        let checked = first..=last.min(first + HIT_CHECK - 1);
-        let status = if checked.into_iter().all(|i| slices.contains_key(&key(i))) { Status::Hit } else { Status::Miss };
-
         let loader = Loader {
             slices: slices.clone(),
             storage: storage.clone(),
             memory: self.memory.clone(),
             metrics: self.metrics.clone(),
+            object: object.into(),
+            etag: etag.into(),
+            slice_size: self.slice_size,
+            size,
+            range: range.clone(),
         };
-        let slice_size = self.slice_size;
-        let span = move |index: u64| {
-            let start = index * slice_size;
-            start..(start + slice_size).min(size)
-        };
-        let head = loader.get(key(first), span(first)).await?;
+        let first = range.start / self.slice_size;
+        let last = (range.end - 1) / self.slice_size;
+        let checked = first..=last.min(first + HIT_CHECK - 1);
+        let status =
+            if checked.into_iter().all(|i| slices.contains_key(&loader.key(i))) { Status::Hit } else { Status::Miss };
+
+        // How fast this reader will read is not known yet: a slice while memory is plentiful, chunks otherwise.
+        let head = loader.piece(first, Some(self.memory.spare())).await?;
         let content_type = head.content_type.as_deref().map(str::to_owned);
-        let cut = move |index: u64, slice: Slice| {
-            let start = index * slice_size;
-            let from = range.start.max(start) - start;
-            let to = range.end.min(start + slice.bytes.len() as u64) - start;
-            slice.bytes.slice(from as usize..to as usize)
+        // A streamed first piece takes its first chunk now, so memory in use is a 503, not a cut answer.
+        let mut head_stream = head.stream;
+        let opening = match head_stream.next().await {
+            Some(chunk) => Some(chunk?),
+            None => None,
         };
+        let head_stream = stream::iter(opening.map(Ok)).chain(head_stream);
+
+        let ahead = Pieces { loader, next: first + 1, last, ahead: None, handed: Instant::now() };
+        let rest = stream::unfold(ahead, Pieces::step).try_flatten();
         let metrics = self.metrics.clone();
-        let first_bytes = cut(first, head);
-        let rest = stream::iter(first + 1..=last)
-            .map(move |index| {
-                let loader = loader.clone();
-                let key = SliceKey { object: object.clone(), etag: etag.clone(), index };
-                // Boxed: the read-ahead queue sizes its nodes to this future, and a pointer is all it needs.
-                async move { loader.get(key, span(index)).await.map(|s| cut(index, s)) }.boxed()
-            })
-            // Read-ahead of one slice: storage latency overlaps with sending.
-            .buffered(2);
-        let stream = stream::once(async move { Ok(first_bytes) }).chain(rest).inspect_ok(move |b| {
+        let stream = head_stream.chain(rest).inspect_ok(move |b| {
             metrics.cache_bytes.inc_by(b.len() as u64);
         });
         self.metrics.cache_size_bytes.set(slices.weighted_size() as i64);
@@ -251,35 +269,113 @@ impl SliceCache {
     }
 }
 
-/// Loads slices into the cache; cheap to clone into each slice's future.
+/// Bytes a stream reads per chunk when it streams a slice past the cache (nginx sends with 32 KiB buffers too).
+const STREAM_CHUNK: usize = 32 * 1024;
+
+/// A reader that asks for the next slice within this long of getting the previous one keeps up (at 1 MiB
+/// slices, about 8 Mbit/s): its next slice is read ahead. A slower reader gets each slice when it asks, which
+/// the socket buffers hide, and holds one slice instead of two.
+const KEEPS_UP: Duration = Duration::from_secs(1);
+
+/// One slice's worth of an answer: a slice (cut to the range) or a stream of small chunks past the cache.
+struct Piece {
+    stream: PieceStream,
+    content_type: Option<Arc<str>>,
+}
+
+/// Reads one answer's slices; cheap to clone into a read-ahead task.
 #[derive(Clone)]
 struct Loader {
     slices: Cache<SliceKey, Slice>,
     storage: Storage,
     memory: Memory,
     metrics: Arc<Metrics>,
+    object: Arc<str>,
+    etag: Arc<str>,
+    slice_size: u64,
+    size: u64,
+    range: Range<u64>,
 }
 
 impl Loader {
-    async fn get(&self, key: SliceKey, span: Range<u64>) -> Result<Slice, StorageError> {
-        if let Some(s) = self.slices.get(&key).await {
-            self.metrics.cache_hits.inc();
-            return Ok(s);
+    fn key(&self, index: u64) -> SliceKey {
+        SliceKey { object: self.object.clone(), etag: self.etag.clone(), index }
+    }
+
+    /// The object's bytes slice `index` covers.
+    fn span(&self, index: u64) -> Range<u64> {
+        let start = index * self.slice_size;
+        start..(start + self.slice_size).min(self.size)
+    }
+
+    /// The part of slice `index` the answer wants.
+    fn wanted(&self, index: u64) -> Range<u64> {
+        let span = self.span(index);
+        span.start.max(self.range.start)..span.end.min(self.range.end)
+    }
+
+    fn cut(&self, index: u64, slice: Slice) -> Piece {
+        let start = index * self.slice_size;
+        let wanted = self.wanted(index);
+        let bytes = slice.bytes.slice((wanted.start - start) as usize..(wanted.end - start) as usize);
+        Piece { stream: stream::once(async move { Ok(bytes) }).boxed(), content_type: slice.content_type }
+    }
+
+    /// Slice `index`: from the cache, loaded into it when `spare` allows (memory for a whole slice free now with
+    /// that many bytes left over), or else streamed past it in small chunks, each waiting for its own memory.
+    async fn piece(&self, index: u64, spare: Option<usize>) -> Result<Piece, StorageError> {
+        if let Some(s) = self.cached(index).await {
+            return Ok(self.cut(index, s));
         }
-        // moka evicts lazily: settle its pending evictions before waiting for memory they would give back.
-        if self.memory.permits.available_permits() < (span.end - span.start) as usize {
-            self.slices.run_pending_tasks().await;
+        let permit = match spare {
+            Some(spare) => self.reserve_now(index, spare).await,
+            None => None,
+        };
+        match permit {
+            Some(permit) => Ok(self.cut(index, self.load(index, permit).await?)),
+            None => self.streamed(index).await,
         }
-        // try_get_with runs one load per key; concurrent callers for the same slice wait for it.
+    }
+
+    /// Slice `index` read ahead: only when it is cached or memory for it is free with room to spare, so read-ahead
+    /// never takes the memory a reader that asks needs.
+    async fn ahead(self, index: u64) -> Option<Result<Piece, StorageError>> {
+        if let Some(s) = self.cached(index).await {
+            return Some(Ok(self.cut(index, s)));
+        }
+        let permit = self.reserve_now(index, self.memory.spare()).await?;
+        Some(self.load(index, permit).await.map(|s| self.cut(index, s)))
+    }
+
+    async fn cached(&self, index: u64) -> Option<Slice> {
+        let s = self.slices.get(&self.key(index)).await?;
+        self.metrics.cache_hits.inc();
+        Some(s)
+    }
+
+    /// Memory for slice `index`, without waiting, leaving `spare` bytes free.
+    async fn reserve_now(&self, index: u64, spare: usize) -> Option<OwnedSemaphorePermit> {
+        let span = self.span(index);
+        let len = (span.end - span.start) as usize;
+        if let Some(p) = self.memory.try_reserve(len, spare) {
+            return Some(p);
+        }
+        // moka evicts lazily: settle its pending evictions, which may give memory back, and look again.
+        self.slices.run_pending_tasks().await;
+        self.memory.try_reserve(len, spare)
+    }
+
+    /// Loads slice `index` into the cache with the memory `permit` grants; concurrent loads of one slice share
+    /// one storage read (and the later callers' permits go back at once).
+    async fn load(&self, index: u64, permit: OwnedSemaphorePermit) -> Result<Slice, StorageError> {
+        let span = self.span(index);
         let storage = self.storage.clone();
         let metrics = self.metrics.clone();
         let memory = self.memory.clone();
-        let (object, etag) = (key.object.clone(), key.etag.clone());
+        let (object, etag) = (self.object.clone(), self.etag.clone());
         self.slices
-            .try_get_with(key, async move {
+            .try_get_with(self.key(index), async move {
                 metrics.cache_misses.inc();
-                // Memory first, so a slice is never read into bytes the budget has not granted.
-                let permit = memory.reserve((span.end - span.start) as usize).await?;
                 let body = storage.get(&object, span.clone(), Some(&etag)).await?;
                 let mut buf = BytesMut::with_capacity((span.end - span.start) as usize);
                 let mut chunks = body.stream;
@@ -292,5 +388,67 @@ impl Loader {
             })
             .await
             .map_err(|e: Arc<StorageError>| (*e).clone())
+    }
+
+    /// The wanted part of slice `index` straight from storage in small chunks, each holding its own memory.
+    async fn streamed(&self, index: u64) -> Result<Piece, StorageError> {
+        self.metrics.cache_streamed.inc();
+        let body = self.storage.get_in_chunks(&self.object, self.wanted(index), Some(&self.etag), STREAM_CHUNK).await?;
+        let (metrics, memory) = (self.metrics.clone(), self.memory.clone());
+        let stream = body
+            .stream
+            .inspect_ok(move |b| {
+                metrics.storage_bytes.inc_by(b.len() as u64);
+            })
+            .and_then(move |chunk| {
+                let memory = memory.clone();
+                async move { memory.hold(chunk).await }
+            })
+            .boxed();
+        Ok(Piece { stream, content_type: body.content_type.map(Arc::from) })
+    }
+}
+
+/// The slices of an answer after the first, each read when the client asks for it, and the next one read ahead
+/// (on its own task, so it loads while the current one is sent) only for a reader that keeps up.
+struct Pieces {
+    loader: Loader,
+    next: u64,
+    last: u64,
+    ahead: Option<(u64, ReadAhead)>,
+    /// When the previous piece was handed to the client.
+    handed: Instant,
+}
+
+type PieceStream = BoxStream<'static, Result<Bytes, StorageError>>;
+
+/// A slice being read ahead on its own task (aborted if the answer ends first); `None` when memory was short.
+type ReadAhead = AbortOnDropHandle<Option<Result<Piece, StorageError>>>;
+
+impl Pieces {
+    async fn step(mut self) -> Option<(Result<PieceStream, StorageError>, Pieces)> {
+        if self.next > self.last {
+            return None;
+        }
+        let index = self.next;
+        let keeps_up = self.handed.elapsed() < KEEPS_UP;
+        let read_ahead = match self.ahead.take() {
+            Some((i, task)) if i == index => task.await.ok().flatten(),
+            _ => None,
+        };
+        // A reader that keeps up gives a slice back soon; a slow one would hold it for as long as it takes to send
+        // (16 s for 1 MiB at 64 KiB/s), so it gets cached slices and small chunks, never a slice of its own.
+        let spare = keeps_up.then_some(0);
+        let piece = match read_ahead {
+            Some(piece) => piece,
+            None => self.loader.piece(index, spare).await,
+        };
+        self.next += 1;
+        if keeps_up && self.next <= self.last {
+            let task = tokio::spawn(self.loader.clone().ahead(self.next));
+            self.ahead = Some((self.next, AbortOnDropHandle::new(task)));
+        }
+        self.handed = Instant::now();
+        Some((piece.map(|p| p.stream), self))
     }
 }

@@ -152,3 +152,25 @@ impl HttpBody for Tracked {
         self.body.size_hint()
     }
 }
+
+/// Unsent bytes the kernel may queue on a connection beyond what is in flight.
+const UNSENT_LOW_WATER: libc::c_int = 128 * 1024;
+
+/// Keeps the kernel from queueing megabytes of unsent data per connection (the send buffer autotunes to 4 MiB):
+/// the socket reads as writable only while little is waiting, so a slow client is seen as slow when the answer is
+/// paced (read-ahead goes only to readers that keep up) and a stalled one holds kilobytes of kernel memory, not
+/// megabytes. Best effort: a kernel without `TCP_NOTSENT_LOWAT` keeps its default.
+pub fn limit_unsent(stream: &tokio::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let value = UNSENT_LOW_WATER;
+    // SAFETY: a valid socket descriptor, and a c_int option value of the size given.
+    let _ = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+}

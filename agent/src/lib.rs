@@ -170,6 +170,7 @@ impl Agent {
             async move {
                 let _slot = slot;
                 let _ = stream.set_nodelay(true);
+                connections::limit_unsent(&stream);
                 // Before protocol detection hyper's header timeout does not run: a silent client is dropped here.
                 if !connections::first_byte(&stream, state.config.header_timeout).await {
                     return;

@@ -93,11 +93,13 @@ fn refused(e: rustix::io::Errno) -> StorageError {
     }
 }
 
-/// Bytes read from a local file per blocking read.
-const FILE_CHUNK: usize = 256 * 1024;
+/// Bytes read from a local file per blocking read, unless the reader asks for smaller chunks.
+pub const FILE_CHUNK: usize = 256 * 1024;
 
-/// Reads `range` of an open file as a stream of chunks, one positioned read per chunk on the blocking pool.
-pub fn file_stream(file: File, range: Range<u64>) -> BoxStream<'static, Result<Bytes, StorageError>> {
+/// Reads `range` of an open file as a stream of chunks of `chunk` bytes, one positioned read per chunk on the
+/// blocking pool.
+pub fn file_stream(file: File, range: Range<u64>, chunk: usize) -> BoxStream<'static, Result<Bytes, StorageError>> {
+    let chunk = chunk.max(4096);
     // Each chunk is one positioned read straight into the buffer that becomes the body chunk: no seek, and no
     // copy through an intermediate buffer (tokio::fs::File reads into its own buffer, then copies; callgrind
     // showed that copy as most of the agent's instructions per MiB).
@@ -109,7 +111,7 @@ pub fn file_stream(file: File, range: Range<u64>) -> BoxStream<'static, Result<B
             if pos >= end {
                 return Ok(None);
             }
-            let len = (end - pos).min(FILE_CHUNK as u64) as usize;
+            let len = (end - pos).min(chunk as u64) as usize;
             let read = tokio::task::spawn_blocking(move || pread_exact(&file, pos, len));
             let chunk = read
                 .await

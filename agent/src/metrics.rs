@@ -35,6 +35,8 @@ pub struct Metrics {
     pub keyring_reload_errors: Counter,
     pub cache_hits: Counter,
     pub cache_misses: Counter,
+    /// Slices streamed past the cache in small chunks because memory for a whole slice was in use.
+    pub cache_streamed: Counter,
     pub cache_evictions: Counter,
     pub cache_bytes: Counter,
     pub storage_bytes: Counter,
@@ -59,6 +61,7 @@ impl Default for Metrics {
             keyring_reload_errors: Counter::default(),
             cache_hits: Counter::default(),
             cache_misses: Counter::default(),
+            cache_streamed: Counter::default(),
             cache_evictions: Counter::default(),
             cache_bytes: Counter::default(),
             storage_bytes: Counter::default(),
@@ -85,6 +88,11 @@ impl Default for Metrics {
         );
         registry.register("cache_hits", "Slices served from the slice cache", m.cache_hits.clone());
         registry.register("cache_misses", "Slices loaded from storage into the cache", m.cache_misses.clone());
+        registry.register(
+            "cache_streamed_slices",
+            "Slices streamed past the cache in small chunks because memory for a whole slice was in use",
+            m.cache_streamed.clone(),
+        );
         registry.register("cache_evictions", "Slices evicted to stay within the cache size", m.cache_evictions.clone());
         registry.register("cache_served_bytes", "Body bytes served from the slice cache", m.cache_bytes.clone());
         registry.register("storage_read_bytes", "Body bytes read from storage", m.storage_bytes.clone());

@@ -179,6 +179,18 @@ impl Storage {
     /// Streams `range` of an object, failing if it no longer has `etag`. A stall longer than the timeout between
     /// two chunks ends the stream with an error, so a client never waits forever on a hung store.
     pub async fn get(&self, object: &str, range: Range<u64>, etag: Option<&str>) -> Result<Body, StorageError> {
+        self.get_in_chunks(object, range, etag, local::FILE_CHUNK).await
+    }
+
+    /// As [`Storage::get`], reading a local file `chunk` bytes at a time (a store's chunks are what the network
+    /// delivers), for streams that must hold little.
+    pub async fn get_in_chunks(
+        &self,
+        object: &str,
+        range: Range<u64>,
+        etag: Option<&str>,
+        chunk: usize,
+    ) -> Result<Body, StorageError> {
         let timeout = self.timeout;
         let (stream, content_type) = match &self.backend {
             Backend::Dir(dir) => {
@@ -190,7 +202,7 @@ impl Storage {
                 if range.end > meta.size {
                     return Err(StorageError::Changed);
                 }
-                (local::file_stream(file, range), None)
+                (local::file_stream(file, range, chunk), None)
             }
             Backend::Store { store, prefix } => {
                 let key = Self::key(prefix, object)?;
@@ -204,7 +216,7 @@ impl Storage {
                     .map_err(|_| StorageError::Timeout(timeout))??;
                 let content_type = result.attributes.get(&Attribute::ContentType).map(|v| v.to_string());
                 let stream = match result.payload {
-                    GetResultPayload::File(file, _) => local::file_stream(file, result.range),
+                    GetResultPayload::File(file, _) => local::file_stream(file, result.range, chunk),
                     GetResultPayload::Stream(s) => s.map_err(StorageError::from).boxed(),
                 };
                 (stream, content_type)
