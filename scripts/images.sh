@@ -8,12 +8,14 @@
 # distroless Node.js 20 base, for which it copies this machine's /usr/bin/node, which must be Node.js 20, and its
 # `ldd` closure to /nodejs/bin/node, the base's entrypoint; the SDK's dist/ is built first when missing or stale).
 #
-# Usage: bash scripts/images.sh [--profile release|debug | --bin-dir DIR] [--images "agent operator pause backend"]
+# Usage: bash scripts/images.sh [--profile release|debug | --bin-dir DIR] [--images "agent operator pause"]
 #                               [--out DIR] [--import CONTAINERD_SOCKET]
+# --images takes any of agent, operator, pause and backend (the default leaves the example backend out).
 # --bin-dir takes the binaries from DIR instead of building them (the tests pass the ones `cargo test` built).
 # Prints the archive paths and image names, one `name archive` pair a line.
 # Image names are the chart's defaults (values.yaml repositories, Chart.yaml appVersion), so `helm install` with
-# default values runs them (imagePullPolicy IfNotPresent never pulls an image that is present).
+# default values runs them (imagePullPolicy IfNotPresent never pulls an image that is present); the example backend
+# is ghcr.io/videodelivery/example-backend:<appVersion>, archived as backend.tar.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 profile=release bin_dir="" images="agent operator pause" out="" import=""
