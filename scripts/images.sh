@@ -3,14 +3,19 @@
 # into a containerd. One definition per image: the final stage of agent/Dockerfile and operator/Dockerfile. This
 # script reads it (COPY of the binary, USER, ENTRYPOINT, EXPOSE) and stands in for the distroless base the
 # Dockerfile names (glibc and the libraries the binary links, CA certificates, the nonroot user 65532) by copying
-# the binary's `ldd` closure from this machine. Also builds the pod sandbox ("pause") image from tests/node/pause.c.
+# the binary's `ldd` closure from this machine. Also builds the pod sandbox ("pause") image from tests/node/pause.c,
+# and the example backend (examples/backend/Dockerfile: server.mjs and the compiled @videodelivery/sign on the
+# distroless Node.js 20 base, for which it copies this machine's /usr/bin/node, which must be Node.js 20, and its
+# `ldd` closure to /nodejs/bin/node, the base's entrypoint; the SDK's dist/ is built first when missing or stale).
 #
 # Usage: bash scripts/images.sh [--profile release|debug | --bin-dir DIR] [--images "agent operator pause"]
 #                               [--out DIR] [--import CONTAINERD_SOCKET]
+# --images takes any of agent, operator, pause and backend (the default leaves the example backend out).
 # --bin-dir takes the binaries from DIR instead of building them (the tests pass the ones `cargo test` built).
 # Prints the archive paths and image names, one `name archive` pair a line.
 # Image names are the chart's defaults (values.yaml repositories, Chart.yaml appVersion), so `helm install` with
-# default values runs them (imagePullPolicy IfNotPresent never pulls an image that is present).
+# default values runs them (imagePullPolicy IfNotPresent never pulls an image that is present); the example backend
+# is ghcr.io/videodelivery/example-backend:<appVersion>, archived as backend.tar.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 profile=release bin_dir="" images="agent operator pause" out="" import=""
@@ -27,12 +32,20 @@ done
 target=${CARGO_TARGET_DIR:-$root/target}
 out=${out:-$target/images}
 mkdir -p "$out"
-if [ -z "$bin_dir" ] && [ "$images" != pause ]; then
+if [ -z "$bin_dir" ] && [[ " $images " == *" agent "* || " $images " == *" operator "* ]]; then
   flag=(); [ "$profile" = release ] && flag=(--release)
   (cd "$root" && cargo build -q --locked "${flag[@]}" -p videodelivery-agent -p videodelivery-operator --bins)
 fi
 bin_dir=${bin_dir:-$target/$profile}
 [[ " $images " != *" pause "* ]] || gcc -static -Os -o "$out/pause" "$root/tests/node/pause.c"
+if [[ " $images " == *" backend "* ]]; then
+  # The Dockerfile's build stage, here: the SDK compiled into sdk/typescript/dist (kept when newer than its sources).
+  sdk=$root/sdk/typescript
+  if [ ! -e "$sdk/dist/src/index.js" ] || [ -n "$(find "$sdk/src" "$sdk/package.json" "$sdk/tsconfig.json" -newer "$sdk/dist/src/index.js" -print -quit)" ]; then
+    [ -d "$sdk/node_modules" ] || (cd "$sdk" && npm ci --no-audit --no-fund >&2)
+    (cd "$sdk" && npm run build >&2)
+  fi
+fi
 
 python3 - "$root" "$bin_dir" "$out" "$images" <<'PY'
 import hashlib, io, json, os, re, subprocess, sys, tarfile
@@ -56,17 +69,22 @@ def final_stage(dockerfile):
     """What the final stage of a Dockerfile puts in the image: base, files, user, entrypoint, ports."""
     lines = [l.strip() for l in open(dockerfile) if l.strip() and not l.lstrip().startswith("#")]
     last = max(i for i, l in enumerate(lines) if l.upper().startswith("FROM "))
-    stage = {"base": lines[last].split()[1], "copy": [], "user": None, "entrypoint": None, "expose": []}
+    stage = {"base": lines[last].split()[1], "copy": [], "user": None, "entrypoint": None, "cmd": None,
+             "workdir": None, "expose": []}
     for l in lines[last + 1:]:
         op, _, rest = l.partition(" ")
         op = op.upper()
         if op == "COPY":
             args = [a for a in rest.split() if not a.startswith("--")]
-            stage["copy"].append((args[0], args[1]))
+            stage["copy"].append((args[0], args[1], any(a.startswith("--from=") for a in rest.split())))
         elif op == "USER":
             stage["user"] = rest.strip()
         elif op == "ENTRYPOINT":
             stage["entrypoint"] = json.loads(rest)
+        elif op == "CMD":
+            stage["cmd"] = json.loads(rest)
+        elif op == "WORKDIR":
+            stage["workdir"] = rest.strip()
         elif op == "EXPOSE":
             stage["expose"] += rest.split()
         else:
@@ -118,7 +136,7 @@ def blob(layout, data):
         f.write(data)
     return {"digest": f"sha256:{digest}", "size": len(data)}
 
-def archive(name, layer, config):
+def archive(name, layer, config, file=None):
     """Writes an OCI image layout as a tar archive: one layer, the config, the manifest and the index."""
     import tempfile
     layout = tempfile.mkdtemp(dir=out)
@@ -140,7 +158,7 @@ def archive(name, layer, config):
         json.dump(index, f)
     with open(f"{layout}/oci-layout", "w") as f:
         json.dump({"imageLayoutVersion": "1.0.0"}, f)
-    path = f"{out}/{name.split('/')[-1].split(':')[0]}.tar"
+    path = f"{out}/{file or name.split('/')[-1].split(':')[0]}.tar"
     with tarfile.open(path + ".tmp", "w") as t:
         for entry in sorted(os.listdir(layout)):
             t.add(f"{layout}/{entry}", arcname=entry)
@@ -152,10 +170,8 @@ def archive(name, layer, config):
 DISTROLESS_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                   "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt"]
 
-def rust_image(component, values_key):
-    stage = final_stage(f"{root}/{component}/Dockerfile")
-    if not stage["base"].startswith("gcr.io/distroless/cc-debian12:nonroot"):
-        raise SystemExit(f"images.sh: {component}/Dockerfile is based on {stage['base']}; teach this script that base")
+def distroless_layer():
+    """What every distroless :nonroot base has: the users, CA certificates, /tmp and the nonroot home."""
     layer = Layer()
     layer.file("/etc/passwd", b"root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n")
     layer.file("/etc/group", b"root:x:0:\nnonroot:x:65532:\n")
@@ -163,7 +179,16 @@ def rust_image(component, values_key):
         layer.file("/etc/ssl/certs/ca-certificates.crt", open("/etc/ssl/certs/ca-certificates.crt", "rb").read())
     layer.dir("/tmp", 0o1777)
     layer.dir("/home/nonroot", 0o700, 65532)
-    for src, dst in stage["copy"]:
+    return layer
+
+def rust_image(component, values_key):
+    stage = final_stage(f"{root}/{component}/Dockerfile")
+    if not stage["base"].startswith("gcr.io/distroless/cc-debian12:nonroot"):
+        raise SystemExit(f"images.sh: {component}/Dockerfile is based on {stage['base']}; teach this script that base")
+    if stage["cmd"] or stage["workdir"]:
+        raise SystemExit(f"images.sh: {component}/Dockerfile: CMD and WORKDIR are not expected here; teach this script")
+    layer = distroless_layer()
+    for src, dst, _ in stage["copy"]:
         binary = f"{bins}/{os.path.basename(src)}"
         stripped = f"{out}/{os.path.basename(src)}.stripped"
         # Debug info is not needed to run (symbols stay, so backtraces keep function names).
@@ -177,6 +202,40 @@ def rust_image(component, values_key):
                          "ExposedPorts": {(p if "/" in p else p + "/tcp"): {} for p in stage["expose"]}}}
     archive(f"{chart_default(values_key)}:{app_version}", layer, config)
 
+# The distroless nodejs20-debian12:nonroot base: Node.js at /nodejs/bin/node, which is the entrypoint.
+NODE = "/nodejs/bin/node"
+
+def node_image(dockerfile, name, file):
+    stage = final_stage(f"{root}/{dockerfile}")
+    if not stage["base"].startswith("gcr.io/distroless/nodejs20-debian12:nonroot"):
+        raise SystemExit(f"images.sh: {dockerfile} is based on {stage['base']}; teach this script that base")
+    import shutil
+    node = os.path.realpath(shutil.which("node") or "/usr/bin/node")
+    version = subprocess.run([node, "--version"], capture_output=True, text=True, check=True).stdout.strip()
+    if not version.startswith("v20."):
+        raise SystemExit(f"images.sh: {dockerfile} runs Node.js 20; this machine's {node} is {version}")
+    layer = distroless_layer()
+    layer.file(NODE, open(node, "rb").read(), 0o755)
+    for lib in ldd(node):
+        layer.file(lib, open(os.path.realpath(lib), "rb").read(), 0o755)
+    # The build stage works in /src, a copy of the repository (the build context); a COPY from the context names a
+    # path in the repository. Either way the file is here under the same relative path.
+    for src, dst, from_build in stage["copy"]:
+        if from_build and not src.startswith("/src/"):
+            raise SystemExit(f"images.sh: {dockerfile}: COPY --from of {src}, outside /src; teach this script")
+        here = f"{root}/{src[len('/src/'):] if from_build else src}"
+        if os.path.isdir(here):
+            for d, _, files in sorted(os.walk(here)):
+                for f in sorted(files):
+                    rel = os.path.relpath(f"{d}/{f}", here)
+                    layer.file(f"{dst}/{rel}", open(f"{d}/{f}", "rb").read())
+        else:
+            layer.file(dst, open(here, "rb").read())
+    config = {"config": {"User": stage["user"], "Entrypoint": stage["entrypoint"] or [NODE], "Cmd": stage["cmd"],
+                         "Env": DISTROLESS_ENV, "WorkingDir": stage["workdir"] or "/home/nonroot",
+                         "ExposedPorts": {(p if "/" in p else p + "/tcp"): {} for p in stage["expose"]}}}
+    archive(f"{name}:{app_version}", layer, config, file)
+
 if "agent" in wanted:
     rust_image("agent", "agentImage")
 if "operator" in wanted:
@@ -185,6 +244,8 @@ if "pause" in wanted:
     pause = Layer()
     pause.file("/pause", open(f"{out}/pause", "rb").read(), 0o755)
     archive("registry.local/pause:3.10", pause, {"config": {"Entrypoint": ["/pause"], "User": "65535:65535"}})
+if "backend" in wanted:
+    node_image("examples/backend/Dockerfile", "ghcr.io/videodelivery/example-backend", "backend")
 PY
 
 if [ -n "$import" ]; then

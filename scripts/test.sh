@@ -18,6 +18,9 @@ cargo fmt --all -- --check
 step "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "TypeScript signer build (the node test's example backend image holds sdk/typescript/dist)"
+(cd sdk/typescript && npm run build)
+
 step "cargo test --workspace"
 cargo test --workspace --locked
 

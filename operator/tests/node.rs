@@ -1,7 +1,8 @@
 //! On a real node (kubelet, containerd, runc, kube-proxy, kube-scheduler; see `vd_testsupport::Node`): the chart
 //! installed with `helm install`, the operator and the agents running as pods from images built by
-//! `scripts/images.sh`, signed range requests through the agents' Service (ClusterIP and NodePort), a rolling update
-//! and a key rotation under steady traffic without one failed request, the PDB holding an eviction, and
+//! `scripts/images.sh`, the example backend (examples/backend) as a pod that signs with the keyring Secret mounted
+//! into it, range requests with the URLs it mints through the agents' Service (ClusterIP and NodePort), a rolling
+//! update and a key rotation under steady traffic without one failed request, the PDB holding an eviction, and
 //! `helm upgrade` and `helm uninstall`.
 
 mod common;
@@ -9,7 +10,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{eventually, selector};
@@ -26,7 +27,6 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use vd_testsupport::{Node, NodeOptions, S3Server};
-use vd_token::{Carrier, Signer, UrlRequest};
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/videodelivery");
 
@@ -45,7 +45,7 @@ mod timing {
     pub const SIGNING: &str = "{rotationInterval: 45s, propagationDelay: 25s, maxTokenLifetime: 10s, clockSkew: 2s}";
     /// The lifetime of the tokens the backend mints: the maximum the spec allows.
     pub const TOKEN_LIFETIME: u64 = 10;
-    /// How often the clients send a signed range request.
+    /// How often the clients ask the backend for a URL and send a range request with it.
     pub const REQUEST_EVERY: Duration = Duration::from_millis(100);
     /// Longest wait for any pod or rollout.
     pub const POD_READY: Duration = Duration::from_secs(120);
@@ -53,10 +53,6 @@ mod timing {
     /// 2m, maxTokenLifetime 1m, rotationInterval 1h), on the CRD and the operator alike, so SIGNING is accepted.
     pub const FLOORS: &str =
         "signingFloors.propagationDelay=20s,signingFloors.tokenLifetime=5s,signingFloors.rotationInterval=30s";
-}
-
-fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
 
 fn film(len: usize, seed: u32) -> Vec<u8> {
@@ -73,12 +69,12 @@ fn bin_dir() -> PathBuf {
     dir
 }
 
-/// The node of this test binary with the agent and operator images imported (once).
+/// The node of this test binary with the agent, operator and example backend images imported (once).
 fn node() -> &'static Node {
     static IMPORTED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     let node = Node::shared(&NodeOptions { sync_frequency: timing::KUBELET_SYNC });
     IMPORTED.get_or_init(|| {
-        node.import_images(&["agent", "operator"], Some(&bin_dir())).unwrap();
+        node.import_images(&["agent", "operator", "backend"], Some(&bin_dir())).unwrap();
     });
     node
 }
@@ -149,8 +145,6 @@ async fn ready_pods(pods: &Api<Pod>, selector: &str) -> Vec<Pod> {
         .collect()
 }
 
-/// A backend that signs the way the README says: with the `active-kid`/`active-key` of the keyring Secret as it is
-/// right now (read through the API, so it sees a promotion the moment the operator writes it).
 /// Four seconds of test pattern as HLS (fMP4 segments of one second, one rendition) under `dir`.
 fn make_hls(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
@@ -179,32 +173,133 @@ fn play_in_chromium(port: u16, scenarios: serde_json::Value) -> Vec<serde_json::
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// The example backend's image, as scripts/images.sh names it (Chart.yaml's appVersion).
+const BACKEND_IMAGE: &str = "ghcr.io/videodelivery/example-backend:0.1.0";
+
+/// Deploys the example backend (examples/backend) beside the VideoDelivery `vd`, as its README says: a Deployment
+/// (non-root, read-only root filesystem) with the keyring Secret `{vd}-keyring` mounted read-only at
+/// /var/run/videodelivery, and a ClusterIP Service `{vd}-backend` on port 80. URLs it mints are valid `lifetime`
+/// seconds. Waits for the Secret (the operator's first write) so the pod never waits for its volume.
+async fn deploy_backend(client: &Client, ns: &str, vd: &str, lifetime: u64) {
+    let name = format!("{vd}-backend");
+    eventually(&format!("the keyring of {vd}"), Duration::from_secs(60), || common::keyring(client, ns, vd)).await;
+    let labels = serde_json::json!({"app.kubernetes.io/name": "example-backend", "app.kubernetes.io/instance": vd});
+    let deployment: Deployment = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "automountServiceAccountToken": false,
+                    "terminationGracePeriodSeconds": 5,
+                    "securityContext": {
+                        "runAsNonRoot": true,
+                        "runAsUser": 65532,
+                        "runAsGroup": 65532,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [{
+                        "name": "backend",
+                        "image": BACKEND_IMAGE,
+                        "imagePullPolicy": "Never",
+                        "env": [{"name": "VD_TOKEN_LIFETIME", "value": lifetime.to_string()}],
+                        "ports": [{"name": "http", "containerPort": 8080}],
+                        "readinessProbe": {
+                            "httpGet": {"path": "/healthz", "port": "http"},
+                            "periodSeconds": 1,
+                        },
+                        "securityContext": {
+                            "readOnlyRootFilesystem": true,
+                            "allowPrivilegeEscalation": false,
+                            "capabilities": {"drop": ["ALL"]},
+                        },
+                        "volumeMounts": [{"name": "keyring", "mountPath": "/var/run/videodelivery", "readOnly": true}],
+                    }],
+                    "volumes": [{
+                        "name": "keyring",
+                        "secret": {
+                            "secretName": format!("{vd}-keyring"),
+                            "items": [{"key": "keyring.json", "path": "keyring.json"}],
+                        },
+                    }],
+                },
+            },
+        },
+    }))
+    .unwrap();
+    Api::<Deployment>::namespaced(client.clone(), ns).create(&PostParams::default(), &deployment).await.unwrap();
+    let service: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"selector": labels, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
+    }))
+    .unwrap();
+    Api::<Service>::namespaced(client.clone(), ns).create(&PostParams::default(), &service).await.unwrap();
+}
+
+/// The example backend of `vd` (see [`deploy_backend`]) once its pod is Ready and kube-proxy routes its Service.
+async fn running_backend(client: &Client, ns: &str, vd: &str) -> Backend {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let selector = format!("app.kubernetes.io/name=example-backend,app.kubernetes.io/instance={vd}");
+    eventually(&format!("the backend of {vd} Ready"), timing::POD_READY, || async {
+        (!ready_pods(&pods, &selector).await.is_empty()).then_some(())
+    })
+    .await;
+    let svc = Api::<Service>::namespaced(client.clone(), ns).get(&format!("{vd}-backend")).await.unwrap();
+    let ip = svc.spec.unwrap().cluster_ip.unwrap();
+    wait_programmed(&ip);
+    // A connection per question, so a connection the backend closed after its keep-alive timeout is never reused.
+    let http = HttpClient::builder(TokioExecutor::new()).pool_max_idle_per_host(0).build_http();
+    Backend { url: format!("http://{ip}"), http }
+}
+
+/// What the browser does first: asks the backend (through its Service) for a signed URL.
+#[derive(Clone)]
 struct Backend {
-    secrets: Api<Secret>,
-    name: String,
+    url: String,
+    http: Http,
 }
 
 impl Backend {
-    async fn sign(&self, base: &str, path: &str) -> (String, String) {
-        let (kid, signer) = self.signer().await;
-        (kid, signer.url(&request(base, path, Carrier::Query, timing::TOKEN_LIFETIME)).unwrap())
+    /// A URL for `path` on the agents at `base`, signed with the query carrier: (the key id it says it used, URL).
+    async fn sign(&self, base: &str, path: &str) -> Result<(String, String), String> {
+        self.sign_with(base, path, "query").await
     }
 
-    async fn sign_with(&self, base: &str, path: &str, carrier: Carrier, ttl: u64) -> String {
-        self.signer().await.1.url(&request(base, path, carrier, ttl)).unwrap()
+    async fn sign_with(&self, base: &str, path: &str, carrier: &str) -> Result<(String, String), String> {
+        let uri = format!("{}/url?path={}&base={}&carrier={carrier}", self.url, query_escape(path), query_escape(base));
+        let req = http::Request::get(&uri).body(Empty::new()).unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(5), self.http.request(req))
+            .await
+            .map_err(|_| "backend: no answer within 5s".to_string())?
+            .map_err(|e| format!("backend: {e:?}"))?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map_err(|e| format!("backend body: {e}"))?.to_bytes();
+        if parts.status != 200 {
+            return Err(format!("backend: {} {}", parts.status, String::from_utf8_lossy(&body)));
+        }
+        let answer: serde_json::Value = serde_json::from_slice(&body).map_err(|e| format!("backend: {e}"))?;
+        match (answer["kid"].as_str(), answer["url"].as_str()) {
+            (Some(kid), Some(url)) => Ok((kid.to_string(), url.to_string())),
+            _ => Err(format!("backend: no kid and url in {answer}")),
+        }
     }
 
-    async fn signer(&self) -> (String, Signer) {
-        let s = self.secrets.get(&format!("{}-keyring", self.name)).await.unwrap();
-        let data = s.data.unwrap();
-        let kid = String::from_utf8(data["active-kid"].0.clone()).unwrap();
-        let signer = Signer::with_key(&kid, &data["active-key"].0);
-        (kid, signer)
+    /// Like [`Backend::sign`], for setup steps: a failure fails the test.
+    async fn url(&self, base: &str, path: &str) -> String {
+        self.sign(base, path).await.unwrap_or_else(|e| panic!("{path} on {base}: {e}")).1
     }
 }
 
-fn request<'a>(base: &'a str, path: &'a str, carrier: Carrier, ttl: u64) -> UrlRequest<'a> {
-    UrlRequest { base_url: base, path, exp: now() + ttl, nbf: None, prefix: None, ip: None, carrier }
+/// `s` as a query parameter value: everything but the unreserved characters percent-encoded.
+fn query_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 type Http = HttpClient<HttpConnector, Empty<Bytes>>;
@@ -383,20 +478,25 @@ async fn the_chart_runs_on_a_real_node() {
         ),
     )
     .await;
+    // The backend starts beside the agents, with the keyring Secret mounted.
+    deploy_backend(&client, &ns, "media", timing::TOKEN_LIFETIME).await;
     agents_ready(&client, &ns, "media", 2).await;
-    let pids = container_pids(node, &ns, "agent");
-    assert_eq!(pids.len(), 2);
-    for pid in pids {
-        let (uid, read_only) = process_identity(pid);
-        assert_eq!(uid.split_whitespace().nth(1), Some("65532"), "the agent runs as nonroot: {uid}");
-        assert!(read_only, "the agent's root filesystem is read-only");
+    let backend = running_backend(&client, &ns, "media").await;
+    for (what, container, want) in [("agent", "agent", 2), ("backend", "backend", 1)] {
+        let pids = container_pids(node, &ns, container);
+        assert_eq!(pids.len(), want, "{what} containers");
+        for pid in pids {
+            let (uid, read_only) = process_identity(pid);
+            assert_eq!(uid.split_whitespace().nth(1), Some("65532"), "the {what} runs as nonroot: {uid}");
+            assert!(read_only, "the {what}'s root filesystem is read-only");
+        }
     }
     let (cluster_url, node_port_url) = service_addresses(&client, &ns, "media").await;
     let node_port_url = node_port_url.expect("a NodePort Service");
-    let backend = Backend { secrets: Api::namespaced(client.clone(), &ns), name: "media".into() };
     let [fresh, pooled] = clients();
+    // The browser asks the backend for a URL, then fetches from the agents with it.
     for (i, base) in [&cluster_url, &node_port_url].into_iter().enumerate() {
-        let (_, url) = backend.sign(base, "/videos/films/a.mp4").await;
+        let url = backend.url(base, "/videos/films/a.mp4").await;
         let offset = 1_000_000 + i * 777_777;
         first_fetch(&fresh, &url, offset, 256 * 1024, &video)
             .await
@@ -422,10 +522,10 @@ async fn the_chart_runs_on_a_real_node() {
         .unwrap()
         .replace("replicas: 3", "replicas: 1");
     kubectl(node, &ns, &["apply", "-f", "-"], &example);
+    deploy_backend(&client, &ns, "archive", 600).await;
     agents_ready(&client, &ns, "archive", 1).await;
     let (archive_url, _) = service_addresses(&client, &ns, "archive").await;
-    let archive_backend = Backend { secrets: Api::namespaced(client.clone(), &ns), name: "archive".into() };
-    let (_, url) = archive_backend.sign(&archive_url, "/videos/films/b.mp4").await;
+    let url = running_backend(&client, &ns, "archive").await.url(&archive_url, "/videos/films/b.mp4").await;
     first_fetch(&fresh, &url, 12_345, 100_000, &archive_video).await.unwrap_or_else(|e| panic!("file://: {e}"));
 
     // 3b. Chromium plays HLS from agents on the same volume, through the NodePort, cross-origin from a web page,
@@ -444,14 +544,16 @@ async fn the_chart_runs_on_a_real_node() {
         ),
     )
     .await;
+    deploy_backend(&client, &ns, "player", 600).await;
     agents_ready(&client, &ns, "player", 1).await;
     let (player_cluster_url, player_node_port) = service_addresses(&client, &ns, "player").await;
-    let player_backend = Backend { secrets: Api::namespaced(client.clone(), &ns), name: "player".into() };
-    let (_, probe) = player_backend.sign(&player_cluster_url, "/videos/films/b.mp4").await;
+    let player_backend = running_backend(&client, &ns, "player").await;
+    let probe = player_backend.url(&player_cluster_url, "/videos/films/b.mp4").await;
     first_fetch(&fresh, &probe, 0, 1000, &archive_video).await.unwrap_or_else(|e| panic!("player: {e}"));
-    let master = player_backend
-        .sign_with(&player_node_port.expect("a NodePort"), "/videos/film/index.m3u8", Carrier::Token, 600)
-        .await;
+    let (_, master) = player_backend
+        .sign_with(&player_node_port.expect("a NodePort"), "/videos/film/index.m3u8", "token")
+        .await
+        .unwrap_or_else(|e| panic!("player: {e}"));
     let report = play_in_chromium(
         page_port,
         serde_json::json!([{ "name": "hls.js via NodePort", "kind": "hls", "url": master }]),
@@ -464,7 +566,7 @@ async fn the_chart_runs_on_a_real_node() {
 
     // 4. A configuration change rolls the agents while two clients send a signed range request every 100 ms.
     step("rolling update under traffic");
-    let traffic = Traffic::start(backend, vec![cluster_url.clone(), node_port_url.clone()], video.clone());
+    let traffic = Traffic::start(backend.clone(), vec![cluster_url.clone(), node_port_url.clone()], video.clone());
     tokio::time::sleep(Duration::from_secs(3)).await;
     let vds: Api<videodelivery_operator::crd::VideoDelivery> = Api::namespaced(client.clone(), &ns);
     let change = serde_json::json!({"spec": {"agents": {"cacheControl": "public, max-age=7"}}});
@@ -508,11 +610,7 @@ async fn the_chart_runs_on_a_real_node() {
     assert_eq!(agents.len(), 2);
     // A drain, as `kubectl drain` does it: evict every agent, retrying what the budget refuses, while the
     // clients keep sending. The budget lets one agent go at a time, so the Service never runs dry.
-    let traffic = Traffic::start(
-        Backend { secrets: Api::namespaced(client.clone(), &ns), name: "media".into() },
-        vec![cluster_url.clone()],
-        video.clone(),
-    );
+    let traffic = Traffic::start(backend, vec![cluster_url.clone()], video.clone());
     let mut refusals = Vec::new();
     let drain_started = Instant::now();
     for agent in &agents {
@@ -659,11 +757,13 @@ struct TrafficReport {
     ok: u32,
     failures: Vec<String>,
     cache_control: BTreeSet<String>,
-    kids: BTreeSet<String>,
+    /// Each key id the backend signed with, and when (seconds after the traffic started) it first did.
+    kids: BTreeMap<String, f64>,
 }
 
-/// Clients sending a freshly signed range request every [`timing::REQUEST_EVERY`] to each base URL, alternating a
-/// new connection and a kept-alive one, until stopped.
+/// Clients asking the backend for a URL and sending a range request with it every [`timing::REQUEST_EVERY`] to
+/// each base URL, alternating a new connection and a kept-alive one, until stopped. A question the backend does not
+/// answer with a URL is a failure too.
 struct Traffic {
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<TrafficReport>,
@@ -683,8 +783,14 @@ impl Traffic {
                 i += 1;
                 let base = &bases[i % bases.len()];
                 let http = if (i / bases.len()).is_multiple_of(2) { &fresh } else { &pooled };
-                let (kid, url) = backend.sign(base, "/videos/films/a.mp4").await;
-                report.kids.insert(kid.clone());
+                let (kid, url) = match backend.sign(base, "/videos/films/a.mp4").await {
+                    Ok(signed) => signed,
+                    Err(e) => {
+                        report.failures.push(format!("+{:.1}s {e}", started.elapsed().as_secs_f64()));
+                        continue;
+                    }
+                };
+                report.kids.entry(kid.clone()).or_insert(started.elapsed().as_secs_f64());
                 let offset = (i * 7919) % (video.len() - 65_536);
                 match fetch_range(http, &url, offset, 65_536, &video).await {
                     Ok(headers) => {
@@ -711,9 +817,10 @@ impl Traffic {
     }
 }
 
-/// A key rotation with the real kubelet carrying each keyring change to the agents' volume, while a backend signs
-/// with whatever key the Secret calls active and a client fetches through the Service every 100 ms: not one
-/// request refused, and the agents were never restarted to get the new key.
+/// A key rotation with the real kubelet carrying each keyring change to the agents' volume and to the backend's,
+/// while the backend signs with whatever key its mounted keyring calls active and a client asks it for a URL and
+/// fetches through the Service every [`timing::REQUEST_EVERY`]: not one request refused, and neither the agents nor
+/// the backend were restarted to get the new key.
 async fn rotation_under_traffic(node: &'static Node, started: Instant) {
     let cp = node.control_plane();
     let client = cp.client().await.unwrap();
@@ -733,13 +840,14 @@ async fn rotation_under_traffic(node: &'static Node, started: Instant) {
         ),
     )
     .await;
+    deploy_backend(&client, &ns, "keys", timing::TOKEN_LIFETIME).await;
     agents_ready(&client, &ns, "keys", 1).await;
     let (first, _) = common::keyring(&client, &ns, "keys").await.unwrap();
     let first_kid = first.keys().iter().map(|k| k.kid().to_string()).next().unwrap();
     let (cluster_url, _) = service_addresses(&client, &ns, "keys").await;
-    let backend = Backend { secrets: Api::namespaced(client.clone(), &ns), name: "keys".into() };
+    let backend = running_backend(&client, &ns, "keys").await;
     let [fresh, _] = clients();
-    let (_, url) = backend.sign(&cluster_url, "/videos/films/a.mp4").await;
+    let url = backend.url(&cluster_url, "/videos/films/a.mp4").await;
     first_fetch(&fresh, &url, 0, 1024, &video).await.unwrap_or_else(|e| panic!("rotation: {e}"));
     let traffic = Traffic::start(backend, vec![cluster_url], video);
     // Until the first key has been promoted away from and then removed from the keyring.
@@ -756,33 +864,46 @@ async fn rotation_under_traffic(node: &'static Node, started: Instant) {
     assert!(report.kids.len() >= 2, "signed with a new key after the promotion: {:?}", report.kids);
     assert!(report.ok > 300, "{report:?}");
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    for p in ready_pods(&pods, &selector("keys")).await {
+    let backends = "app.kubernetes.io/name=example-backend,app.kubernetes.io/instance=keys";
+    for p in ready_pods(&pods, &selector("keys")).await.into_iter().chain(ready_pods(&pods, backends).await) {
+        let name = p.name_any();
         let restarts = p.status.unwrap().container_statuses.unwrap()[0].restart_count;
-        assert_eq!(restarts, 0, "the agent got the key from its volume, without a restart");
+        assert_eq!(restarts, 0, "{name} got the key from its volume, without a restart");
     }
     // The namespace goes; its agents are stopped by the kubelet.
     let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(client).delete(&ns, &DeleteParams::default()).await;
 }
 
-/// What the final stage of a Dockerfile says about the image: (base, [(copied file, destination)], user,
-/// entrypoint, exposed ports).
-type Stage = (String, Vec<(String, String)>, String, Vec<String>, Vec<String>);
+/// What the final stage of a Dockerfile says about the image.
+#[derive(Debug, Default)]
+struct Stage {
+    base: String,
+    /// (copied file or folder, destination)
+    copies: Vec<(String, String)>,
+    user: String,
+    entrypoint: Option<Vec<String>>,
+    cmd: Option<Vec<String>>,
+    workdir: Option<String>,
+    ports: Vec<String>,
+}
 
 fn final_stage(dockerfile: &str) -> Stage {
     let text = std::fs::read_to_string(dockerfile).unwrap();
     let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
     let from = lines.iter().rposition(|l| l.starts_with("FROM ")).unwrap();
-    let mut stage: Stage = (lines[from][5..].to_string(), vec![], String::new(), vec![], vec![]);
+    let mut stage = Stage { base: lines[from][5..].to_string(), ..Default::default() };
     for l in &lines[from + 1..] {
         let (op, rest) = l.split_once(' ').unwrap();
         match op {
             "COPY" => {
                 let args: Vec<&str> = rest.split_whitespace().filter(|a| !a.starts_with("--")).collect();
-                stage.1.push((args[0].to_string(), args[1].to_string()));
+                stage.copies.push((args[0].to_string(), args[1].to_string()));
             }
-            "USER" => stage.2 = rest.trim().to_string(),
-            "ENTRYPOINT" => stage.3 = serde_json::from_str(rest).unwrap(),
-            "EXPOSE" => stage.4.extend(rest.split_whitespace().map(|p| format!("{p}/tcp"))),
+            "USER" => stage.user = rest.trim().to_string(),
+            "ENTRYPOINT" => stage.entrypoint = Some(serde_json::from_str(rest).unwrap()),
+            "CMD" => stage.cmd = Some(serde_json::from_str(rest).unwrap()),
+            "WORKDIR" => stage.workdir = Some(rest.trim().to_string()),
+            "EXPOSE" => stage.ports.extend(rest.split_whitespace().map(|p| format!("{p}/tcp"))),
             other => panic!("{dockerfile}: {other} in the final stage: extend scripts/images.sh and this test"),
         }
     }
@@ -797,28 +918,42 @@ fn tar_member(archive: &Path, member: &str) -> Vec<u8> {
 }
 
 /// scripts/images.sh builds the images from the Dockerfiles' final stage (one definition): the images the node
-/// runs have the Dockerfile's user, entrypoint, exposed ports and files, and what the distroless base provides
-/// (the nonroot user, CA certificates, the C library the binary links).
+/// runs have the Dockerfile's user, entrypoint, command, working directory, exposed ports and files, and what the
+/// distroless base provides (the nonroot user, CA certificates, the C library the binary links; for the Node.js
+/// base, node at /nodejs/bin/node as the entrypoint).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_images_are_what_the_dockerfiles_say() {
     let node = node();
-    for (component, image) in
-        [("agent", "ghcr.io/videodelivery/agent:0.1.0"), ("operator", "ghcr.io/videodelivery/operator:0.1.0")]
-    {
-        let dockerfile = concat!(env!("CARGO_MANIFEST_DIR"), "/..").to_string() + &format!("/{component}/Dockerfile");
-        let (base, copies, user, entrypoint, ports) = final_stage(&dockerfile);
-        assert_eq!(base, "gcr.io/distroless/cc-debian12:nonroot", "scripts/images.sh stands in for this base only");
+    for (dockerfile, archive, image) in [
+        ("agent/Dockerfile", "agent", "ghcr.io/videodelivery/agent:0.1.0"),
+        ("operator/Dockerfile", "operator", "ghcr.io/videodelivery/operator:0.1.0"),
+        ("examples/backend/Dockerfile", "backend", BACKEND_IMAGE),
+    ] {
+        let stage = final_stage(&format!("{}/../{dockerfile}", env!("CARGO_MANIFEST_DIR")));
+        // What the base adds: its entrypoint, and executables the copies must be or the base has.
+        let (entrypoint, executables): (Vec<String>, Vec<&str>) = match stage.base.as_str() {
+            "gcr.io/distroless/cc-debian12:nonroot" => {
+                (stage.entrypoint.clone().unwrap(), stage.copies.iter().map(|(_, d)| d.as_str()).collect())
+            }
+            "gcr.io/distroless/nodejs20-debian12:nonroot" => {
+                (stage.entrypoint.clone().unwrap_or_else(|| vec!["/nodejs/bin/node".into()]), vec!["/nodejs/bin/node"])
+            }
+            other => panic!("{dockerfile}: scripts/images.sh does not stand in for {other}"),
+        };
         // The image as the node's runtime sees it.
         let info: serde_json::Value =
             serde_json::from_str(&node.crictl(&["inspecti", "-o", "json", image]).unwrap()).unwrap();
         let config = &info["info"]["imageSpec"]["config"];
-        assert_eq!(config["User"], user.as_str(), "{component}: {config}");
-        assert_eq!(config["Entrypoint"], serde_json::json!(entrypoint), "{component}: {config}");
+        assert_eq!(config["User"], stage.user.as_str(), "{dockerfile}: {config}");
+        assert_eq!(config["Entrypoint"], serde_json::json!(entrypoint), "{dockerfile}: {config}");
+        assert_eq!(config["Cmd"], serde_json::json!(stage.cmd), "{dockerfile}: {config}");
+        let workdir = stage.workdir.as_deref().unwrap_or("/home/nonroot");
+        assert_eq!(config["WorkingDir"], workdir, "{dockerfile}: {config}");
         let exposed: Vec<String> =
             config["ExposedPorts"].as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
-        assert_eq!(exposed, ports, "{component}");
+        assert_eq!(exposed, stage.ports, "{dockerfile}");
         // The files, from the archive the node imported.
-        let archive = Path::new("/run/vd-node/images").join(format!("{component}.tar"));
+        let archive = Path::new("/run/vd-node/images").join(format!("{archive}.tar"));
         let index: serde_json::Value = serde_json::from_slice(&tar_member(&archive, "index.json")).unwrap();
         let blob =
             |digest: &str| tar_member(&archive, &format!("blobs/sha256/{}", digest.trim_start_matches("sha256:")));
@@ -828,14 +963,24 @@ async fn the_images_are_what_the_dockerfiles_say() {
         std::fs::write(layer.path(), blob(manifest["layers"][0]["digest"].as_str().unwrap())).unwrap();
         let listing = Command::new("tar").arg("-tvf").arg(layer.path()).output().unwrap();
         let listing = String::from_utf8(listing.stdout).unwrap();
-        for (_, dst) in &copies {
-            let entry = listing.lines().find(|l| l.ends_with(&format!(" {}", dst.trim_start_matches('/'))));
-            assert!(entry.is_some_and(|e| e.starts_with("-rwx")), "{component}: {dst} executable in {listing}");
+        // The regular file at `path`, or the first one under it when it is a folder (the backend's compiled SDK).
+        let file = |path: &str| {
+            let path = path.trim_start_matches('/');
+            listing
+                .lines()
+                .filter(|l| l.starts_with('-'))
+                .find(|l| l.ends_with(&format!(" {path}")) || l.contains(&format!(" {path}/")))
+        };
+        for (_, dst) in &stage.copies {
+            assert!(file(dst).is_some(), "{dockerfile}: {dst} in {listing}");
+        }
+        for exe in executables {
+            assert!(file(exe).is_some_and(|e| e.starts_with("-rwx")), "{dockerfile}: {exe} executable in {listing}");
         }
         let passwd = String::from_utf8(tar_member(layer.path(), "etc/passwd")).unwrap();
-        let uid = user.split(':').next().unwrap();
-        assert!(passwd.lines().any(|l| l.split(':').nth(2) == Some(uid)), "{component}: user {uid} in {passwd}");
-        assert!(listing.contains("etc/ssl/certs/ca-certificates.crt"), "{component}: CA certificates");
-        assert!(listing.contains("libc.so.6"), "{component}: the C library");
+        let uid = stage.user.split(':').next().unwrap();
+        assert!(passwd.lines().any(|l| l.split(':').nth(2) == Some(uid)), "{dockerfile}: user {uid} in {passwd}");
+        assert!(listing.contains("etc/ssl/certs/ca-certificates.crt"), "{dockerfile}: CA certificates");
+        assert!(listing.contains("libc.so.6"), "{dockerfile}: the C library");
     }
 }
