@@ -5,8 +5,11 @@
 //! Run: `cargo bench -p videodelivery-agent --bench held_connections` (needs nginx on PATH; bench/run.sh installs
 //! it). VD_HELD_CLIENTS changes the 10,000.
 
+#[path = "support/health.rs"]
+mod health;
 #[path = "support/nginx.rs"]
 mod nginx;
+use health::healthy;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -56,17 +59,6 @@ async fn wait_for(port: u16) {
     while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-async fn healthy(port: u16) -> bool {
-    let probe = async {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n").await.ok()?;
-        let mut buf = vec![0u8; 64];
-        let n = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await.ok()?;
-        Some(buf[..n].starts_with(b"HTTP/1.1 200"))
-    };
-    tokio::time::timeout(Duration::from_secs(2), probe).await.ok().flatten().unwrap_or(false)
 }
 
 /// Holds what `open` opened for a few seconds, sampling the server; returns peak RSS, peak handles and whether

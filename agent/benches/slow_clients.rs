@@ -4,6 +4,8 @@
 //! Run: `cargo bench -p videodelivery-agent --bench slow_clients` (VD_SLOW_CLIENTS, VD_SLOW_SECONDS to change;
 //! VD_SLOW_FILES=N spreads the viewers over N different videos, a long-tail catalogue rather than one hit).
 
+#[path = "support/health.rs"]
+mod health;
 #[path = "support/nginx.rs"]
 mod nginx;
 
@@ -92,10 +94,11 @@ async fn main() {
         .unwrap();
     println!(
         "| server | clients | videos | rate each | seconds | streams still receiving in the last 5 s | streams at half \
-         their rate or more | bytes delivered | RSS idle | peak RSS | peak open files |"
+         their rate or more | bytes delivered | RSS idle | peak RSS | peak open files | /healthz answered every \
+         probe |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
-    let row = crowd("agent", agent, port, &requests, clients, seconds).await;
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let row = crowd("agent", agent, port, Some(admin), &requests, clients, seconds).await;
     println!("{row}");
 
     // nginx on the same files (it follows the links), without tokens.
@@ -106,7 +109,7 @@ async fn main() {
             Arc::new(format!("GET {name} HTTP/1.1\r\nHost: bench\r\n\r\n").into_bytes())
         })
         .collect();
-    let row = crowd("nginx", nginx, nginx_port, &plain, clients, seconds).await;
+    let row = crowd("nginx", nginx, nginx_port, None, &plain, clients, seconds).await;
     println!("{row}");
 }
 
@@ -126,12 +129,13 @@ fn fds(root: u32) -> usize {
     pids(root).iter().map(|p| std::fs::read_dir(format!("/proc/{p}/fd")).map(|d| d.count()).unwrap_or(0)).sum()
 }
 
-/// Runs `clients` slow readers of `requests` against the server on `port` for `seconds`, then stops the server.
-/// Returns the table row.
+/// Runs `clients` slow readers of `requests` against the server on `port` for `seconds`, probing the agent's
+/// `/healthz` on `health` every half second, then stops the server. Returns the table row.
 async fn crowd(
     name: &str,
     mut server: std::process::Child,
     port: u16,
+    health: Option<u16>,
     requests: &[Arc<Vec<u8>>],
     clients: u64,
     seconds: u64,
@@ -185,10 +189,13 @@ async fn crowd(
             }
         }));
     }
-    let (mut peak, mut peak_fds) = (0.0f64, 0usize);
+    let (mut peak, mut peak_fds, mut healthy) = (0.0f64, 0usize, true);
     while Instant::now() < deadline {
         peak = peak.max(total_rss_mib(server.id(), "VmRSS:"));
         peak_fds = peak_fds.max(fds(server.id()));
+        if let Some(port) = health {
+            healthy &= health::healthy(port).await;
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     for t in tasks {
@@ -200,9 +207,14 @@ async fn crowd(
     let _ = server.wait();
     let moving = progressed.load(Ordering::Relaxed);
     let alive = alive.load(Ordering::Relaxed);
+    let health = match health {
+        Some(_) if healthy => "yes",
+        Some(_) => "no",
+        None => "",
+    };
     format!(
         "| {name} | {clients} | {files} | 64 KiB/s | {seconds} | {alive} / {clients} | {moving} / {clients} | {:.0} MiB | \
-         {idle:.1} MiB | {peak:.1} MiB | {peak_fds} |",
+         {idle:.1} MiB | {peak:.1} MiB | {peak_fds} | {health} |",
         total.load(Ordering::Relaxed) as f64 / 1048576.0
     )
 }
