@@ -23,12 +23,14 @@ fi
 
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
-# Real servers the tests start: the Kubernetes control plane and an S3 server, built from Go modules and cached
-# under ~/.cache/videodelivery (the first build takes several minutes; later runs reuse it).
+# Real servers the tests start: the Kubernetes control plane, an S3 server and a FUSE file system that hangs on
+# demand, built from Go modules and cached under ~/.cache/videodelivery (the first build takes several minutes;
+# later runs reuse it).
 command -v go >/dev/null || { echo "setup: Go is required to build the test control plane and S3 server" >&2; exit 1; }
 bash tests/controlplane/build.sh >/dev/null
 bash tests/node/build.sh >/dev/null
 bash tests/s3/build.sh >/dev/null
+bash tests/fuse/build.sh >/dev/null
 cargo build --workspace --locked --bins
 
 (cd sdk/typescript && npm ci --no-audit --no-fund)

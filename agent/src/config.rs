@@ -73,6 +73,11 @@ pub struct Config {
     /// Time storage has to answer, and the longest pause between two chunks of a body.
     #[arg(long, env = "VD_STORAGE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub storage_timeout: Duration,
+    /// Blocking calls on a file:// storage (opens, stats, reads) running at once. A call stuck in the kernel past
+    /// --storage-timeout keeps its thread until the kernel returns; when all are stuck, requests get 503 at once,
+    /// and /readyz fails while more than half are.
+    #[arg(long, env = "VD_MAX_STORAGE_THREADS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_storage_threads: u32,
     /// On SIGTERM, how long the agent keeps accepting with /readyz failing, so load balancers and Kubernetes
     /// endpoints stop routing to it before its listener closes.
     #[arg(long, env = "VD_SHUTDOWN_DELAY", default_value = "5s", value_parser = humantime::parse_duration)]

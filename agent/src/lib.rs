@@ -107,7 +107,7 @@ impl Agent {
             region: config.s3_region.clone(),
             path_style: config.s3_path_style,
         };
-        let storage = Storage::new(&location, &s3, config.storage_timeout)?;
+        let storage = Storage::new(&location, &s3, config.storage_timeout, config.max_storage_threads as usize)?;
         let metrics = Arc::new(Metrics::default());
         let policy =
             Policy { max_lifetime: config.max_token_lifetime.as_secs(), clock_skew: config.clock_skew.as_secs() };
@@ -278,13 +278,18 @@ async fn serve_admin(listener: TcpListener, state: Arc<State>, draining: Arc<Ato
 
 async fn admin(state: &State, draining: &AtomicBool, path: &str) -> Response<Full<Bytes>> {
     let (status, body) = match path {
-        "/metrics" => (StatusCode::OK, state.metrics.encode()),
+        "/metrics" => {
+            state.metrics.storage_stuck_calls.set(state.storage.pool().stuck() as i64);
+            (StatusCode::OK, state.metrics.encode())
+        }
         "/healthz" => (StatusCode::OK, "ok\n".to_owned()),
         "/readyz" => {
             if draining.load(Ordering::Relaxed) {
                 (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".to_owned())
             } else if state.auth.verifier().is_none() {
                 (StatusCode::SERVICE_UNAVAILABLE, "no keyring loaded\n".to_owned())
+            } else if let Some(why) = stuck_storage(&state.storage) {
+                (StatusCode::SERVICE_UNAVAILABLE, why)
             } else if let Err(e) = state.storage.ping().await {
                 (StatusCode::SERVICE_UNAVAILABLE, format!("storage: {e}\n"))
             } else {
@@ -296,6 +301,18 @@ async fn admin(state: &State, draining: &AtomicBool, path: &str) -> Response<Ful
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
     r
+}
+
+/// Why the agent is not ready when more than half its storage threads are stuck past the storage timeout: most
+/// requests here would wait and fail, so balancers should send them elsewhere until the calls return.
+fn stuck_storage(storage: &Storage) -> Option<String> {
+    let (stuck, of) = (storage.pool().stuck(), storage.pool().size());
+    (stuck * 2 > of).then(|| {
+        format!(
+            "storage: {stuck} of {of} storage threads are stuck in calls past --storage-timeout (a hung file \
+             system?); ready again once they return\n"
+        )
+    })
 }
 
 /// For tests and embedding: collects a small body (never used on video bodies).

@@ -5,20 +5,26 @@
 //! `/proc` magic links never resolve. A hard link cannot be told from the file it shares an inode with, so a file
 //! with more than one link is refused. Only regular files are served: FIFOs, devices and sockets are opened
 //! non-blocking and answered as absent, so no open ever waits on them.
+//!
+//! Every blocking call (open, stat, read) runs on a bounded [`Pool`]. A call stuck in the kernel (a hung network
+//! file system) cannot be cancelled: it keeps its thread and its place in the pool until the kernel returns, so
+//! stuck calls are counted rather than multiplied, and once the pool is all stuck, new calls are refused at once.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::ops::Range;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use rustix::fs::{Mode, OFlags, ResolveFlags};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::storage::{Meta, StorageError};
 
@@ -97,8 +103,13 @@ fn refused(e: rustix::io::Errno) -> StorageError {
 pub const FILE_CHUNK: usize = 256 * 1024;
 
 /// Reads `range` of an open file as a stream of chunks of `chunk` bytes, one positioned read per chunk on the
-/// blocking pool.
-pub fn file_stream(file: File, range: Range<u64>, chunk: usize) -> BoxStream<'static, Result<Bytes, StorageError>> {
+/// storage pool.
+pub fn file_stream(
+    pool: Pool,
+    file: File,
+    range: Range<u64>,
+    chunk: usize,
+) -> BoxStream<'static, Result<Bytes, StorageError>> {
     let chunk = chunk.max(4096);
     // Each chunk is one positioned read straight into the buffer that becomes the body chunk: no seek, and no
     // copy through an intermediate buffer (tokio::fs::File reads into its own buffer, then copies; callgrind
@@ -106,17 +117,17 @@ pub fn file_stream(file: File, range: Range<u64>, chunk: usize) -> BoxStream<'st
     let file = Arc::new(file);
     let end = range.end;
     futures::stream::try_unfold(range.start, move |pos| {
-        let file = file.clone();
+        let (file, pool) = (file.clone(), pool.clone());
         async move {
             if pos >= end {
                 return Ok(None);
             }
             let len = (end - pos).min(chunk as u64) as usize;
-            let read = tokio::task::spawn_blocking(move || pread_exact(&file, pos, len));
-            let chunk = read
-                .await
-                .map_err(|e| StorageError::Unavailable(format!("reading a local file: {e}")))?
-                .map_err(|e| StorageError::Unavailable(format!("reading a local file: {e}")))?;
+            let read = move || {
+                pread_exact(&file, pos, len)
+                    .map_err(|e| StorageError::Unavailable(format!("reading a local file: {e}")))
+            };
+            let chunk = pool.run(read).await?;
             Ok(Some((chunk, pos + len as u64)))
         }
     })
@@ -151,14 +162,106 @@ fn pread_exact(file: &File, pos: u64, len: usize) -> io::Result<Bytes> {
     Ok(buf.freeze())
 }
 
-/// Runs a blocking storage call on the blocking pool, bounded by `timeout`.
-pub async fn blocking<T: Send + 'static>(
+/// The blocking storage calls allowed at once (`--max-storage-threads`), each bounded by the storage timeout.
+#[derive(Clone, Debug)]
+pub struct Pool {
+    inner: Arc<PoolInner>,
+}
+
+#[derive(Debug)]
+struct PoolInner {
+    permits: Arc<Semaphore>,
+    size: usize,
     timeout: Duration,
-    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
-) -> Result<T, StorageError> {
-    match tokio::time::timeout(timeout, tokio::task::spawn_blocking(f)).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => Err(StorageError::Unavailable(format!("storage task failed: {e}"))),
-        Err(_) => Err(StorageError::Timeout(timeout)),
+    /// When each running call started, by call number: at most `size` entries.
+    running: Mutex<Running>,
+}
+
+#[derive(Debug, Default)]
+struct Running {
+    next: u64,
+    started: HashMap<u64, Instant>,
+}
+
+/// One call on a thread: its place in the pool and its entry among the running calls, both given back only when
+/// the thread returns (or the call is dropped unstarted), whoever stopped waiting for it.
+struct Call {
+    pool: Arc<PoolInner>,
+    id: u64,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        self.pool.running().started.remove(&self.id);
+    }
+}
+
+impl PoolInner {
+    /// A panic elsewhere while the lock was held leaves the map consistent (every update is one insert or remove).
+    fn running(&self) -> std::sync::MutexGuard<'_, Running> {
+        self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn stuck(&self) -> usize {
+        let now = Instant::now();
+        self.running().started.values().filter(|t| now.duration_since(**t) >= self.timeout).count()
+    }
+}
+
+impl Pool {
+    /// `size` calls at once (at least one), each given `timeout`.
+    pub fn new(size: usize, timeout: Duration) -> Pool {
+        let size = size.max(1);
+        let permits = Arc::new(Semaphore::new(size));
+        Pool { inner: Arc::new(PoolInner { permits, size, timeout, running: Mutex::default() }) }
+    }
+
+    pub fn size(&self) -> usize {
+        self.inner.size
+    }
+
+    /// Calls still running past the timeout: threads stuck in the kernel, which nothing can cancel.
+    pub fn stuck(&self) -> usize {
+        self.inner.stuck()
+    }
+
+    /// Runs `f` on a blocking thread. Waits for a free place in the pool, unless every place is held by a stuck
+    /// call: then waiting would only pile up requests behind a file system that does not answer, so it fails at
+    /// once with [`StorageError::Stuck`]. The wait and the call together get the timeout.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+    ) -> Result<T, StorageError> {
+        let inner = &self.inner;
+        let deadline = tokio::time::Instant::now() + inner.timeout;
+        let stuck = || StorageError::Stuck { stuck: inner.stuck(), of: inner.size };
+        let permit = match inner.permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) if inner.stuck() >= inner.size => return Err(stuck()),
+            Err(_) => match tokio::time::timeout_at(deadline, inner.permits.clone().acquire_owned()).await {
+                Ok(Ok(permit)) => permit,
+                // The semaphore is never closed.
+                Ok(Err(_)) => return Err(StorageError::Unavailable("the storage pool is closed".into())),
+                Err(_) if inner.stuck() >= inner.size => return Err(stuck()),
+                Err(_) => return Err(StorageError::Timeout(inner.timeout)),
+            },
+        };
+        let call = {
+            let mut running = inner.running();
+            let id = running.next;
+            running.next += 1;
+            running.started.insert(id, Instant::now());
+            Call { pool: inner.clone(), id, _permit: permit }
+        };
+        let task = tokio::task::spawn_blocking(move || {
+            let _call = call;
+            f()
+        });
+        match tokio::time::timeout_at(deadline, task).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err(StorageError::Unavailable(format!("storage task failed: {e}"))),
+            Err(_) => Err(StorageError::Timeout(inner.timeout)),
+        }
     }
 }

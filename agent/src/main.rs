@@ -6,16 +6,21 @@ use videodelivery_agent::Agent;
 use videodelivery_agent::config::{Config, LogFormat};
 
 fn main() -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let result = runtime.block_on(run());
+    let config = Config::parse();
+    // Storage calls take at most --max-storage-threads blocking threads, even when stuck; the rest of the default
+    // allowance stays free for other blocking work (DNS lookups, the keyring), so stuck storage cannot starve it.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(config.max_storage_threads as usize + 512)
+        .build()?;
+    let result = runtime.block_on(run(config));
     // A storage read stuck in the kernel (a hung network file system) holds a blocking thread that nothing can
     // cancel; waiting for it would keep the process alive past every grace period.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     result
 }
 
-async fn run() -> Result<()> {
-    let config = Config::parse();
+async fn run(config: Config) -> Result<()> {
     // h2 and hyper log a peer's protocol misbehaviour (an unsolicited PING ACK, a reset) at WARN, once per frame: an
     // unauthenticated client could multiply log lines at will. They stay visible with RUST_LOG=h2=debug.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -45,6 +45,8 @@ pub struct Metrics {
     pub slice_memory_bytes: Gauge,
     /// Reads refused or cut because the memory budget was in use.
     pub memory_waits_failed: Counter,
+    /// Blocking storage calls running past the storage timeout (threads stuck in the kernel); set when scraped.
+    pub storage_stuck_calls: Gauge,
 }
 
 impl Default for Metrics {
@@ -68,6 +70,7 @@ impl Default for Metrics {
             cache_size_bytes: Gauge::default(),
             slice_memory_bytes: Gauge::default(),
             memory_waits_failed: Counter::default(),
+            storage_stuck_calls: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "Requests answered, by status code", m.requests.clone());
@@ -106,6 +109,11 @@ impl Default for Metrics {
             "memory_busy",
             "Reads refused or cut short because the slice memory budget was in use",
             m.memory_waits_failed.clone(),
+        );
+        registry.register(
+            "storage_stuck_calls",
+            "Blocking storage calls still running past --storage-timeout, each holding a storage thread",
+            m.storage_stuck_calls.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -141,6 +141,13 @@ fn storage_error(e: StorageError) -> Response<Body> {
             r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             r
         }
+        StorageError::Stuck { .. } => {
+            let msg = "storage has stopped answering and every storage thread is waiting on it; retry shortly";
+            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "storage_stuck", msg);
+            // Stuck calls seldom clear within a second; readiness is failing, so balancers route elsewhere.
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            r
+        }
         StorageError::Changed => {
             error(StatusCode::SERVICE_UNAVAILABLE, "object_changed", "the object changed while it was read; retry")
         }

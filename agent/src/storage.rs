@@ -14,7 +14,7 @@ use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as StorePath;
 use object_store::{Attribute, ClientOptions, GetOptions, GetRange, GetResultPayload, ObjectStore, ObjectStoreExt};
 
-use crate::local::{self, LocalDir};
+use crate::local::{self, LocalDir, Pool};
 
 /// Where objects live, parsed from `--storage`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +48,9 @@ pub enum StorageError {
     Busy,
     #[error("storage failed: {0}")]
     Unavailable(String),
+    /// Every storage thread is held by a call that outlived the timeout (see [`Pool`]).
+    #[error("{stuck} of {of} storage threads are stuck in calls storage has not answered")]
+    Stuck { stuck: usize, of: usize },
 }
 
 impl From<object_store::Error> for StorageError {
@@ -99,6 +102,8 @@ pub struct Body {
 pub struct Storage {
     backend: Backend,
     timeout: Duration,
+    /// Threads for a local directory's blocking calls.
+    pool: Pool,
 }
 
 #[derive(Clone, Debug)]
@@ -113,7 +118,13 @@ enum Backend {
 
 impl Storage {
     /// Builds the one client of the process. S3 credentials come from the usual AWS environment variables.
-    pub fn new(location: &Location, s3: &S3Options, timeout: Duration) -> Result<Storage, StorageError> {
+    /// `max_threads` bounds the blocking calls on a local directory (`--max-storage-threads`).
+    pub fn new(
+        location: &Location,
+        s3: &S3Options,
+        timeout: Duration,
+        max_threads: usize,
+    ) -> Result<Storage, StorageError> {
         let backend = match location {
             Location::Dir(dir) => Backend::Dir(LocalDir::open(dir)?),
             Location::S3 { bucket, prefix } => {
@@ -137,7 +148,7 @@ impl Storage {
                 Backend::Store { store, prefix: prefix.clone() }
             }
         };
-        Ok(Storage { backend, timeout })
+        Ok(Storage { backend, timeout, pool: Pool::new(max_threads, timeout) })
     }
 
     /// The key of exactly this name. `object` is a canonical path below the route prefix (no control characters,
@@ -153,7 +164,7 @@ impl Storage {
         match &self.backend {
             Backend::Dir(dir) => {
                 let (dir, object) = (dir.clone(), object.to_owned());
-                local::blocking(self.timeout, move || dir.open_object(&object).map(|(_, meta)| meta)).await
+                self.pool.run(move || dir.open_object(&object).map(|(_, meta)| meta)).await
             }
             Backend::Store { store, prefix } => {
                 let key = Self::key(prefix, object)?;
@@ -165,10 +176,17 @@ impl Storage {
         }
     }
 
+    /// The threads for blocking storage calls: how many, and how many are stuck.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
     /// Whether storage answers at all (a missing object is an answer): the readiness probe's storage check.
     pub async fn ping(&self) -> Result<(), StorageError> {
         if let Backend::Dir(dir) = &self.backend {
-            return dir.ping();
+            // Even a stat of the root can hang on a stuck file system: never on the runtime's threads.
+            let dir = dir.clone();
+            return self.pool.run(move || dir.ping()).await;
         }
         match self.head(".videodelivery-readiness-probe").await {
             Ok(_) | Err(StorageError::NotFound) => Ok(()),
@@ -195,14 +213,14 @@ impl Storage {
         let (stream, content_type) = match &self.backend {
             Backend::Dir(dir) => {
                 let (dir, object) = (dir.clone(), object.to_owned());
-                let (file, meta) = local::blocking(timeout, move || dir.open_object(&object)).await?;
+                let (file, meta) = self.pool.run(move || dir.open_object(&object)).await?;
                 if etag.is_some() && meta.etag.as_deref() != etag {
                     return Err(StorageError::Changed);
                 }
                 if range.end > meta.size {
                     return Err(StorageError::Changed);
                 }
-                (local::file_stream(file, range, chunk), None)
+                (local::file_stream(self.pool.clone(), file, range, chunk), None)
             }
             Backend::Store { store, prefix } => {
                 let key = Self::key(prefix, object)?;
@@ -216,7 +234,7 @@ impl Storage {
                     .map_err(|_| StorageError::Timeout(timeout))??;
                 let content_type = result.attributes.get(&Attribute::ContentType).map(|v| v.to_string());
                 let stream = match result.payload {
-                    GetResultPayload::File(file, _) => local::file_stream(file, result.range, chunk),
+                    GetResultPayload::File(file, _) => local::file_stream(self.pool.clone(), file, result.range, chunk),
                     GetResultPayload::Stream(s) => s.map_err(StorageError::from).boxed(),
                 };
                 (stream, content_type)

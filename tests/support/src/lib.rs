@@ -19,7 +19,9 @@ use kube::api::{Api, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
+mod fuse;
 mod node;
+pub use fuse::{Hang, HangFs, hangfs_binary};
 pub use node::{NODE_IP, NODE_NAME, Node, NodeOptions, clean_host};
 
 /// Kubernetes version of the binaries (must match tests/controlplane/go.mod).
@@ -47,6 +49,8 @@ pub enum Error {
     Crd(PathBuf, String),
     #[error("the node cannot start: {0}")]
     Node(String),
+    #[error("hangfs: {0}")]
+    Fuse(String),
     #[error("`{command}` failed: {output}")]
     Command { command: String, output: String },
 }
