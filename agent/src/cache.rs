@@ -327,13 +327,11 @@ impl Loader {
         if let Some(s) = self.cached(index).await {
             return Ok(self.cut(index, s));
         }
-        let permit = match spare {
-            Some(spare) => self.reserve_now(index, spare).await,
-            None => None,
-        };
-        match permit {
-            Some(permit) => Ok(self.cut(index, self.load(index, permit).await?)),
-            None => self.streamed(index).await,
+        let Some(spare) = spare else { return self.streamed(index).await };
+        match self.load(index, spare).await {
+            Ok(slice) => Ok(self.cut(index, slice)),
+            Err(StorageError::Busy) => self.streamed(index).await,
+            Err(e) => Err(e),
         }
     }
 
@@ -343,8 +341,11 @@ impl Loader {
         if let Some(s) = self.cached(index).await {
             return Some(Ok(self.cut(index, s)));
         }
-        let permit = self.reserve_now(index, self.memory.spare()).await?;
-        Some(self.load(index, permit).await.map(|s| self.cut(index, s)))
+        match self.load(index, self.memory.spare()).await {
+            Ok(slice) => Some(Ok(self.cut(index, slice))),
+            Err(StorageError::Busy) => None,
+            Err(e) => Some(Err(e)),
+        }
     }
 
     async fn cached(&self, index: u64) -> Option<Slice> {
@@ -353,31 +354,26 @@ impl Loader {
         Some(s)
     }
 
-    /// Memory for slice `index`, without waiting, leaving `spare` bytes free.
-    async fn reserve_now(&self, index: u64, spare: usize) -> Option<OwnedSemaphorePermit> {
+    /// Loads slice `index` into the cache if memory for it is free now with `spare` bytes left over, else
+    /// [`StorageError::Busy`]. Concurrent loads of one slice share one storage read and one reservation: a crowd
+    /// arriving for a cold film waits for the first reader's load instead of each streaming its own copy.
+    async fn load(&self, index: u64, spare: usize) -> Result<Slice, StorageError> {
         let span = self.span(index);
         let len = (span.end - span.start) as usize;
-        if let Some(p) = self.memory.try_reserve(len, spare) {
-            return Some(p);
+        // moka evicts lazily: settle its pending evictions, which may give memory back, before looking.
+        if self.memory.permits.available_permits() < len.saturating_add(spare) {
+            self.slices.run_pending_tasks().await;
         }
-        // moka evicts lazily: settle its pending evictions, which may give memory back, and look again.
-        self.slices.run_pending_tasks().await;
-        self.memory.try_reserve(len, spare)
-    }
-
-    /// Loads slice `index` into the cache with the memory `permit` grants; concurrent loads of one slice share
-    /// one storage read (and the later callers' permits go back at once).
-    async fn load(&self, index: u64, permit: OwnedSemaphorePermit) -> Result<Slice, StorageError> {
-        let span = self.span(index);
         let storage = self.storage.clone();
         let metrics = self.metrics.clone();
         let memory = self.memory.clone();
         let (object, etag) = (self.object.clone(), self.etag.clone());
         self.slices
             .try_get_with(self.key(index), async move {
+                let permit = memory.try_reserve(len, spare).ok_or(StorageError::Busy)?;
                 metrics.cache_misses.inc();
                 let body = storage.get(&object, span.clone(), Some(&etag)).await?;
-                let mut buf = BytesMut::with_capacity((span.end - span.start) as usize);
+                let mut buf = BytesMut::with_capacity(len);
                 let mut chunks = body.stream;
                 while let Some(chunk) = chunks.next().await {
                     buf.extend_from_slice(&chunk?);

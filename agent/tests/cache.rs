@@ -181,3 +181,20 @@ async fn concurrent_viewers_of_a_cold_slice_share_one_storage_read() {
     assert_eq!(metric(&m, "videodelivery_agent_storage_read_bytes_total"), 1 << 20, "32 viewers, one read");
     assert_eq!(metric(&m, "videodelivery_agent_cache_misses_total"), 1);
 }
+
+/// A crowd larger than the memory could hold slices for, each, arrives for a cold slice: they wait for one load
+/// (which takes one slice's memory) instead of each streaming its own copy past the cache.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crowd_for_a_cold_slice_shares_one_read_even_when_memory_is_short() {
+    // 4 MiB of cache and 2 of stream budget: six 1 MiB slices at most, a quarter kept spare; 40 viewers.
+    let agent = TestAgent::start(&["--cache-size-mib=4", "--stream-memory-mib=2", "--slice-size-kib=1024"]).await;
+    let src = content(2 << 20);
+    agent.put("cold.mp4", &src);
+    let url = agent.signed("/videos/cold.mp4", Carrier::Query);
+    for body in viewers_at_once(40, &url, "bytes=0-1048575").await {
+        assert!(body[..] == src[..1 << 20], "a viewer got different bytes");
+    }
+    let m = agent.metrics().await;
+    assert_eq!(metric(&m, "videodelivery_agent_storage_read_bytes_total"), 1 << 20, "40 viewers, one read:\n{m}");
+    assert_eq!(metric(&m, "videodelivery_agent_cache_streamed_slices_total"), 0, "nobody streamed a copy:\n{m}");
+}
