@@ -189,8 +189,7 @@ async fn main() {
         println!("| {what} | {} | {opened} | {rss:.1} MiB | {handles} | {health} |", s.name);
     }
     for mut s in servers {
-        let _ = s.child.kill();
-        let _ = s.child.wait();
+        nginx::stop(&mut s.child);
     }
 }
 

@@ -203,8 +203,7 @@ async fn crowd(
     }
     // The kernel's high-water mark catches a peak between samples (for nginx, only its master's).
     peak = peak.max(rss_mib(server.id(), "VmHWM:"));
-    let _ = server.kill();
-    let _ = server.wait();
+    nginx::stop(&mut server);
     let moving = progressed.load(Ordering::Relaxed);
     let alive = alive.load(Ordering::Relaxed);
     let health = match health {

@@ -35,3 +35,21 @@ pub fn start(dir: &Path, media: &Path, http2: bool) -> Nginx {
         .expect("nginx is needed for the comparison: apt-get install nginx (bench/run.sh does)");
     Nginx { child, port }
 }
+
+/// Stops a server the bench started: SIGTERM first, so an nginx master takes its workers down with it (SIGKILL
+/// would leave them running, orphaned), then SIGKILL if it is still there after 3 s.
+pub fn stop(child: &mut Child) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        // SAFETY: signalling a child this process started and has not reaped yet.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while std::time::Instant::now() < until {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
