@@ -11,10 +11,20 @@ use ipnet::IpNet;
 #[command(name = "videodelivery-agent", version, args_override_self = true)]
 #[command(about = "Verifies signed URLs and streams byte ranges from storage")]
 pub struct Config {
-    /// Address for video traffic (HTTP/1.1 and cleartext HTTP/2).
+    /// Address for video traffic: HTTP/1.1 and cleartext HTTP/2, or HTTPS (HTTP/2 and HTTP/1.1) with --tls-cert.
     #[arg(long, env = "VD_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
-    /// Address for /metrics, /healthz and /readyz.
+    /// PEM certificate chain (leaf first) for HTTPS on the video port, e.g. a mounted kubernetes.io/tls Secret's
+    /// tls.crt; needs --tls-key. Reloaded when it changes: new connections get the new certificate.
+    #[arg(long, env = "VD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) matching --tls-cert, e.g. the Secret's tls.key; needs --tls-cert.
+    #[arg(long, env = "VD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// How often the TLS certificate and key files are checked for changes.
+    #[arg(long, env = "VD_TLS_POLL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub tls_poll: Duration,
+    /// Address for /metrics, /healthz and /readyz (always cleartext HTTP).
     #[arg(long, env = "VD_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
     pub admin_listen: SocketAddr,
     /// file:///dir (the embedded default) or s3://bucket[/prefix].

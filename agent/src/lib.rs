@@ -19,6 +19,7 @@ pub mod refusal;
 pub mod server;
 pub mod session;
 pub mod storage;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -31,9 +32,10 @@ use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use std::time::Duration;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use std::time::{Duration, Instant};
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
 use vd_token::Policy;
@@ -44,6 +46,7 @@ use crate::connections::{Activity, Listener, Tracked};
 use crate::metrics::Metrics;
 use crate::server::State;
 use crate::storage::{Location, S3Options, Storage};
+use crate::tls::Tls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -65,6 +68,10 @@ pub enum StartError {
          signing keys; mount it elsewhere"
     )]
     KeyringInsideStorage { keyring: String, root: String },
+    #[error("--tls-cert and --tls-key go together: give both for HTTPS, or neither for cleartext")]
+    TlsHalf,
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 /// A started agent: its bound addresses and its shared state.
@@ -72,6 +79,8 @@ pub struct Agent {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub state: Arc<State>,
+    /// Set when the video port serves HTTPS.
+    pub tls: Option<Arc<Tls>>,
     video: TcpListener,
     admin: TcpListener,
 }
@@ -108,7 +117,17 @@ impl Agent {
             path_style: config.s3_path_style,
         };
         let storage = Storage::new(&location, &s3, config.storage_timeout, config.max_storage_threads as usize)?;
-        let metrics = Arc::new(Metrics::default());
+        let mut metrics = Metrics::default();
+        // Before binding, so a certificate that cannot be served stops the agent at once with the reason.
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => {
+                metrics.register_tls();
+                Some(Arc::new(Tls::load(cert.clone(), key.clone(), &metrics)?))
+            }
+            (None, None) => None,
+            _ => return Err(StartError::TlsHalf),
+        };
+        let metrics = Arc::new(metrics);
         let policy =
             Policy { max_lifetime: config.max_token_lifetime.as_secs(), clock_skew: config.clock_skew.as_secs() };
         let auth = Arc::new(Auth::new(config.keyring.clone(), policy));
@@ -123,7 +142,7 @@ impl Agent {
         let admin_addr =
             admin.local_addr().map_err(|source| StartError::Listen { addr: config.admin_listen, source })?;
         let state = Arc::new(State::new(config, storage, auth, metrics));
-        Ok(Agent { addr, admin_addr, state, video, admin })
+        Ok(Agent { addr, admin_addr, state, tls, video, admin })
     }
 
     /// Serves until `shutdown` completes, then stops accepting and lets running streams finish for up to the
@@ -131,6 +150,9 @@ impl Agent {
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
         let state = self.state;
         tokio::spawn(state.auth.clone().watch(state.metrics.clone(), state.config.keyring_poll));
+        if let Some(tls) = &self.tls {
+            tokio::spawn(tls.clone().watch(state.metrics.clone(), state.config.tls_poll));
+        }
         if let Some(_limiter) = &state.limiter {
             let s = state.clone();
             tokio::spawn(async move {
@@ -163,41 +185,39 @@ impl Agent {
             .keep_alive_timeout(Duration::from_secs(10));
         let graceful = GracefulShutdown::new();
         let listener = Listener::new(self.video, state.config.max_connections as usize, "video");
+        let tls = self.tls;
         let serve_one = |(stream, peer, slot): (TcpStream, SocketAddr, OwnedSemaphorePermit)| {
             let state = state.clone();
             let builder = builder.clone();
             let watcher = graceful.watcher();
+            let tls = tls.clone();
             async move {
                 let _slot = slot;
+                let accepted = Instant::now();
                 let _ = stream.set_nodelay(true);
                 connections::limit_unsent(&stream);
+                let header_timeout = state.config.header_timeout;
                 // Before protocol detection hyper's header timeout does not run: a silent client is dropped here.
-                if !connections::first_byte(&stream, state.config.header_timeout).await {
+                if !connections::first_byte(&stream, header_timeout).await {
                     return;
                 }
-                let idle_timeout = state.config.idle_timeout;
-                let activity = Activity::new();
-                let tracked = activity.clone();
-                // hyper keeps a slot the size of the service's future for the whole connection: boxing the future
-                // makes that slot a pointer, and the request's state lives only while it is answered.
-                let service = service_fn(move |req| {
-                    let in_flight = tracked.start();
-                    let state = state.clone();
-                    Box::pin(async move {
-                        let resp = server::handle(state, peer, req).await;
-                        resp.map(|r| r.map(|body| Tracked::new(body, in_flight).boxed_unsync()))
-                    })
-                });
-                let conn = watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
-                tokio::select! {
-                    ended = conn => {
-                        if let Err(e) = ended {
-                            tracing::debug!(error = %e, %peer, "connection ended with an error");
-                        }
-                    }
-                    // Dropping the connection closes it.
-                    () = activity.idle(idle_timeout) => tracing::debug!(%peer, "idle connection closed"),
-                }
+                let Some(tls) = tls else {
+                    return serve_connection(stream, builder, state, peer, watcher).await;
+                };
+                // The handshake shares the header timeout with the first byte: a client that starts one and stalls
+                // holds its slot no longer than one that sends nothing.
+                let left = header_timeout.saturating_sub(accepted.elapsed());
+                let stream = match tokio::time::timeout(left, tls.acceptor().accept(stream)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => return tracing::debug!(error = %e, %peer, "TLS handshake failed"),
+                    Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                };
+                // Over TLS the protocol is what ALPN chose (RFC 9113 §3.2): no client sends h2 without asking for it.
+                let builder = match stream.get_ref().1.alpn_protocol() {
+                    Some(b"h2") => builder.http2_only(),
+                    _ => builder.http1_only(),
+                };
+                serve_connection(stream, builder, state, peer, watcher).await
             }
         };
         tokio::pin!(shutdown);
@@ -225,6 +245,42 @@ impl Agent {
             Ok(()) => tracing::info!("all connections closed"),
             Err(_) => tracing::warn!("grace period over; closing remaining connections"),
         }
+    }
+}
+
+/// Serves HTTP on one connection, cleartext or TLS, until it ends, idles past the idle timeout, or shutdown's grace
+/// period runs out.
+async fn serve_connection<I>(
+    io: I,
+    builder: auto::Builder<TokioExecutor>,
+    state: Arc<State>,
+    peer: SocketAddr,
+    watcher: Watcher,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let idle_timeout = state.config.idle_timeout;
+    let activity = Activity::new();
+    let tracked = activity.clone();
+    // hyper keeps a slot the size of the service's future for the whole connection: boxing the future makes that
+    // slot a pointer, and the request's state lives only while it is answered.
+    let service = service_fn(move |req| {
+        let in_flight = tracked.start();
+        let state = state.clone();
+        Box::pin(async move {
+            let resp = server::handle(state, peer, req).await;
+            resp.map(|r| r.map(|body| Tracked::new(body, in_flight).boxed_unsync()))
+        })
+    });
+    let conn = watcher.watch(builder.serve_connection(TokioIo::new(io), service).into_owned());
+    tokio::select! {
+        ended = conn => {
+            if let Err(e) = ended {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+        }
+        // Dropping the connection closes it.
+        () = activity.idle(idle_timeout) => tracing::debug!(%peer, "idle connection closed"),
     }
 }
 

@@ -47,6 +47,12 @@ pub struct Metrics {
     pub memory_waits_failed: Counter,
     /// Blocking storage calls running past the storage timeout (threads stuck in the kernel); set when scraped.
     pub storage_stuck_calls: Gauge,
+    /// The served certificate's notAfter, in Unix seconds (registered only with TLS on, so alerts see no zero).
+    pub tls_cert_expiry: Gauge,
+    /// Certificate and key pairs loaded by a reload (the first load is not counted).
+    pub tls_reloads: Counter,
+    /// Changed certificate and key pairs refused (unreadable, unparsable, key not matching), each counted once.
+    pub tls_reload_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -71,6 +77,9 @@ impl Default for Metrics {
             slice_memory_bytes: Gauge::default(),
             memory_waits_failed: Counter::default(),
             storage_stuck_calls: Gauge::default(),
+            tls_cert_expiry: Gauge::default(),
+            tls_reloads: Counter::default(),
+            tls_reload_errors: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "Requests answered, by status code", m.requests.clone());
@@ -120,6 +129,22 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Adds the TLS metrics, for an agent serving HTTPS.
+    pub fn register_tls(&mut self) {
+        let sub = self.registry.sub_registry_with_prefix("tls");
+        sub.register(
+            "cert_expiry_timestamp_seconds",
+            "When the certificate served on the video port expires, in Unix seconds",
+            self.tls_cert_expiry.clone(),
+        );
+        sub.register("cert_reloads", "Renewed certificate and key pairs loaded", self.tls_reloads.clone());
+        sub.register(
+            "cert_reload_errors",
+            "Changed certificate and key pairs refused (the last good pair kept serving)",
+            self.tls_reload_errors.clone(),
+        );
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.

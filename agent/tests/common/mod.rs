@@ -175,3 +175,27 @@ pub async fn start_on_s3(s3: &vd_testsupport::S3Server, storage: &str, extra: &[
     args.extend_from_slice(extra);
     TestAgent::start_with(tempfile::tempdir().unwrap(), &args, Some(storage.to_owned())).await
 }
+
+/// Writes files as a kubelet does for any Secret volume (like [`publish_keyring`]): a new timestamped folder, `..data`
+/// swapped to it by a rename, and each name a symlink through `..data`. Returns the path of each file.
+pub fn publish_secret(dir: &Path, files: &[(&str, &[u8])]) -> Vec<PathBuf> {
+    let stamp = format!("..{}", std::time::SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos());
+    std::fs::create_dir(dir.join(&stamp)).unwrap();
+    for (name, bytes) in files {
+        std::fs::write(dir.join(&stamp).join(name), bytes).unwrap();
+    }
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&stamp, &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    files
+        .iter()
+        .map(|(name, _)| {
+            let link = dir.join(name);
+            if std::fs::symlink_metadata(&link).is_err() {
+                std::os::unix::fs::symlink(format!("..data/{name}"), &link).unwrap();
+            }
+            link
+        })
+        .collect()
+}
