@@ -277,7 +277,11 @@ service: {annotations: {service.beta.kubernetes.io/aws-load-balancer-type: nlb, 
         assert_eq!(vd.spec, common::spec(yaml), "{name}: the API server dropped or changed a field");
         vd.validate(&SigningFloors::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
         let mut objects = vec![
-            typed(resources::deployment(&vd, "registry.example/agent:1", Some("1"))),
+            typed(resources::deployment(
+                &vd,
+                "registry.example/agent:1",
+                resources::SecretVersions { credentials: Some("1"), tls: None },
+            )),
             typed(resources::service(&vd)),
             typed(resources::service_account(&vd)),
             typed(resources::keyring_secret(&vd, Default::default(), None)),
@@ -395,7 +399,7 @@ async fn kubectl_get_vd_shows_the_printer_columns() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let header = String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or_default().to_string();
     let cols: Vec<&str> = header.split_whitespace().collect();
-    assert_eq!(cols, ["NAME", "READY", "REASON", "ACTIVE", "KEY", "AGENTS", "DESIRED", "AGE"], "{header}");
+    assert_eq!(cols, ["NAME", "READY", "REASON", "ACTIVE", "KEY", "AGENTS", "DESIRED", "URL", "AGE"], "{header}");
 }
 
 #[tokio::test]
