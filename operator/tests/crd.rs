@@ -416,7 +416,7 @@ async fn the_examples_apply_cleanly() {
     let api: Api<VideoDelivery> = Api::namespaced(cp.client().await.unwrap(), &ns);
     let names: Vec<String> =
         api.list(&Default::default()).await.unwrap().items.into_iter().map(|v| v.metadata.name.unwrap()).collect();
-    assert_eq!(names, ["archive", "courses", "demo", "live", "media"]);
+    assert_eq!(names, ["archive", "courses", "demo", "live", "media", "public"]);
     let courses = api.get("courses").await.unwrap();
     assert_eq!(courses.spec.agents.autoscaling.unwrap().target_cpu_utilization, 60, "no field was dropped");
     let live = api.get("live").await.unwrap();
