@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ObjectReference, Secret};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
@@ -25,7 +25,7 @@ use crate::crd::{KeyStatus, ROTATE_ANNOTATION, SigningFloors, VideoDelivery};
 use crate::keyring::{self, KeyringSecretError, ROTATION_HANDLED_ANNOTATION};
 use crate::metrics::Metrics;
 use crate::resources::{self, MANAGED_BY};
-use crate::status::{self, AgentsObserved, Blocked, KeysObserved, KeysView, Observed, reasons};
+use crate::status::{self, AgentsObserved, Blocked, Exposure, KeysObserved, KeysView, Observed, reasons, types};
 
 /// The one field manager for everything this operator applies.
 pub const MANAGER: &str = "videodelivery-operator";
@@ -35,7 +35,7 @@ const HANDOFF_MANAGER: &str = "videodelivery-operator-handoff";
 const RESYNC: Duration = Duration::from_secs(300);
 /// While the API server refuses an owned object, look again at least this often.
 const REFUSED_RETRY: Duration = Duration::from_secs(20);
-/// While storage credentials are missing, look again this often.
+/// While storage credentials or the TLS Secret are missing, look again this often.
 const CREDENTIALS_RETRY: Duration = Duration::from_secs(15);
 
 #[derive(Debug, thiserror::Error)]
@@ -135,7 +135,8 @@ pub async fn run(
         .await;
 }
 
-/// The VideoDeliveries a Secret matters to: its owner (a keyring) and those whose storage credentials it holds.
+/// The VideoDeliveries a Secret matters to: its owner (a keyring) and those whose storage credentials or agent
+/// certificate (`tls.secretName`) it holds.
 fn secret_owners(store: &Store<VideoDelivery>, secret: &Secret) -> Vec<ObjectRef<VideoDelivery>> {
     let ns = secret.namespace();
     let name = secret.name_any();
@@ -150,7 +151,10 @@ fn secret_owners(store: &Store<VideoDelivery>, secret: &Secret) -> Vec<ObjectRef
             .state()
             .iter()
             .filter(|vd| vd.namespace() == ns)
-            .filter(|vd| vd.spec.storage.credentials_secret_ref.as_ref().is_some_and(|r| r.name == name))
+            .filter(|vd| {
+                vd.spec.storage.credentials_secret_ref.as_ref().is_some_and(|r| r.name == name)
+                    || vd.spec.tls.as_ref().is_some_and(|t| t.secret_name == name)
+            })
             .map(|vd| ObjectRef::from(vd.as_ref())),
     );
     refs
@@ -198,12 +202,22 @@ pub fn error_policy(vd: Arc<VideoDelivery>, error: &Error, ctx: Arc<Context>) ->
     Action::requeue(wait)
 }
 
-/// Storage credentials as the agents will see them.
+/// A Secret the agents read (storage credentials, TLS certificate) as they will see it.
 enum Credentials {
     NotReferenced,
-    /// The Secret's resourceVersion, which rolls the agents when the credentials change.
+    /// The Secret's resourceVersion, which rolls the agents when it changes.
     Present(String),
-    Missing(String),
+    /// Why the agents could not start with it; they are not changed meanwhile.
+    Missing(Blocked),
+}
+
+impl Credentials {
+    fn version(&self) -> Option<&str> {
+        match self {
+            Credentials::Present(v) => Some(v),
+            _ => None,
+        }
+    }
 }
 
 /// The keyring after this reconcile's step, with what status shows of it.
@@ -270,18 +284,20 @@ impl<'a> Reconciler<'a> {
                     }
                 }
                 let usable = matches!(keys.observed, KeysObserved::Ready(_) | KeysObserved::Recreated { .. });
-                match self.credentials().await {
-                    Ok(Credentials::Missing(msg)) => {
-                        self.event(EventType::Warning, reasons::STORAGE_CREDENTIALS_MISSING, "Deploy", &msg, None)
-                            .await;
-                        blocked = Some(Blocked::StorageCredentialsMissing(msg));
+                let inputs = match self.credentials().await {
+                    Ok(Credentials::Missing(b)) => Ok((Credentials::Missing(b), Credentials::NotReferenced)),
+                    Ok(c) => self.tls().await.map(|t| (c, t)),
+                    Err(e) => Err(e),
+                };
+                match inputs {
+                    Ok((Credentials::Missing(b), _) | (_, Credentials::Missing(b))) => {
+                        self.event(EventType::Warning, b.reason(), "Deploy", b.message(), None).await;
+                        blocked = Some(b);
                     }
-                    Ok(credentials) if usable => {
-                        let version = match &credentials {
-                            Credentials::Present(v) => Some(v.as_str()),
-                            _ => None,
-                        };
-                        match self.agents(version).await {
+                    Ok((credentials, tls)) if usable => {
+                        let versions =
+                            resources::SecretVersions { credentials: credentials.version(), tls: tls.version() };
+                        match self.agents(versions).await {
                             Ok(d) => applied = Some(d),
                             Err(AgentsError::Refused(msg)) => {
                                 self.event(EventType::Warning, reasons::APPLY_FAILED, "Deploy", &msg, None).await;
@@ -302,18 +318,51 @@ impl<'a> Reconciler<'a> {
                 }
             }
         }
+        let exposure = match &blocked {
+            // Nothing is exposed or removed on a spec that cannot be trusted.
+            Some(Blocked::InvalidSpec(_)) => self.vd.spec.expose.as_ref().map(|_| Exposure::NotExposed {
+                reason: reasons::INVALID_SPEC,
+                message: "the spec is invalid (see the Ready condition)".into(),
+            }),
+            _ => match self.expose().await {
+                Ok(e) => e,
+                Err(ExposeError::Refused(message)) => {
+                    self.event(EventType::Warning, reasons::APPLY_FAILED, "Expose", &message, None).await;
+                    failure = failure.or(Some(Error::Refused));
+                    Some(Exposure::NotExposed { reason: reasons::APPLY_FAILED, message })
+                }
+                Err(ExposeError::Kube(e)) => {
+                    let message = e.to_string();
+                    failure = failure.or(Some(e.into()));
+                    Some(Exposure::NotExposed { reason: reasons::API_UNAVAILABLE, message })
+                }
+            },
+        };
         let deployment = match applied {
             Some(d) => Some(d),
             None => self.api::<Deployment>().get_opt(&resources::agent_name(self.vd)).await.unwrap_or_default(),
         };
+        let url = match &exposure {
+            Some(Exposure::Exposed { url, .. }) => url.clone(),
+            _ => resources::url(self.vd),
+        };
         let observed = Observed {
             generation: self.vd.metadata.generation,
-            url: resources::url(self.vd),
+            url,
             keys: keys.observed,
             blocked,
             agents: deployment.map(agents_observed),
+            exposure,
         };
-        let credentials_missing = matches!(observed.blocked, Some(Blocked::StorageCredentialsMissing(_)));
+        let credentials_missing = matches!(
+            observed.blocked,
+            Some(Blocked::StorageCredentialsMissing(_) | Blocked::TlsSecretMissing(_) | Blocked::TlsSecretInvalid(_))
+        );
+        // Nothing watches for the Gateway API's CRDs to be installed: look again soon.
+        let gateway_api_missing = matches!(
+            &observed.exposure,
+            Some(Exposure::NotExposed { reason, .. }) if *reason == reasons::GATEWAY_API_UNAVAILABLE
+        );
         self.write_status(&observed).await?;
         if let Some(e) = failure {
             return Err(e);
@@ -325,6 +374,9 @@ impl<'a> Reconciler<'a> {
         }
         if credentials_missing {
             wait = wait.min(CREDENTIALS_RETRY);
+        }
+        if gateway_api_missing {
+            wait = wait.min(REFUSED_RETRY);
         }
         if matches!(observed.blocked, Some(Blocked::InvalidSpec(_))) {
             return Ok(Action::await_change());
@@ -507,27 +559,56 @@ impl<'a> Reconciler<'a> {
         let Some(r) = &self.vd.spec.storage.credentials_secret_ref else { return Ok(Credentials::NotReferenced) };
         let secrets: Api<Secret> = self.api();
         let Some(secret) = secrets.get_opt(&r.name).await? else {
-            return Ok(Credentials::Missing(format!(
+            return Ok(Credentials::Missing(Blocked::StorageCredentialsMissing(format!(
                 "Secret {:?} (storage.credentialsSecretRef) does not exist",
                 r.name
-            )));
+            ))));
         };
         let keys = secret.data.as_ref().map(|d| d.keys().map(String::as_str).collect::<Vec<_>>()).unwrap_or_default();
         let missing: Vec<&str> =
             ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"].into_iter().filter(|k| !keys.contains(k)).collect();
         if !missing.is_empty() {
-            return Ok(Credentials::Missing(format!("Secret {:?} has no {}", r.name, missing.join(" or "))));
+            return Ok(Credentials::Missing(Blocked::StorageCredentialsMissing(format!(
+                "Secret {:?} has no {}",
+                r.name,
+                missing.join(" or ")
+            ))));
+        }
+        Ok(Credentials::Present(secret.resource_version().unwrap_or_default()))
+    }
+
+    /// Step 2, continued: is the agents' certificate there, as a TLS Secret? A pod that mounts a missing Secret, or asks it for
+    /// keys it lacks, never starts: better to say so and leave the running agents alone. Only type and key names
+    /// are read.
+    async fn tls(&self) -> Result<Credentials, Error> {
+        let Some(tls) = &self.vd.spec.tls else { return Ok(Credentials::NotReferenced) };
+        let name = &tls.secret_name;
+        let Some(secret) = self.api::<Secret>().get_opt(name).await? else {
+            return Ok(Credentials::Missing(Blocked::TlsSecretMissing(format!(
+                "Secret {name:?} (tls.secretName) does not exist; the agents keep their previous configuration"
+            ))));
+        };
+        let type_ = secret.type_.as_deref().unwrap_or("Opaque");
+        let keys = secret.data.as_ref().map(|d| d.keys().map(String::as_str).collect::<Vec<_>>()).unwrap_or_default();
+        let missing: Vec<&str> = ["tls.crt", "tls.key"].into_iter().filter(|k| !keys.contains(k)).collect();
+        if type_ != "kubernetes.io/tls" || !missing.is_empty() {
+            let lacks =
+                if missing.is_empty() { String::new() } else { format!(" and has no {}", missing.join(" or ")) };
+            return Ok(Credentials::Missing(Blocked::TlsSecretInvalid(format!(
+                "Secret {name:?} (tls.secretName) is of type {type_:?}{lacks}: it must be a kubernetes.io/tls Secret \
+                 with tls.crt and tls.key (kubectl create secret tls, or a cert-manager Certificate)"
+            ))));
         }
         Ok(Credentials::Present(secret.resource_version().unwrap_or_default()))
     }
 
     /// Step 3: the agent fleet and how to reach it. Returns the Deployment as the API server has it.
-    async fn agents(&self, credentials_version: Option<&str>) -> Result<Deployment, AgentsError> {
+    async fn agents(&self, versions: resources::SecretVersions<'_>) -> Result<Deployment, AgentsError> {
         let image = self.vd.spec.agents.image.clone().unwrap_or_else(|| self.ctx.agent_image.clone());
         let name = resources::agent_name(self.vd);
         self.apply_object(&resources::service_account(self.vd)).await?;
         self.apply_object(&resources::service(self.vd)).await?;
-        let desired = resources::deployment(self.vd, &image, credentials_version);
+        let desired = resources::deployment(self.vd, &image, versions);
         if let Some(a) = &self.vd.spec.agents.autoscaling {
             self.hand_replicas_over(&name, a.min_replicas, a.max_replicas).await?;
         }
@@ -544,32 +625,105 @@ impl<'a> Reconciler<'a> {
     async fn pod_monitor(&self, name: &str) -> Result<(), AgentsError> {
         let ar = resources::pod_monitor_api_resource();
         let api: Api<DynamicObject> = Api::namespaced_with(self.ctx.client.clone(), &self.ns, &ar);
-        let missing = |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 404);
         match resources::pod_monitor(self.vd) {
             Some(pm) => match api.patch(name, &self.apply, &Patch::Apply(&pm)).await {
                 Ok(_) => Ok(()),
-                Err(e) if missing(&e) => {
+                Err(e) if kind_missing(&e) => {
                     let note = "agents.metrics.podMonitor is enabled but this cluster has no PodMonitor kind                                 (monitoring.coreos.com/v1, from the Prometheus Operator): the agents' metrics are                                 not scraped";
                     self.event(EventType::Warning, "PodMonitorUnavailable", "Deploy", note, None).await;
                     Ok(())
                 }
                 Err(e) => Err(self.classify("PodMonitor", name, e)),
             },
-            None => {
-                let live = match api.get_opt(name).await {
-                    Ok(live) => live,
-                    Err(e) if missing(&e) => None,
-                    Err(e) => return Err(AgentsError::Kube(e)),
-                };
-                let uid = self.vd.uid().unwrap_or_default();
-                if live.is_some_and(|l| l.owner_references().iter().any(|o| o.uid == uid)) {
-                    api.delete(name, &DeleteParams::default())
-                        .await
-                        .map_err(|e| self.classify("PodMonitor", name, e))?;
-                }
-                Ok(())
+            None => self.delete_owned_dynamic(&api, "PodMonitor", name).await,
+        }
+    }
+
+    /// Deletes a kind the cluster may lack (a CRD's) when this VideoDelivery owns one by that name.
+    async fn delete_owned_dynamic(&self, api: &Api<DynamicObject>, kind: &str, name: &str) -> Result<(), AgentsError> {
+        let live = match api.get_opt(name).await {
+            Ok(live) => live,
+            Err(e) if kind_missing(&e) => None,
+            Err(e) => return Err(self.classify(kind, name, e)),
+        };
+        let uid = self.vd.uid().unwrap_or_default();
+        if live.is_some_and(|l| l.owner_references().iter().any(|o| o.uid == uid)) {
+            match api.delete(name, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(e) if kind_missing(&e) => {}
+                Err(e) => return Err(self.classify(kind, name, e)),
             }
         }
+        Ok(())
+    }
+
+    /// Step 4: how viewers reach the agents: the HTTPRoute or the Ingress of `expose`, and the other deleted (first,
+    /// so that a switch never leaves both). Leftovers are looked for only while status says something was exposed,
+    /// so that a cluster without `expose` needs no rights on these kinds.
+    async fn expose(&self) -> Result<Option<Exposure>, ExposeError> {
+        let route = resources::http_route(self.vd);
+        let ingress = resources::ingress(self.vd);
+        let was_exposed =
+            self.vd.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == types::EXPOSED));
+        if self.vd.spec.expose.is_none() && !was_exposed {
+            return Ok(None);
+        }
+        let routes: Api<DynamicObject> =
+            Api::namespaced_with(self.ctx.client.clone(), &self.ns, &resources::http_route_api_resource());
+        let name = self.name.as_str();
+        if route.is_none() {
+            self.delete_owned_dynamic(&routes, "HTTPRoute", name).await?;
+        }
+        if ingress.is_none() {
+            self.apply_or_delete::<Ingress>(None, name).await?;
+        }
+        if let Some(r) = route {
+            match routes.patch(name, &self.apply, &Patch::Apply(&r)).await {
+                Ok(_) => {}
+                Err(e) if kind_missing(&e) => {
+                    let message = "expose.gateway needs the Gateway API (gateway.networking.k8s.io/v1 HTTPRoute), which \
+                                   this cluster does not serve: install its CRDs, or use expose.ingress; the agents \
+                                   serve inside the cluster meanwhile";
+                    self.event(EventType::Warning, reasons::GATEWAY_API_UNAVAILABLE, "Expose", message, None).await;
+                    let reason = reasons::GATEWAY_API_UNAVAILABLE;
+                    return Ok(Some(Exposure::NotExposed { reason, message: message.into() }));
+                }
+                Err(e) => return Err(self.classify("HTTPRoute", name, e).into()),
+            }
+            let tls = self.gateway_tls().await;
+            let url = resources::public_url(self.vd, tls).unwrap_or_default();
+            return Ok(Some(Exposure::Exposed { kind: "HTTPRoute", name: name.into(), url }));
+        }
+        if let Some(i) = ingress {
+            let tls = i.spec.as_ref().is_some_and(|s| s.tls.is_some());
+            self.apply_object(&i).await?;
+            let url = resources::public_url(self.vd, tls).unwrap_or_default();
+            return Ok(Some(Exposure::Exposed { kind: "Ingress", name: name.into(), url }));
+        }
+        Ok(None)
+    }
+
+    /// Whether the route's first Gateway terminates TLS for it: the listener named by `sectionName`, or any of its
+    /// listeners, speaks HTTPS. A Gateway that cannot be read (elsewhere, not yet made) is no TLS known: http.
+    async fn gateway_tls(&self) -> bool {
+        let Some(p) = self.vd.spec.expose.as_ref().and_then(|e| e.gateway.as_ref()?.parent_refs.first()) else {
+            return false;
+        };
+        let ns = p.namespace.as_deref().unwrap_or(&self.ns);
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.ctx.client.clone(), ns, &resources::gateways_api_resource());
+        let gateway = match api.get_opt(&p.name).await {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::debug!(error = %e, gateway = %p.name, "cannot read the Gateway; the public URL says http");
+                None
+            }
+        };
+        let listeners = gateway.as_ref().and_then(|g| g.data.pointer("/spec/listeners")?.as_array().cloned());
+        listeners
+            .unwrap_or_default()
+            .iter()
+            .any(|l| p.section_name.as_deref().is_none_or(|s| l["name"] == s) && l["protocol"] == "HTTPS")
     }
 
     /// Moving from fixed replicas to autoscaling: an apply without `replicas` would drop this manager's claim on
@@ -632,7 +786,7 @@ impl<'a> Reconciler<'a> {
         }
     }
 
-    /// Step 4: tell the truth in status. Written only when something changed, so a quiet object stays quiet.
+    /// Step 5: tell the truth in status. Written only when something changed, so a quiet object stays quiet.
     async fn write_status(&self, observed: &Observed) -> Result<(), Error> {
         let old = self.vd.status.clone().unwrap_or_default();
         let now = Timestamp::from_second(Timestamp::now().as_second()).unwrap_or(Timestamp::UNIX_EPOCH);
@@ -674,9 +828,29 @@ impl<'a> Reconciler<'a> {
     }
 }
 
+/// A kind the API server does not serve (its CRD is not installed) answers 404.
+fn kind_missing(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
 enum AgentsError {
     Refused(String),
     Kube(kube::Error),
+}
+
+/// Exposure fails the same two ways as the agents, but is reported on its own condition.
+enum ExposeError {
+    Refused(String),
+    Kube(kube::Error),
+}
+
+impl From<AgentsError> for ExposeError {
+    fn from(e: AgentsError) -> Self {
+        match e {
+            AgentsError::Refused(m) => ExposeError::Refused(m),
+            AgentsError::Kube(e) => ExposeError::Kube(e),
+        }
+    }
 }
 
 impl From<AgentsError> for Error {

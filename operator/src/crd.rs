@@ -42,6 +42,7 @@ const NAME_MESSAGE: &str = "metadata.name must be at most 57 lowercase letters, 
     printcolumn(name = "Active Key", type_ = "string", json_path = ".status.activeKeyId"),
     printcolumn(name = "Agents", type_ = "integer", json_path = ".status.readyAgents"),
     printcolumn(name = "Desired", type_ = "integer", json_path = ".status.desiredAgents"),
+    printcolumn(name = "URL", type_ = "string", json_path = ".status.url"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new(NAME_RULE).message(NAME_MESSAGE)
 )]
@@ -55,6 +56,130 @@ pub struct VideoDeliverySpec {
     pub agents: AgentsSpec,
     #[serde(default)]
     pub service: ServiceSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expose: Option<ExposeSpec>,
+}
+
+/// The agents serve HTTPS themselves, with the certificate of a `kubernetes.io/tls` Secret in this namespace
+/// (cert-manager's Certificate makes one), mounted read-only; the Service port then speaks https.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// A Secret of type `kubernetes.io/tls` (keys `tls.crt` and `tls.key`). Changing it rolls the agents.
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new(DNS_SUBDOMAIN_RULE).message(
+        "tls.secretName must be the name of a Secret: lowercase letters, digits, '-' and '.', starting and ending \
+         with a letter or digit"
+    ))]
+    pub secret_name: String,
+}
+
+/// How viewers reach the agents from outside the cluster: exactly one of `gateway` (a Gateway API HTTPRoute) or
+/// `ingress` (a networking.k8s.io Ingress), named after the VideoDelivery and routing `agents.routePrefix` to the
+/// agents' Service. Removing it, or switching, deletes what the operator made.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.gateway) != has(self.ingress)")
+    .message("set exactly one of expose.gateway (a Gateway API HTTPRoute) or expose.ingress (an Ingress), not both \
+              and not neither; leave expose out to keep the agents inside the cluster"))]
+pub struct ExposeSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewayExpose>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<IngressExpose>,
+}
+
+/// An HTTPRoute (gateway.networking.k8s.io/v1) attached to existing Gateways. Needs the Gateway API CRDs.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("size(self.parentRefs) > 0")
+    .message("expose.gateway.parentRefs must name at least one Gateway, like [{name: public, namespace: gateways}]"))]
+#[x_kube(validation = Rule::new("size(self.hostnames) > 0")
+    .message("expose.gateway.hostnames must list at least one host name viewers use, like [video.example.com]"))]
+pub struct GatewayExpose {
+    /// The Gateways (and optionally their listeners) the route attaches to.
+    #[schemars(length(max = 32))]
+    pub parent_refs: Vec<GatewayParentRef>,
+    /// Host names the route answers for; the first one is the public URL in status.
+    #[schemars(length(max = 16), inner(length(max = 253)), transform = hostname_items)]
+    pub hostnames: Vec<String>,
+}
+
+/// A Gateway by name; its namespace defaults to the VideoDelivery's (the Gateway must allow routes from there).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayParentRef {
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new(DNS_SUBDOMAIN_RULE).message(
+        "expose.gateway.parentRefs name must be the name of a Gateway: lowercase letters, digits, '-' and '.'"
+    ))]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    #[x_kube(validation = Rule::new(DNS_LABEL_RULE).message(
+        "expose.gateway.parentRefs namespace must be the name of a namespace: lowercase letters, digits and '-'"
+    ))]
+    pub namespace: Option<String>,
+    /// A listener of the Gateway, by name; all listeners that allow the route when not set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new(DNS_SUBDOMAIN_RULE).message(
+        "expose.gateway.parentRefs sectionName must be a listener name: lowercase letters, digits, '-' and '.'"
+    ))]
+    pub section_name: Option<String>,
+}
+
+/// An Ingress (networking.k8s.io/v1) for the ingress controller of `className`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressExpose {
+    /// The IngressClass; the cluster's default class when not set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new(DNS_SUBDOMAIN_RULE).message(
+        "expose.ingress.className must be the name of an IngressClass: lowercase letters, digits, '-' and '.'"
+    ))]
+    pub class_name: Option<String>,
+    /// The host name viewers use, like video.example.com.
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new(HOSTNAME_RULE).message(
+        "expose.ingress.host must be a host name like video.example.com: lowercase letters, digits, '-' and '.', \
+         no wildcard, port, scheme or IP address"
+    ))]
+    pub host: String,
+    /// A `kubernetes.io/tls` Secret with the certificate for `host`, which the ingress controller serves (made by
+    /// cert-manager when an issuer annotation is given). Without it the public URL is http.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new(DNS_SUBDOMAIN_RULE).message(
+        "expose.ingress.tlsSecretName must be the name of a Secret: lowercase letters, digits, '-' and '.'"
+    ))]
+    pub tls_secret_name: Option<String>,
+    /// Annotations for the Ingress, passed through (e.g. `cert-manager.io/cluster-issuer: letsencrypt`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    #[x_kube(validation = Rule::new(annotation_keys_rule())
+        .message(kube::core::Message::Message(format!("each expose.ingress.annotations key must be {QUALIFIED_NAME_FORM}"))))]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// CEL: a DNS label (namespace names).
+const DNS_LABEL_RULE: &str = "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')";
+
+/// CEL: a host name viewers type: a lowercase DNS name, not an IP address (Ingress and HTTPRoute refuse those),
+/// without a wildcard, whose host would be no URL.
+const HOSTNAME_RULE: &str =
+    "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$') && !isIP(self)";
+
+fn hostname_items(schema: &mut schemars::Schema) {
+    items_rule(
+        schema,
+        HOSTNAME_RULE,
+        "each expose.gateway.hostnames entry must be a host name like video.example.com: lowercase letters, digits, \
+         '-' and '.', no wildcard, port, scheme or IP address",
+    );
 }
 
 /// Where the videos are.
@@ -269,6 +394,10 @@ pub enum SpecError {
     ScrapeInterval,
     #[error("agents.metrics.podMonitor.labels entry {key:?} is not a valid label")]
     PodMonitorLabel { key: String },
+    #[error("tls.secretName {name:?} is not the name of a Secret")]
+    TlsSecretName { name: String },
+    #[error("expose: {0}")]
+    Expose(String),
 }
 
 fn duration(field: &'static str, text: &str) -> Result<Duration, SpecError> {
@@ -1002,6 +1131,12 @@ impl VideoDeliverySpec {
             return Err(SpecError::MinAboveMax { min: a.min_replicas, max: a.max_replicas });
         }
         self.agents.check_public_prefixes()?;
+        if let Some(name) = self.tls.as_ref().map(|t| &t.secret_name).filter(|n| !forms::dns_subdomain(n)) {
+            return Err(SpecError::TlsSecretName { name: name.clone() });
+        }
+        if let Some(e) = &self.expose {
+            e.check().map_err(SpecError::Expose)?;
+        }
         let policy = self.signing.policy()?;
         floors.check(&policy)?;
         Ok(policy)
@@ -1012,6 +1147,50 @@ impl VideoDeliverySpec {
         match &self.agents.autoscaling {
             Some(_) => None,
             None => Some(self.agents.replicas.unwrap_or(2)),
+        }
+    }
+}
+
+impl ExposeSpec {
+    /// The CEL rules on `expose`, with their messages.
+    fn check(&self) -> Result<(), String> {
+        let host = |h: &str| forms::dns_subdomain(h) && h.parse::<std::net::IpAddr>().is_err();
+        match (&self.gateway, &self.ingress) {
+            (Some(_), Some(_)) | (None, None) => Err("set exactly one of expose.gateway or expose.ingress".into()),
+            (Some(g), None) => {
+                if g.parent_refs.is_empty() {
+                    return Err("expose.gateway.parentRefs must name at least one Gateway".into());
+                }
+                if let Some(p) = g.parent_refs.iter().find(|p| {
+                    !forms::dns_subdomain(&p.name)
+                        || p.namespace.as_deref().is_some_and(|n| !forms::dns_subdomain(n) || n.contains('.'))
+                        || p.section_name.as_deref().is_some_and(|s| !forms::dns_subdomain(s))
+                }) {
+                    return Err(format!("expose.gateway.parentRefs entry {:?} is not a Gateway reference", p.name));
+                }
+                if g.hostnames.is_empty() {
+                    return Err("expose.gateway.hostnames must list at least one host name".into());
+                }
+                match g.hostnames.iter().find(|h| !host(h)) {
+                    Some(h) => {
+                        Err(format!("expose.gateway.hostnames entry {h:?} is not a host name like video.example.com"))
+                    }
+                    None => Ok(()),
+                }
+            }
+            (None, Some(i)) => {
+                if !host(&i.host) {
+                    return Err(format!("expose.ingress.host {:?} is not a host name like video.example.com", i.host));
+                }
+                let names = [&i.class_name, &i.tls_secret_name];
+                if names.iter().any(|n| n.as_deref().is_some_and(|n| !forms::dns_subdomain(n))) {
+                    return Err("expose.ingress.className and tlsSecretName must be object names".into());
+                }
+                match i.annotations.keys().find(|k| !forms::qualified_name(k)) {
+                    Some(k) => Err(format!("expose.ingress.annotations key {k:?} is not a qualified name")),
+                    None => Ok(()),
+                }
+            }
         }
     }
 }
@@ -1262,6 +1441,8 @@ mod tests {
             signing: SigningSpec::default(),
             agents: AgentsSpec::default(),
             service: ServiceSpec::default(),
+            tls: None,
+            expose: None,
         }
     }
 
@@ -1426,6 +1607,18 @@ mod tests {
             (format!("{s3}\nagents: {{priorityClassName: High}}"), "agents.priorityClassName \"High\""),
             (format!("{s3}\nagents: {{metrics: {{podMonitor: {{interval: 0s}}}}}}"), "at least 1s"),
             (format!("{s3}\nagents: {{metrics: {{podMonitor: {{labels: {{'bad key': x}}}}}}}}"), "labels entry"),
+            (format!("{s3}\ntls: {{secretName: 'Bad_Name'}}"), "tls.secretName \"Bad_Name\""),
+            (format!("{s3}\nexpose: {{}}"), "set exactly one of expose.gateway or expose.ingress"),
+            (
+                format!("{s3}\nexpose: {{gateway: {{parentRefs: [{{name: gw}}], hostnames: [a.example]}}, ingress: {{host: a.example}}}}"),
+                "set exactly one",
+            ),
+            (format!("{s3}\nexpose: {{gateway: {{parentRefs: [{{name: gw}}], hostnames: []}}}}"), "at least one host name"),
+            (format!("{s3}\nexpose: {{gateway: {{parentRefs: [], hostnames: [a.example]}}}}"), "at least one Gateway"),
+            (format!("{s3}\nexpose: {{gateway: {{parentRefs: [{{name: gw}}], hostnames: ['*.example']}}}}"), "\"*.example\""),
+            (format!("{s3}\nexpose: {{ingress: {{host: 'https://a.example'}}}}"), "expose.ingress.host"),
+            (format!("{s3}\nexpose: {{ingress: {{host: 10.0.0.1}}}}"), "expose.ingress.host"),
+            (format!("{s3}\nexpose: {{ingress: {{host: a.example, annotations: {{'bad key': x}}}}}}"), "annotations key"),
             (
                 "storage: {url: 's3://videos'}\nsigning: {rotationInterval: 1s, propagationDelay: 0s, maxTokenLifetime: 0s, clockSkew: 0s}"
                     .into(),
@@ -1459,6 +1652,8 @@ mod tests {
             "storage: {url: 's3://videos'}\nagents: {corsOrigins: ['*', 'https://player.example', 'http://localhost:3000', 'http://[::1]:8080']}",
             "storage: {url: 's3://videos'}\nagents: {trustedProxies: [10.0.0.0/8, 192.0.2.10, 'fd00::/8', '2001:db8::1']}",
             "storage: {url: 's3://videos'}\nagents: {metrics: {podMonitor: {enabled: true, interval: 15s, labels: {release: kps}}}}",
+            "storage: {url: 's3://videos'}\ntls: {secretName: media-tls}\nexpose: {gateway: {parentRefs: [{name: public, namespace: gateways, sectionName: https}], hostnames: [video.example.com]}}",
+            "storage: {url: 's3://videos'}\nexpose: {ingress: {className: nginx, host: video.example.com, tlsSecretName: video-tls, annotations: {cert-manager.io/cluster-issuer: letsencrypt}}}",
         ] {
             yaml_spec(yaml).validate(&SigningFloors::default()).unwrap_or_else(|e| panic!("{yaml}: {e}"));
         }

@@ -14,7 +14,10 @@ use k8s_openapi::api::core::v1::{
     SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec as CoreServiceSpec,
     TopologySpreadConstraint, Volume, VolumeMount,
 };
-use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPort, NetworkPolicySpec};
+use k8s_openapi::api::networking::v1::{
+    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule, IngressServiceBackend, IngressSpec,
+    IngressTLS, NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPort, NetworkPolicySpec, ServiceBackendPort,
+};
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -30,6 +33,8 @@ use crate::keyring::KEYRING_FILE;
 /// of it: a rotation reaches running agents through the mounted Secret, without a restart.
 pub const CONFIG_HASH_ANNOTATION: &str = "videodelivery.dev/config-hash";
 pub const KEYRING_MOUNT: &str = "/etc/videodelivery/keyring";
+/// Where `spec.tls.secretName` is mounted; the agent's `--tls-cert` and `--tls-key` point into it.
+pub const TLS_MOUNT: &str = "/etc/videodelivery/tls";
 pub const HTTP_PORT: i32 = 8080;
 pub const ADMIN_PORT: i32 = 9090;
 /// The agent's `--shutdown-delay`: after SIGTERM it fails readiness but keeps accepting this long, while the
@@ -100,6 +105,12 @@ pub fn service_account(vd: &VideoDelivery) -> ServiceAccount {
     }
 }
 
+/// The scheme the agents speak: https with `spec.tls`. It names the container and Service port too, so that
+/// meshes, ingress controllers and `kubectl describe` see the protocol.
+pub fn agent_scheme(vd: &VideoDelivery) -> &'static str {
+    if vd.spec.tls.is_some() { "https" } else { "http" }
+}
+
 pub fn service(vd: &VideoDelivery) -> Service {
     let mut metadata = meta(vd, agent_name(vd));
     if !vd.spec.service.annotations.is_empty() {
@@ -111,11 +122,11 @@ pub fn service(vd: &VideoDelivery) -> Service {
             type_: Some(vd.spec.service.type_.clone()),
             selector: Some(selector_labels(vd)),
             ports: Some(vec![ServicePort {
-                name: Some("http".into()),
+                name: Some(agent_scheme(vd).into()),
                 port: vd.spec.service.port,
-                target_port: Some(IntOrString::String("http".into())),
+                target_port: Some(IntOrString::String(agent_scheme(vd).into())),
                 protocol: Some("TCP".into()),
-                app_protocol: Some("http".into()),
+                app_protocol: Some(agent_scheme(vd).into()),
                 ..Default::default()
             }]),
             ..Default::default()
@@ -126,12 +137,122 @@ pub fn service(vd: &VideoDelivery) -> Service {
 
 /// In-cluster URL of the agents, route prefix included.
 pub fn url(vd: &VideoDelivery) -> String {
-    let port = match vd.spec.service.port {
-        80 => String::new(),
-        p => format!(":{p}"),
+    let scheme = agent_scheme(vd);
+    let port = match (scheme, vd.spec.service.port) {
+        ("http", 80) | ("https", 443) => String::new(),
+        (_, p) => format!(":{p}"),
     };
     let ns = vd.namespace().unwrap_or_else(|| "default".into());
-    format!("http://{}.{ns}.svc{port}{}/", agent_name(vd), vd.spec.agents.route_prefix.trim_end_matches('/'))
+    format!("{scheme}://{}.{ns}.svc{port}{}/", agent_name(vd), vd.spec.agents.route_prefix.trim_end_matches('/'))
+}
+
+/// The public URL viewers use through `expose`: its first host name and the route prefix; https when the
+/// exposure is known to terminate TLS (`tls` is what the operator learnt of it).
+pub fn public_url(vd: &VideoDelivery, tls: bool) -> Option<String> {
+    let e = vd.spec.expose.as_ref()?;
+    let host = match (&e.gateway, &e.ingress) {
+        (Some(g), _) => g.hostnames.first()?,
+        (None, Some(i)) => &i.host,
+        (None, None) => return None,
+    };
+    let scheme = if tls { "https" } else { "http" };
+    Some(format!("{scheme}://{host}{}/", vd.spec.agents.route_prefix.trim_end_matches('/')))
+}
+
+/// The route prefix as an HTTPRoute or Ingress path prefix: both match whole segments, so a trailing `/` adds
+/// nothing, and the Ingress API refuses none but the root.
+fn path_prefix(vd: &VideoDelivery) -> String {
+    match vd.spec.agents.route_prefix.trim_end_matches('/') {
+        "" => "/".into(),
+        p => p.into(),
+    }
+}
+
+/// The Gateway API's HTTPRoute kind, for an `Api<DynamicObject>`.
+pub fn http_route_api_resource() -> ApiResource {
+    gateway_api_resource("HTTPRoute", "httproutes")
+}
+
+/// The Gateway API's Gateway kind, read to learn whether a route's listener speaks HTTPS.
+pub fn gateways_api_resource() -> ApiResource {
+    gateway_api_resource("Gateway", "gateways")
+}
+
+fn gateway_api_resource(kind: &str, plural: &str) -> ApiResource {
+    ApiResource {
+        group: "gateway.networking.k8s.io".into(),
+        version: "v1".into(),
+        api_version: "gateway.networking.k8s.io/v1".into(),
+        kind: kind.into(),
+        plural: plural.into(),
+    }
+}
+
+/// The HTTPRoute (`{name}`) for `expose.gateway`: the route prefix on the given host names, to the agents' Service.
+pub fn http_route(vd: &VideoDelivery) -> Option<DynamicObject> {
+    let g = vd.spec.expose.as_ref()?.gateway.as_ref()?;
+    let mut obj = DynamicObject::new(&vd.name_any(), &http_route_api_resource());
+    obj.metadata = meta(vd, vd.name_any());
+    let parents: Vec<serde_json::Value> = g
+        .parent_refs
+        .iter()
+        .map(|p| {
+            let mut r = serde_json::json!({"name": p.name});
+            if let Some(ns) = &p.namespace {
+                r["namespace"] = ns.clone().into();
+            }
+            if let Some(s) = &p.section_name {
+                r["sectionName"] = s.clone().into();
+            }
+            r
+        })
+        .collect();
+    obj.data = serde_json::json!({
+        "spec": {
+            "parentRefs": parents,
+            "hostnames": g.hostnames,
+            "rules": [{
+                "matches": [{"path": {"type": "PathPrefix", "value": path_prefix(vd)}}],
+                "backendRefs": [{"name": agent_name(vd), "port": vd.spec.service.port}],
+            }],
+        }
+    });
+    Some(obj)
+}
+
+/// The Ingress (`{name}`) for `expose.ingress`: the route prefix on its host, to the agents' Service, with the
+/// spec's annotations and, when a certificate Secret is named, a TLS section for the host.
+pub fn ingress(vd: &VideoDelivery) -> Option<Ingress> {
+    let i = vd.spec.expose.as_ref()?.ingress.as_ref()?;
+    let mut metadata = meta(vd, vd.name_any());
+    if !i.annotations.is_empty() {
+        metadata.annotations = Some(i.annotations.clone());
+    }
+    let backend = IngressBackend {
+        service: Some(IngressServiceBackend {
+            name: agent_name(vd),
+            port: Some(ServiceBackendPort { number: Some(vd.spec.service.port), ..Default::default() }),
+        }),
+        ..Default::default()
+    };
+    Some(Ingress {
+        metadata,
+        spec: Some(IngressSpec {
+            ingress_class_name: i.class_name.clone(),
+            tls: i
+                .tls_secret_name
+                .as_ref()
+                .map(|s| vec![IngressTLS { hosts: Some(vec![i.host.clone()]), secret_name: Some(s.clone()) }]),
+            rules: Some(vec![IngressRule {
+                host: Some(i.host.clone()),
+                http: Some(HTTPIngressRuleValue {
+                    paths: vec![HTTPIngressPath { path: Some(path_prefix(vd)), path_type: "Prefix".into(), backend }],
+                }),
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
 }
 
 /// The agent's command line. Everything that is not a secret is a flag, so `kubectl describe` shows it.
@@ -183,6 +304,10 @@ pub fn agent_args(vd: &VideoDelivery) -> Vec<String> {
     if !playback.session.secure_cookie {
         args.push("--session-cookie-insecure".into());
     }
+    if s.tls.is_some() {
+        args.push(format!("--tls-cert={TLS_MOUNT}/tls.crt"));
+        args.push(format!("--tls-key={TLS_MOUNT}/tls.key"));
+    }
     args
 }
 
@@ -197,9 +322,16 @@ fn default_resources() -> ResourceRequirements {
     }
 }
 
-/// A digest of everything that reaches the agent process except the keys: the args, the image, and the version of
-/// the storage credentials Secret (its resourceVersion, never its content).
-pub fn config_hash(vd: &VideoDelivery, image: &str, credentials_version: Option<&str>) -> String {
+/// The resourceVersions (never the content) of the Secrets that reach the agent process other than the keyring.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SecretVersions<'a> {
+    pub credentials: Option<&'a str>,
+    pub tls: Option<&'a str>,
+}
+
+/// A digest of everything that reaches the agent process except the keys: the args, the image, and the versions of
+/// the storage credentials and TLS Secrets. A renewed certificate rolls the agents, which read it at start.
+pub fn config_hash(vd: &VideoDelivery, image: &str, versions: SecretVersions) -> String {
     let mut h = Sha256::new();
     for a in agent_args(vd) {
         h.update(a.as_bytes());
@@ -207,7 +339,12 @@ pub fn config_hash(vd: &VideoDelivery, image: &str, credentials_version: Option<
     }
     h.update(image.as_bytes());
     h.update([0]);
-    h.update(credentials_version.unwrap_or("").as_bytes());
+    h.update(versions.credentials.unwrap_or("").as_bytes());
+    // Only with TLS, so that agents without it keep the hash (and pods) they had.
+    if let Some(tls) = versions.tls {
+        h.update([0]);
+        h.update(tls.as_bytes());
+    }
     h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
@@ -225,7 +362,7 @@ fn probe(path: &str, period: i32) -> Probe {
     }
 }
 
-pub fn deployment(vd: &VideoDelivery, image: &str, credentials_version: Option<&str>) -> Deployment {
+pub fn deployment(vd: &VideoDelivery, image: &str, versions: SecretVersions) -> Deployment {
     let s = &vd.spec;
     let mut volumes = vec![Volume {
         name: "keyring".into(),
@@ -260,6 +397,27 @@ pub fn deployment(vd: &VideoDelivery, image: &str, credentials_version: Option<&
             ..Default::default()
         });
     }
+    if let Some(tls) = &s.tls {
+        volumes.push(Volume {
+            name: "tls".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(tls.secret_name.clone()),
+                // Only the certificate and key (a cert-manager Secret also holds ca.crt).
+                items: Some(
+                    ["tls.crt", "tls.key"].map(|k| KeyToPath { key: k.into(), path: k.into(), mode: None }).into(),
+                ),
+                default_mode: Some(0o440),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name: "tls".into(),
+            mount_path: TLS_MOUNT.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
     let env_from = s.storage.credentials_secret_ref.as_ref().map(|r| {
         vec![EnvFromSource {
             secret_ref: Some(SecretEnvSource { name: r.name.clone(), optional: Some(false) }),
@@ -272,7 +430,7 @@ pub fn deployment(vd: &VideoDelivery, image: &str, credentials_version: Option<&
         args: Some(agent_args(vd)),
         env_from,
         ports: Some(vec![
-            ContainerPort { name: Some("http".into()), container_port: HTTP_PORT, ..Default::default() },
+            ContainerPort { name: Some(agent_scheme(vd).into()), container_port: HTTP_PORT, ..Default::default() },
             ContainerPort { name: Some("admin".into()), container_port: ADMIN_PORT, ..Default::default() },
         ]),
         readiness_probe: Some(probe("/readyz", 5)),
@@ -308,7 +466,7 @@ pub fn deployment(vd: &VideoDelivery, image: &str, credentials_version: Option<&
                     labels: Some(pod_labels),
                     annotations: Some(BTreeMap::from([(
                         CONFIG_HASH_ANNOTATION.to_string(),
-                        config_hash(vd, image, credentials_version),
+                        config_hash(vd, image, versions),
                     )])),
                     ..Default::default()
                 }),
@@ -375,7 +533,7 @@ pub fn network_policy(vd: &VideoDelivery) -> Option<NetworkPolicy> {
         ..Default::default()
     };
     let mut ingress = vec![NetworkPolicyIngressRule {
-        ports: Some(vec![port("http")]),
+        ports: Some(vec![port(agent_scheme(vd))]),
         from: (!np.from.is_empty()).then(|| np.from.clone()),
     }];
     if !np.metrics_from.is_empty() {
@@ -490,7 +648,7 @@ mod tests {
         let vd = vd(
             "storage: {url: 's3://videos/prod', endpoint: 'http://minio:9000', pathStyle: true, credentialsSecretRef: {name: s3}}",
         );
-        let d = deployment(&vd, "agent:1", Some("42"));
+        let d = deployment(&vd, "agent:1", SecretVersions { credentials: Some("42"), tls: None });
         let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
         let c = &pod.containers[0];
         let args = c.args.as_ref().unwrap();
@@ -514,9 +672,15 @@ mod tests {
         let a = vd("storage: {url: 's3://videos'}");
         let mut b = a.clone();
         b.spec.agents.cache_control = "public, max-age=60".into();
-        assert_ne!(config_hash(&a, "i", None), config_hash(&b, "i", None));
-        assert_ne!(config_hash(&a, "i", Some("1")), config_hash(&a, "i", Some("2")));
-        assert_eq!(config_hash(&a, "i", Some("1")), config_hash(&a.clone(), "i", Some("1")));
+        assert_ne!(config_hash(&a, "i", SecretVersions::default()), config_hash(&b, "i", SecretVersions::default()));
+        assert_ne!(
+            config_hash(&a, "i", SecretVersions { credentials: Some("1"), tls: None }),
+            config_hash(&a, "i", SecretVersions { credentials: Some("2"), tls: None })
+        );
+        assert_eq!(
+            config_hash(&a, "i", SecretVersions { credentials: Some("1"), tls: None }),
+            config_hash(&a.clone(), "i", SecretVersions { credentials: Some("1"), tls: None })
+        );
     }
 
     #[test]
@@ -527,10 +691,10 @@ mod tests {
         v.spec.agents.autoscaling =
             Some(AutoscalingSpec { min_replicas: 1, max_replicas: 5, target_cpu_utilization: 60 });
         assert_eq!(hpa(&v).unwrap().spec.unwrap().max_replicas, 5);
-        assert_eq!(deployment(&v, "i", None).spec.unwrap().replicas, None);
+        assert_eq!(deployment(&v, "i", SecretVersions::default()).spec.unwrap().replicas, None);
         assert!(pdb(&v).is_none(), "one minimum replica: no PDB");
         let v = vd("storage: {url: 'file:///media', volumeClaimName: films}\nagents: {replicas: 1}");
-        let pod = deployment(&v, "i", None).spec.unwrap().template.spec.unwrap();
+        let pod = deployment(&v, "i", SecretVersions::default()).spec.unwrap().template.spec.unwrap();
         assert_eq!(pod.volumes.unwrap()[1].persistent_volume_claim.as_ref().unwrap().claim_name, "films");
         assert!(pdb(&v).is_none());
     }
@@ -552,7 +716,11 @@ mod tests {
         let args = agent_args(&b);
         let proxies: Vec<&str> = args.iter().filter_map(|x| x.strip_prefix("--trusted-proxy=")).collect();
         assert_eq!(proxies, ["10.0.0.0/8", "192.0.2.10/32", "2001:db8::1/128"], "the agent takes CIDRs only");
-        assert_ne!(config_hash(&a, "i", None), config_hash(&b, "i", None), "a new proxy list rolls the agents");
+        assert_ne!(
+            config_hash(&a, "i", SecretVersions::default()),
+            config_hash(&b, "i", SecretVersions::default()),
+            "a new proxy list rolls the agents"
+        );
     }
 
     #[test]
@@ -569,7 +737,7 @@ agents:
   priorityClassName: video-critical
   imagePullSecrets: [{name: registry}]
 "#);
-        let pod = deployment(&v, "i", None).spec.unwrap().template.spec.unwrap();
+        let pod = deployment(&v, "i", SecretVersions::default()).spec.unwrap().template.spec.unwrap();
         assert_eq!(pod.node_selector.unwrap()["pool"], "video");
         assert_eq!(pod.tolerations.unwrap()[0].key.as_deref(), Some("dedicated"));
         assert!(pod.affinity.unwrap().pod_anti_affinity.is_some());
@@ -581,7 +749,12 @@ agents:
         assert_eq!(selectors[0], selector_labels(&v), "an empty selector spreads this VideoDelivery's agents");
         assert_eq!(selectors[1], BTreeMap::from([("tier".to_string(), "video".to_string())]), "a given one is kept");
         // Without scheduling fields the pod template has none of them.
-        let pod = deployment(&vd("storage: {url: 's3://v'}"), "i", None).spec.unwrap().template.spec.unwrap();
+        let pod = deployment(&vd("storage: {url: 's3://v'}"), "i", SecretVersions::default())
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
         assert!(pod.node_selector.is_none() && pod.tolerations.is_none() && pod.affinity.is_none());
         assert!(pod.topology_spread_constraints.is_none() && pod.image_pull_secrets.is_none());
         assert!(pod.priority_class_name.is_none());
@@ -659,8 +832,87 @@ agents:
             (&"admin".into(), &"/metrics".into(), &"30s".into())
         );
         // The port name is the container's.
-        let c = &deployment(&v, "i", None).spec.unwrap().template.spec.unwrap().containers[0];
+        let c = &deployment(&v, "i", SecretVersions::default()).spec.unwrap().template.spec.unwrap().containers[0];
         let admin = c.ports.as_ref().unwrap().iter().find(|p| p.name.as_deref() == Some("admin")).unwrap();
         assert_eq!(admin.container_port, ADMIN_PORT);
+    }
+
+    #[test]
+    fn tls_mounts_the_secret_passes_the_flags_and_serves_https() {
+        let plain = vd("storage: {url: 's3://v'}");
+        let v = vd("storage: {url: 's3://v'}\ntls: {secretName: media-tls}\nservice: {port: 443}");
+        let args = agent_args(&v);
+        assert!(args.contains(&"--tls-cert=/etc/videodelivery/tls/tls.crt".to_string()), "{args:?}");
+        assert!(args.contains(&"--tls-key=/etc/videodelivery/tls/tls.key".to_string()), "{args:?}");
+        assert!(!agent_args(&plain).iter().any(|a| a.starts_with("--tls")));
+        let pod = deployment(&v, "i", SecretVersions::default()).spec.unwrap().template.spec.unwrap();
+        let volume = pod.volumes.unwrap().into_iter().find(|v| v.name == "tls").unwrap();
+        assert_eq!(volume.secret.unwrap().secret_name.as_deref(), Some("media-tls"));
+        let mount = pod.containers[0].volume_mounts.clone().unwrap().into_iter().find(|m| m.name == "tls").unwrap();
+        assert_eq!((mount.mount_path.as_str(), mount.read_only), (TLS_MOUNT, Some(true)));
+        assert_eq!(pod.containers[0].ports.as_ref().unwrap()[0].name.as_deref(), Some("https"));
+        let port = service(&v).spec.unwrap().ports.unwrap().remove(0);
+        assert_eq!((port.name.as_deref(), port.app_protocol.as_deref()), (Some("https"), Some("https")));
+        assert_eq!(port.target_port, Some(IntOrString::String("https".into())));
+        assert_eq!(url(&v), "https://media-agent.web.svc/videos/");
+        // A renewed certificate rolls the agents; agents without TLS keep the hash they had.
+        let tls = |t| SecretVersions { credentials: None, tls: Some(t) };
+        assert_ne!(config_hash(&v, "i", tls("1")), config_hash(&v, "i", tls("2")));
+        assert_eq!(
+            config_hash(&plain, "i", SecretVersions::default()),
+            config_hash(&plain, "i", SecretVersions { credentials: Some(""), tls: None })
+        );
+    }
+
+    #[test]
+    fn expose_gateway_makes_an_http_route_to_the_service() {
+        assert!(http_route(&vd("storage: {url: 's3://v'}")).is_none());
+        let v = vd("storage: {url: 's3://v'}\nagents: {routePrefix: /media/}\n\
+                    expose: {gateway: {parentRefs: [{name: public, namespace: gw, sectionName: https}, {name: b}], \
+                    hostnames: [video.example.com, cdn.example.com]}}");
+        assert!(ingress(&v).is_none());
+        let json = serde_json::to_value(http_route(&v).unwrap()).unwrap();
+        assert_eq!(json["apiVersion"], "gateway.networking.k8s.io/v1");
+        assert_eq!(json["kind"], "HTTPRoute");
+        assert_eq!(json["metadata"]["name"], "media");
+        assert_eq!(json["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+        assert_eq!(
+            json["spec"]["parentRefs"],
+            serde_json::json!([{"name": "public", "namespace": "gw", "sectionName": "https"}, {"name": "b"}])
+        );
+        assert_eq!(json["spec"]["hostnames"], serde_json::json!(["video.example.com", "cdn.example.com"]));
+        let rule = &json["spec"]["rules"][0];
+        assert_eq!(rule["matches"][0]["path"], serde_json::json!({"type": "PathPrefix", "value": "/media"}));
+        assert_eq!(rule["backendRefs"][0], serde_json::json!({"name": "media-agent", "port": 80}));
+        assert_eq!(public_url(&v, true).as_deref(), Some("https://video.example.com/media/"));
+        assert_eq!(public_url(&v, false).as_deref(), Some("http://video.example.com/media/"));
+    }
+
+    #[test]
+    fn expose_ingress_makes_an_ingress_with_tls_and_annotations() {
+        let v = vd("storage: {url: 's3://v'}\nagents: {routePrefix: /}\nservice: {port: 8443}\n\
+                    expose: {ingress: {className: nginx, host: video.example.com, tlsSecretName: video-tls, \
+                    annotations: {cert-manager.io/cluster-issuer: letsencrypt}}}");
+        assert!(http_route(&v).is_none());
+        let i = ingress(&v).unwrap();
+        assert_eq!(i.metadata.name.as_deref(), Some("media"));
+        assert_eq!(i.metadata.annotations.as_ref().unwrap()["cert-manager.io/cluster-issuer"], "letsencrypt");
+        let spec = i.spec.unwrap();
+        assert_eq!(spec.ingress_class_name.as_deref(), Some("nginx"));
+        let tls = &spec.tls.unwrap()[0];
+        assert_eq!(
+            (tls.hosts.clone().unwrap(), tls.secret_name.as_deref()),
+            (vec!["video.example.com".to_string()], Some("video-tls"))
+        );
+        let rule = &spec.rules.unwrap()[0];
+        assert_eq!(rule.host.as_deref(), Some("video.example.com"));
+        let path = &rule.http.as_ref().unwrap().paths[0];
+        assert_eq!((path.path.as_deref(), path.path_type.as_str()), (Some("/"), "Prefix"));
+        let backend = path.backend.service.as_ref().unwrap();
+        assert_eq!((backend.name.as_str(), backend.port.as_ref().unwrap().number), ("media-agent", Some(8443)));
+        assert_eq!(public_url(&v, true).as_deref(), Some("https://video.example.com/"));
+        let bare = vd("storage: {url: 's3://v'}\nexpose: {ingress: {host: v.example}}");
+        let spec = ingress(&bare).unwrap().spec.unwrap();
+        assert!(spec.tls.is_none() && spec.ingress_class_name.is_none());
     }
 }

@@ -11,6 +11,8 @@ pub mod types {
     pub const READY: &str = "Ready";
     pub const KEYS_READY: &str = "KeysReady";
     pub const AGENTS_AVAILABLE: &str = "AgentsAvailable";
+    /// Present while `spec.expose` is set (or what it made is still being removed).
+    pub const EXPOSED: &str = "Exposed";
 }
 
 /// Condition reasons, CamelCase as Kubernetes writes them.
@@ -31,6 +33,14 @@ pub mod reasons {
     pub const AGENTS_UNAVAILABLE: &str = "AgentsUnavailable";
     pub const SCALED_TO_ZERO: &str = "ScaledToZero";
     pub const NOT_DEPLOYED: &str = "NotDeployed";
+    /// `spec.tls.secretName` names no Secret in the namespace.
+    pub const TLS_SECRET_MISSING: &str = "TLSSecretMissing";
+    /// `spec.tls.secretName` is not a `kubernetes.io/tls` Secret with `tls.crt` and `tls.key`.
+    pub const TLS_SECRET_INVALID: &str = "TLSSecretInvalid";
+    pub const HTTPROUTE_APPLIED: &str = "HTTPRouteApplied";
+    pub const INGRESS_APPLIED: &str = "IngressApplied";
+    /// `expose.gateway` in a cluster without the Gateway API's HTTPRoute kind.
+    pub const GATEWAY_API_UNAVAILABLE: &str = "GatewayAPIUnavailable";
 }
 
 /// The keyring as status shows it: ids, states and times, never secrets.
@@ -75,23 +85,38 @@ pub enum Blocked {
     /// The API server refused an applied object (`kind/name: message`).
     ApplyFailed(String),
     ApiUnavailable(String),
+    TlsSecretMissing(String),
+    TlsSecretInvalid(String),
+}
+
+/// What became of `spec.expose` in this reconcile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exposure {
+    /// The HTTPRoute or Ingress is applied; viewers use `url`.
+    Exposed { kind: &'static str, name: String, url: String },
+    /// It could not be applied (or, with `expose` removed, not deleted), for `reason`.
+    NotExposed { reason: &'static str, message: String },
 }
 
 impl Blocked {
-    fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> &'static str {
         match self {
             Blocked::InvalidSpec(_) => reasons::INVALID_SPEC,
             Blocked::StorageCredentialsMissing(_) => reasons::STORAGE_CREDENTIALS_MISSING,
             Blocked::ApplyFailed(_) => reasons::APPLY_FAILED,
             Blocked::ApiUnavailable(_) => reasons::API_UNAVAILABLE,
+            Blocked::TlsSecretMissing(_) => reasons::TLS_SECRET_MISSING,
+            Blocked::TlsSecretInvalid(_) => reasons::TLS_SECRET_INVALID,
         }
     }
-    fn message(&self) -> &str {
+    pub fn message(&self) -> &str {
         match self {
             Blocked::InvalidSpec(m)
             | Blocked::StorageCredentialsMissing(m)
             | Blocked::ApplyFailed(m)
-            | Blocked::ApiUnavailable(m) => m,
+            | Blocked::ApiUnavailable(m)
+            | Blocked::TlsSecretMissing(m)
+            | Blocked::TlsSecretInvalid(m) => m,
         }
     }
 }
@@ -100,12 +125,15 @@ impl Blocked {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Observed {
     pub generation: Option<i64>,
+    /// Where the agents answer: the public URL when exposed, else the in-cluster one.
     pub url: String,
     pub keys: KeysObserved,
     /// The first thing that kept the agents from matching the spec, if any.
     pub blocked: Option<Blocked>,
     /// `None` when no Deployment exists.
     pub agents: Option<AgentsObserved>,
+    /// `None` when `spec.expose` is not set and nothing made for it remains.
+    pub exposure: Option<Exposure>,
 }
 
 /// The status for `observed`. `old` supplies what this reconcile could not see (key fields when the keyring was
@@ -149,7 +177,16 @@ pub fn derive(observed: &Observed, old: &VideoDeliveryStatus, now: Timestamp) ->
         Some(a) => (false, reasons::AGENTS_UNAVAILABLE, format!("{}/{} agents available", a.available, a.desired)),
     };
 
-    // Ready says why it is not, most fundamental cause first.
+    let exposed = observed.exposure.as_ref().map(|e| match e {
+        Exposure::Exposed { kind, name, url } => {
+            let reason = if *kind == "Ingress" { reasons::INGRESS_APPLIED } else { reasons::HTTPROUTE_APPLIED };
+            (true, reason, format!("{kind} {name} routes {url} to the agents"))
+        }
+        Exposure::NotExposed { reason, message } => (false, *reason, message.clone()),
+    });
+
+    // Ready says why it is not, most fundamental cause first. A user who asked for exposure is not served until
+    // viewers can reach the agents, so a failed exposure makes Ready False too, after the agents' own causes.
     let (ready, ready_reason, ready_message) = if let Some(b) = &observed.blocked {
         let serving = match observed.agents {
             Some(a) if a.available > 0 => {
@@ -162,6 +199,8 @@ pub fn derive(observed: &Observed, old: &VideoDeliveryStatus, now: Timestamp) ->
         (false, keys_reason, keys_message.clone())
     } else if !agents_ok {
         (false, agents_reason, agents_message.clone())
+    } else if let Some((false, reason, message)) = &exposed {
+        (false, *reason, message.clone())
     } else {
         (true, reasons::READY, format!("serving at {}", observed.url))
     };
@@ -183,11 +222,15 @@ pub fn derive(observed: &Observed, old: &VideoDeliveryStatus, now: Timestamp) ->
     };
     VideoDeliveryStatus {
         observed_generation: observed.generation,
-        conditions: vec![
-            condition(types::READY, ready, ready_reason, ready_message),
-            condition(types::KEYS_READY, keys_ok, keys_reason, keys_message),
-            condition(types::AGENTS_AVAILABLE, agents_ok, agents_reason, agents_message),
-        ],
+        conditions: [
+            Some(condition(types::READY, ready, ready_reason, ready_message)),
+            Some(condition(types::KEYS_READY, keys_ok, keys_reason, keys_message)),
+            Some(condition(types::AGENTS_AVAILABLE, agents_ok, agents_reason, agents_message)),
+            exposed.map(|(ok, reason, message)| condition(types::EXPOSED, ok, reason, message)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
         active_key_id: keys.active_key_id,
         last_rotation_time: keys.last_rotation_time,
         next_rotation_time: keys.next_rotation_time,
@@ -211,7 +254,14 @@ mod tests {
     }
 
     fn observed(keys: KeysObserved, blocked: Option<Blocked>, agents: Option<AgentsObserved>) -> Observed {
-        Observed { generation: Some(7), url: "http://media-agent.ns.svc/videos/".into(), keys, blocked, agents }
+        Observed {
+            generation: Some(7),
+            url: "http://media-agent.ns.svc/videos/".into(),
+            keys,
+            blocked,
+            agents,
+            exposure: None,
+        }
     }
 
     fn cond<'a>(s: &'a VideoDeliveryStatus, t: &str) -> (&'a str, &'a str, &'a str) {
@@ -337,5 +387,35 @@ mod tests {
         let a = Some(AgentsObserved { desired: 2, ready: 2, available: 2, updated: 1 });
         let s = derive(&observed(KeysObserved::Ready(view("k1")), None, a), &Default::default(), t);
         assert_eq!(cond(&s, types::AGENTS_AVAILABLE).2, "2/2 agents available, 1 updated to the newest spec");
+    }
+
+    #[test]
+    fn a_failed_exposure_makes_ready_false_after_the_agents_own_causes() {
+        let t = Timestamp::from_second(1_800_000_000).unwrap();
+        let ready = KeysObserved::Ready(view("k1"));
+        let mut o = observed(ready.clone(), None, agents(2, 2));
+        assert!(derive(&o, &Default::default(), t).conditions.iter().all(|c| c.type_ != types::EXPOSED));
+        o.exposure = Some(Exposure::Exposed {
+            kind: "HTTPRoute",
+            name: "media".into(),
+            url: "https://video.example/videos/".into(),
+        });
+        o.url = "https://video.example/videos/".into();
+        let s = derive(&o, &Default::default(), t);
+        assert_eq!(
+            cond(&s, types::EXPOSED),
+            ("True", "HTTPRouteApplied", "HTTPRoute media routes https://video.example/videos/ to the agents")
+        );
+        assert_eq!(cond(&s, types::READY), ("True", "Ready", "serving at https://video.example/videos/"));
+        assert_eq!(s.url.as_deref(), Some("https://video.example/videos/"));
+        let down =
+            Exposure::NotExposed { reason: reasons::GATEWAY_API_UNAVAILABLE, message: "no HTTPRoute kind".into() };
+        o.exposure = Some(down);
+        let s = derive(&o, &Default::default(), t);
+        assert_eq!(cond(&s, types::EXPOSED), ("False", "GatewayAPIUnavailable", "no HTTPRoute kind"));
+        assert_eq!(cond(&s, types::READY), ("False", "GatewayAPIUnavailable", "no HTTPRoute kind"));
+        // Agents that are not there yet are the more fundamental cause.
+        o.agents = agents(2, 1);
+        assert_eq!(cond(&derive(&o, &Default::default(), t), types::READY).1, "AgentsUnavailable");
     }
 }

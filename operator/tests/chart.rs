@@ -14,7 +14,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -547,6 +547,30 @@ async fn scenario(client: &Client, ns: &str, operator: &mut Process) -> Result<(
     })
     .await?;
 
+    // spec.expose: an HTTPRoute to an HTTPS listener (status.url says https only if the Gateway can be read), then an
+    // Ingress instead (the route deleted), then nothing (the Ingress deleted).
+    common::create_gateway(client, ns, "public").await;
+    let routes: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), ns, &videodelivery_operator::resources::http_route_api_resource());
+    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), ns);
+    let gateway = serde_json::json!({"spec": {"expose": {"gateway": {"parentRefs": [{"name": "public"}], "hostnames": ["v.example.com"]}}}});
+    vds.patch("a", &PatchParams::default(), &Patch::Merge(&gateway)).await.map_err(|e| e.to_string())?;
+    wait_for("HTTPRoute made and status.url https", || async {
+        routes.get_opt("a").await.ok()??;
+        let url = vds.get("a").await.ok()?.status?.url?;
+        (url == "https://v.example.com/videos/").then_some(())
+    })
+    .await?;
+    let ingress = serde_json::json!({"spec": {"expose": {"gateway": null, "ingress": {"host": "v.example.com"}}}});
+    vds.patch("a", &PatchParams::default(), &Patch::Merge(&ingress)).await.map_err(|e| e.to_string())?;
+    wait_for("Ingress made, HTTPRoute removed", || async {
+        (ingresses.get_opt("a").await.ok()?.is_some() && routes.get_opt("a").await.ok()?.is_none()).then_some(())
+    })
+    .await?;
+    let none = serde_json::json!({"spec": {"expose": null}});
+    vds.patch("a", &PatchParams::default(), &Patch::Merge(&none)).await.map_err(|e| e.to_string())?;
+    wait_for("Ingress removed", || async { ingresses.get_opt("a").await.ok()?.is_none().then_some(()) }).await?;
+
     if let Ok(Some(status)) = operator.try_wait() {
         return Err(format!("the operator exited ({status})"));
     }
@@ -607,6 +631,7 @@ async fn installed_chart_runs_the_operator_with_exactly_enough_rights() {
     let apps = cp.namespace("apps").await.unwrap();
     let _crd = CRD_OWNER.lock().await;
     common::install_podmonitor_crd(cp);
+    common::install_gateway_api_crds(cp);
     // The chart installs the CRD (taking it over from the control plane's start, or an earlier release) with the
     // documented lab setting: floors of 1 s on both the CRD and the operator, for the scenario's 8 s rotation.
     let sets = format!("leaderElection.leaseDuration=6s,{TEST_FLOORS}");

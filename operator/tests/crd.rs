@@ -277,7 +277,11 @@ service: {annotations: {service.beta.kubernetes.io/aws-load-balancer-type: nlb, 
         assert_eq!(vd.spec, common::spec(yaml), "{name}: the API server dropped or changed a field");
         vd.validate(&SigningFloors::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
         let mut objects = vec![
-            typed(resources::deployment(&vd, "registry.example/agent:1", Some("1"))),
+            typed(resources::deployment(
+                &vd,
+                "registry.example/agent:1",
+                resources::SecretVersions { credentials: Some("1"), tls: None },
+            )),
             typed(resources::service(&vd)),
             typed(resources::service_account(&vd)),
             typed(resources::keyring_secret(&vd, Default::default(), None)),
@@ -395,7 +399,7 @@ async fn kubectl_get_vd_shows_the_printer_columns() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let header = String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or_default().to_string();
     let cols: Vec<&str> = header.split_whitespace().collect();
-    assert_eq!(cols, ["NAME", "READY", "REASON", "ACTIVE", "KEY", "AGENTS", "DESIRED", "AGE"], "{header}");
+    assert_eq!(cols, ["NAME", "READY", "REASON", "ACTIVE", "KEY", "AGENTS", "DESIRED", "URL", "AGE"], "{header}");
 }
 
 #[tokio::test]
@@ -412,7 +416,7 @@ async fn the_examples_apply_cleanly() {
     let api: Api<VideoDelivery> = Api::namespaced(cp.client().await.unwrap(), &ns);
     let names: Vec<String> =
         api.list(&Default::default()).await.unwrap().items.into_iter().map(|v| v.metadata.name.unwrap()).collect();
-    assert_eq!(names, ["archive", "courses", "demo", "live", "media"]);
+    assert_eq!(names, ["archive", "courses", "demo", "live", "media", "public"]);
     let courses = api.get("courses").await.unwrap();
     assert_eq!(courses.spec.agents.autoscaling.unwrap().target_cpu_utilization, 60, "no field was dropped");
     let live = api.get("live").await.unwrap();

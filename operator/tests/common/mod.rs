@@ -200,3 +200,55 @@ pub fn install_podmonitor_crd(cp: &ControlPlane) {
         );
     });
 }
+
+/// The Gateway API release whose standard-channel CRDs the tests install: the real ones, from its Go module.
+const GATEWAY_API: &str = "sigs.k8s.io/gateway-api@v1.4.0";
+
+/// Installs the Gateway API's standard-channel Gateway and HTTPRoute CRDs (and GatewayClass, which a Gateway names)
+/// into this test binary's control plane, once, and waits until they are served.
+pub fn install_gateway_api_crds(cp: &ControlPlane) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let out = Command::new("go").args(["mod", "download", "-json", GATEWAY_API]).output();
+        let out = out.expect("the go command is needed to fetch the Gateway API's CRDs");
+        assert!(out.status.success(), "go mod download {GATEWAY_API}: {}", String::from_utf8_lossy(&out.stdout));
+        let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let dir = std::path::PathBuf::from(info["Dir"].as_str().unwrap()).join("config/crd/standard");
+        let kubectl = vd_testsupport::binary("kubectl").unwrap();
+        let run =
+            |args: &[&str]| Command::new(&kubectl).env("KUBECONFIG", cp.kubeconfig()).args(args).output().unwrap();
+        for kind in ["gatewayclasses", "gateways", "httproutes"] {
+            let crd = dir.join(format!("gateway.networking.k8s.io_{kind}.yaml"));
+            let out = run(&["apply", "--server-side", "-f", crd.to_str().unwrap()]);
+            assert!(out.status.success(), "installing the {kind} CRD: {}", String::from_utf8_lossy(&out.stderr));
+            let out = run(&[
+                "wait",
+                "--for=condition=Established",
+                &format!("crd/{kind}.gateway.networking.k8s.io"),
+                "--timeout=30s",
+            ]);
+            assert!(
+                out.status.success(),
+                "the {kind} CRD was not established: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    });
+}
+
+/// A Gateway named `name` in `ns` with an HTTPS listener `https` (and a plain `http` one), for routes to attach
+/// to. No controller runs in the test control plane, so it stays unprogrammed; the operator only reads listeners.
+pub async fn create_gateway(client: &Client, ns: &str, name: &str) {
+    let ar = videodelivery_operator::resources::gateways_api_resource();
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
+    let mut gw = kube::api::DynamicObject::new(name, &ar);
+    gw.data = serde_json::json!({"spec": {
+        "gatewayClassName": "test",
+        "listeners": [
+            {"name": "http", "protocol": "HTTP", "port": 80},
+            {"name": "https", "protocol": "HTTPS", "port": 443,
+             "tls": {"mode": "Terminate", "certificateRefs": [{"name": "gateway-cert"}]}},
+        ],
+    }});
+    api.create(&PostParams::default(), &gw).await.unwrap();
+}
