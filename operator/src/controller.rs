@@ -294,9 +294,8 @@ impl<'a> Reconciler<'a> {
                         self.event(EventType::Warning, b.reason(), "Deploy", b.message(), None).await;
                         blocked = Some(b);
                     }
-                    Ok((credentials, tls)) if usable => {
-                        let versions =
-                            resources::SecretVersions { credentials: credentials.version(), tls: tls.version() };
+                    Ok((credentials, _tls)) if usable => {
+                        let versions = resources::SecretVersions { credentials: credentials.version() };
                         match self.agents(versions).await {
                             Ok(d) => applied = Some(d),
                             Err(AgentsError::Refused(msg)) => {

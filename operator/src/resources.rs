@@ -322,15 +322,15 @@ fn default_resources() -> ResourceRequirements {
     }
 }
 
-/// The resourceVersions (never the content) of the Secrets that reach the agent process other than the keyring.
+/// The resourceVersions (never the content) of the Secrets that reach the agent process only at its start: the
+/// storage credentials. Not the keyring or the TLS Secret, which the agent re-reads from its volume as they change.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SecretVersions<'a> {
     pub credentials: Option<&'a str>,
-    pub tls: Option<&'a str>,
 }
 
-/// A digest of everything that reaches the agent process except the keys: the args, the image, and the versions of
-/// the storage credentials and TLS Secrets. A renewed certificate rolls the agents, which read it at start.
+/// A digest of everything that reaches the agent process at start: the args, the image, and the version of the
+/// storage credentials. A renewed certificate does not roll the agents: they serve it without a restart.
 pub fn config_hash(vd: &VideoDelivery, image: &str, versions: SecretVersions) -> String {
     let mut h = Sha256::new();
     for a in agent_args(vd) {
@@ -340,11 +340,6 @@ pub fn config_hash(vd: &VideoDelivery, image: &str, versions: SecretVersions) ->
     h.update(image.as_bytes());
     h.update([0]);
     h.update(versions.credentials.unwrap_or("").as_bytes());
-    // Only with TLS, so that agents without it keep the hash (and pods) they had.
-    if let Some(tls) = versions.tls {
-        h.update([0]);
-        h.update(tls.as_bytes());
-    }
     h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
@@ -648,7 +643,7 @@ mod tests {
         let vd = vd(
             "storage: {url: 's3://videos/prod', endpoint: 'http://minio:9000', pathStyle: true, credentialsSecretRef: {name: s3}}",
         );
-        let d = deployment(&vd, "agent:1", SecretVersions { credentials: Some("42"), tls: None });
+        let d = deployment(&vd, "agent:1", SecretVersions { credentials: Some("42") });
         let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
         let c = &pod.containers[0];
         let args = c.args.as_ref().unwrap();
@@ -674,12 +669,12 @@ mod tests {
         b.spec.agents.cache_control = "public, max-age=60".into();
         assert_ne!(config_hash(&a, "i", SecretVersions::default()), config_hash(&b, "i", SecretVersions::default()));
         assert_ne!(
-            config_hash(&a, "i", SecretVersions { credentials: Some("1"), tls: None }),
-            config_hash(&a, "i", SecretVersions { credentials: Some("2"), tls: None })
+            config_hash(&a, "i", SecretVersions { credentials: Some("1") }),
+            config_hash(&a, "i", SecretVersions { credentials: Some("2") })
         );
         assert_eq!(
-            config_hash(&a, "i", SecretVersions { credentials: Some("1"), tls: None }),
-            config_hash(&a.clone(), "i", SecretVersions { credentials: Some("1"), tls: None })
+            config_hash(&a, "i", SecretVersions { credentials: Some("1") }),
+            config_hash(&a.clone(), "i", SecretVersions { credentials: Some("1") })
         );
     }
 
@@ -855,12 +850,10 @@ agents:
         assert_eq!((port.name.as_deref(), port.app_protocol.as_deref()), (Some("https"), Some("https")));
         assert_eq!(port.target_port, Some(IntOrString::String("https".into())));
         assert_eq!(url(&v), "https://media-agent.web.svc/videos/");
-        // A renewed certificate rolls the agents; agents without TLS keep the hash they had.
-        let tls = |t| SecretVersions { credentials: None, tls: Some(t) };
-        assert_ne!(config_hash(&v, "i", tls("1")), config_hash(&v, "i", tls("2")));
-        assert_eq!(
-            config_hash(&plain, "i", SecretVersions::default()),
-            config_hash(&plain, "i", SecretVersions { credentials: Some(""), tls: None })
+        // Turning TLS on changes the agents' flags, so they roll; a renewed certificate (same Secret) does not.
+        assert_ne!(
+            config_hash(&v, "i", SecretVersions::default()),
+            config_hash(&plain, "i", SecretVersions::default())
         );
     }
 
