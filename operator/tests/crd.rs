@@ -280,7 +280,7 @@ service: {annotations: {service.beta.kubernetes.io/aws-load-balancer-type: nlb, 
             typed(resources::deployment(
                 &vd,
                 "registry.example/agent:1",
-                resources::SecretVersions { credentials: Some("1"), tls: None },
+                resources::SecretVersions { credentials: Some("1") },
             )),
             typed(resources::service(&vd)),
             typed(resources::service_account(&vd)),
