@@ -253,20 +253,22 @@ impl SliceCache {
         range: Range<u64>,
     ) -> Result<(Body, Status), StorageError> {
         let body = storage.get(object, range, etag).await?;
-        let metrics = self.metrics.clone();
-        let memory = self.memory.clone();
-        let stream = body
-            .stream
-            .inspect_ok(move |b| {
-                metrics.storage_bytes.inc_by(b.len() as u64);
-            })
-            .and_then(move |chunk| {
-                let memory = memory.clone();
-                async move { memory.hold(chunk).await }
-            })
-            .boxed();
+        let stream = held(body.stream, self.memory.clone(), self.metrics.clone());
         Ok((Body { stream, content_type: body.content_type }, Status::Bypass))
     }
+}
+
+/// Storage's chunks as they arrive, counted, each holding its memory until the client has taken it.
+fn held(stream: PieceStream, memory: Memory, metrics: Arc<Metrics>) -> PieceStream {
+    stream
+        .inspect_ok(move |b| {
+            metrics.storage_bytes.inc_by(b.len() as u64);
+        })
+        .and_then(move |chunk| {
+            let memory = memory.clone();
+            async move { memory.hold(chunk).await }
+        })
+        .boxed()
 }
 
 /// Bytes a stream reads per chunk when it streams a slice past the cache (nginx sends with 32 KiB buffers too).
@@ -390,17 +392,7 @@ impl Loader {
     async fn streamed(&self, index: u64) -> Result<Piece, StorageError> {
         self.metrics.cache_streamed.inc();
         let body = self.storage.get_in_chunks(&self.object, self.wanted(index), Some(&self.etag), STREAM_CHUNK).await?;
-        let (metrics, memory) = (self.metrics.clone(), self.memory.clone());
-        let stream = body
-            .stream
-            .inspect_ok(move |b| {
-                metrics.storage_bytes.inc_by(b.len() as u64);
-            })
-            .and_then(move |chunk| {
-                let memory = memory.clone();
-                async move { memory.hold(chunk).await }
-            })
-            .boxed();
+        let stream = held(body.stream, self.memory.clone(), self.metrics.clone());
         Ok(Piece { stream, content_type: body.content_type.map(Arc::from) })
     }
 }
