@@ -274,9 +274,21 @@ fn file_mount_message() -> String {
     )
 }
 
+/// An optional `:port` in a CEL regex: 0 to 65535, so a typo like `:90000` is refused where it is written, not
+/// when the agent or a browser fails on it.
+macro_rules! port_re {
+    () => {
+        "(:([0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?"
+    };
+}
+
 /// CEL: an S3 endpoint is an absolute http(s) URL, without userinfo (a place to leak credentials), query or
 /// fragment, which the S3 client would mangle.
-const ENDPOINT_RULE: &str = "!has(self.endpoint) || self.endpoint.matches('^https?://(\\\\[[0-9A-Fa-f:.]+\\\\]|[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?)(:[0-9]{1,5})?(/[-A-Za-z0-9._~%/]*)?$')";
+const ENDPOINT_RULE: &str = concat!(
+    "!has(self.endpoint) || self.endpoint.matches('^https?://(\\\\[[0-9A-Fa-f:.]+\\\\]|[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?)",
+    port_re!(),
+    "(/[-A-Za-z0-9._~%/]*)?$')"
+);
 const ENDPOINT_MESSAGE: &str = "storage.endpoint must be a URL like https://host[:port][/path], without user, query, \
     fragment or spaces (credentials belong in credentialsSecretRef)";
 
@@ -671,8 +683,11 @@ const HEADER_VALUE_RULE: &str = "!self.matches('[\\\\x00-\\\\x1f\\\\x7f]')";
 
 /// CEL, on each `corsOrigins` entry: `*` or an origin exactly as a browser sends it in `Origin`, which the agent
 /// compares byte for byte.
-const CORS_ORIGIN_RULE: &str =
-    "self == '*' || self.matches('^https?://([a-z0-9]([-a-z0-9.]*[a-z0-9])?|\\\\[[0-9a-f:.]+\\\\])(:[0-9]{1,5})?$')";
+const CORS_ORIGIN_RULE: &str = concat!(
+    "self == '*' || self.matches('^https?://([a-z0-9]([-a-z0-9.]*[a-z0-9])?|\\\\[[0-9a-f:.]+\\\\])",
+    port_re!(),
+    "$')"
+);
 const CORS_ORIGIN_MESSAGE: &str = "each agents.corsOrigins entry must be * or an origin as browsers send it: \
     http(s)://host[:port] in lowercase, without path, trailing '/' or comma";
 
@@ -1281,7 +1296,10 @@ pub mod forms {
             Some(i) if !a[i..].contains(']') => (&a[..i], Some(&a[i + 1..])),
             _ => (a, None),
         };
-        host(h, lowercase) && port.is_none_or(|p| (1..=5).contains(&p.len()) && p.bytes().all(|c| c.is_ascii_digit()))
+        host(h, lowercase)
+            && port.is_none_or(|p| {
+                (1..=5).contains(&p.len()) && p.bytes().all(|c| c.is_ascii_digit()) && p.parse::<u16>().is_ok()
+            })
     }
 
     fn strip_scheme(s: &str) -> Option<&str> {
@@ -1597,10 +1615,12 @@ mod tests {
             ("storage: {url: 's3://videos', endpoint: 'http://minio:9000/?x=1'}".into(), "storage.endpoint must be a URL"),
             ("storage: {url: 's3://videos', endpoint: 'http://minio:9000#f'}".into(), "storage.endpoint must be a URL"),
             ("storage: {url: 's3://videos', endpoint: 'http://mi nio'}".into(), "storage.endpoint must be a URL"),
+            ("storage: {url: 's3://videos', endpoint: 'http://minio:90000'}".into(), "storage.endpoint must be a URL"),
             (format!("{s3}\nagents: {{corsOrigins: ['https://a.example/']}}"), "corsOrigins entry \"https://a.example/\""),
             (format!("{s3}\nagents: {{corsOrigins: ['https://a.example,https://b.example']}}"), "corsOrigins entry"),
             (format!("{s3}\nagents: {{corsOrigins: ['https://A.example']}}"), "corsOrigins entry"),
             (format!("{s3}\nagents: {{corsOrigins: ['a.example']}}"), "corsOrigins entry"),
+            (format!("{s3}\nagents: {{corsOrigins: ['https://a.example:65536']}}"), "corsOrigins entry"),
             (format!("{s3}\nagents: {{trustedProxies: [10.0.0.0/33]}}"), "trustedProxies entry \"10.0.0.0/33\""),
             (format!("{s3}\nagents: {{trustedProxies: [proxy.example]}}"), "trustedProxies entry"),
             (format!("{s3}\nagents: {{trustedProxies: ['::ffff:10.0.0.1']}}"), "trustedProxies entry"),

@@ -135,8 +135,10 @@ async fn nonsense_is_refused_at_apply_time_with_a_readable_message() {
         ("storage: {url: 's3://videos', endpoint: 'minio:9000'}".into(), endpoint),
         ("storage: {url: 's3://videos', endpoint: 'http://user:hunter2@minio:9000'}".into(), endpoint),
         ("storage: {url: 's3://videos', endpoint: 'http://minio:9000/?region=x'}".into(), endpoint),
+        ("storage: {url: 's3://videos', endpoint: 'http://minio:90000'}".into(), endpoint),
         (format!("{s3}\nagents: {{corsOrigins: ['https://player.example/']}}"), cors),
         (format!("{s3}\nagents: {{corsOrigins: ['https://a.example,https://b.example']}}"), cors),
+        (format!("{s3}\nagents: {{corsOrigins: ['https://player.example:65536']}}"), cors),
         (
             format!("{s3}\nagents: {{trustedProxies: [10.0.0.0/33]}}"),
             "each agents.trustedProxies entry must be a CIDR like 10.0.0.0/8",
@@ -246,7 +248,7 @@ agents:
   replicas: 3
   routePrefix: /videos/
   cacheControl: public, max-age=60
-  corsOrigins: ['*', 'https://player.example', 'http://localhost:3000']
+  corsOrigins: ['*', 'https://player.example', 'http://localhost:3000', 'https://player.example:65535']
   trustedProxies: [10.0.0.0/8, 192.0.2.10, 'fd00::/8']
   resources: {requests: {cpu: 500m, memory: 256Mi}, limits: {cpu: 1, memory: 512Mi}}
   nodeSelector: {pool: video}
