@@ -12,22 +12,6 @@ use common::*;
 use http::StatusCode;
 use vd_token::Carrier;
 
-/// Whether the server closes the connection within `within` (a read returns end-of-file or a reset).
-fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
-    s.set_read_timeout(Some(within)).unwrap();
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
-                return false;
-            }
-            Err(_) => return true,
-        }
-    }
-}
-
 fn connect(addr: SocketAddr) -> TcpStream {
     TcpStream::connect(addr).unwrap()
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -349,22 +349,6 @@ async fn a_bad_renewal_is_refused_and_the_last_good_certificate_keeps_serving() 
 
     secret.publish(&next.cert, &next.key);
     assert!(new_connections_get(agent.addr, &pki.ca(), &next.der(), Duration::from_secs(5)).await);
-}
-
-/// Whether the server closes the connection within `within` (a read returns end-of-file or a reset).
-fn closed_within(s: &mut std::net::TcpStream, within: Duration) -> bool {
-    s.set_read_timeout(Some(within)).unwrap();
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                return false;
-            }
-            Err(_) => return true,
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

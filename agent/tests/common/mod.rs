@@ -199,3 +199,20 @@ pub fn publish_secret(dir: &Path, files: &[(&str, &[u8])]) -> Vec<PathBuf> {
         })
         .collect()
 }
+
+/// Whether the server closes the connection within `within` (a read returns end-of-file or a reset).
+pub fn closed_within(s: &mut std::net::TcpStream, within: std::time::Duration) -> bool {
+    use std::io::Read;
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return false;
+            }
+            Err(_) => return true,
+        }
+    }
+}

@@ -453,6 +453,7 @@ fn free_port() -> Result<u16, Error> {
     Ok(l.local_addr().map_err(io("find a free port"))?.port())
 }
 
+/// Polls `ok` every 100 ms until it holds, or fails naming `what` after `limit`.
 fn wait_for(what: &'static str, limit: Duration, mut ok: impl FnMut() -> bool) -> Result<(), Error> {
     let deadline = Instant::now() + limit;
     while !ok() {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Node as KubeNode, ServiceAccount};
 use kube::api::Api;
 
-use crate::{ControlPlane, ControlPlaneOptions, Error, NODE_TOKEN, PROXY_TOKEN, io};
+use crate::{ControlPlane, ControlPlaneOptions, Error, NODE_TOKEN, PROXY_TOKEN, io, wait_for};
 
 /// The node's address: a /32 on `lo`, which pods reach through the bridge's gateway (they cannot reach loopback).
 pub const NODE_IP: &str = "10.87.0.1";
@@ -194,7 +194,7 @@ impl Node {
         containerd.arg(format!("--config={}", dir.join("etc/containerd.toml").display())).env("PATH", &path);
         self.spawn("containerd", containerd)?;
         let socket = dir.join("containerd.sock");
-        wait_until("containerd's socket", Duration::from_secs(30), || socket.exists())?;
+        wait_for("containerd's socket", Duration::from_secs(30), || socket.exists())?;
         run(Command::new(bin.join("ctr")).args(["--address", &socket.to_string_lossy(), "version"]))?;
         self.import_images(&["pause"], None)?;
 
@@ -257,7 +257,7 @@ impl Node {
             .arg("--conntrack-tcp-timeout-established=0")
             .arg("--conntrack-tcp-timeout-close-wait=0");
         self.spawn("kube-proxy", proxy)?;
-        wait_until("kube-proxy's first sync", Duration::from_secs(60), || {
+        wait_for("kube-proxy's first sync", Duration::from_secs(60), || {
             http_ok(&format!("127.0.0.1:{healthz}"), "/healthz")
         })?;
         Ok(())
@@ -709,17 +709,6 @@ fn run(cmd: &mut Command) -> Result<String, Error> {
             output: format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
         })
     }
-}
-
-fn wait_until(what: &'static str, limit: Duration, mut ok: impl FnMut() -> bool) -> Result<(), Error> {
-    let deadline = Instant::now() + limit;
-    while !ok() {
-        if Instant::now() > deadline {
-            return Err(Error::NotReady(what, format!("not within {limit:?}")));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(())
 }
 
 /// A plain HTTP/1.1 GET answered with 200.
