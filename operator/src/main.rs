@@ -92,14 +92,15 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(admin::serve(listener, metrics.clone(), health.clone()));
 
     let client = kube::Client::try_default().await.context("no Kubernetes client configuration found")?;
-    client.apiserver_version().await.context("the API server did not answer")?;
-    health.ready.store(true, Ordering::Relaxed);
-
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
+    if !reach_api_server(&client, stop_rx.clone()).await {
+        return Ok(());
+    }
+    health.ready.store(true, Ordering::Relaxed);
 
     let elector = args
         .leader_elect
@@ -155,6 +156,34 @@ async fn main() -> anyhow::Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// Asks the API server for its version until it answers, so a pod that starts before its node routes the
+/// `kubernetes` Service (or while the API server restarts) waits, not ready, instead of exiting into kubelet's
+/// crash-loop back-off (which grows to minutes). Each try has its own timeout: the client's read timeout is minutes.
+/// Returns false if asked to stop first.
+async fn reach_api_server(client: &kube::Client, mut stop: watch::Receiver<bool>) -> bool {
+    const TRY_TIMEOUT: Duration = Duration::from_secs(5);
+    const MAX_PAUSE: Duration = Duration::from_secs(5);
+    let mut pause = Duration::from_millis(250);
+    let mut attempt = 0u64;
+    loop {
+        attempt += 1;
+        let error = match tokio::time::timeout(TRY_TIMEOUT, client.apiserver_version()).await {
+            Ok(Ok(version)) => {
+                info!(version = %version.git_version, attempt, "API server reached");
+                return true;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {TRY_TIMEOUT:?}"),
+        };
+        warn!(%error, attempt, "API server not reached; retrying (/readyz fails until it is)");
+        tokio::select! {
+            _ = stop.wait_for(|v| *v) => return false,
+            () = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(MAX_PAUSE);
+    }
 }
 
 /// Waits for the Lease, then keeps renewing it in the background. Returns a flag that turns true if the Lease is

@@ -48,7 +48,7 @@ mod timing {
     /// How often the clients ask the backend for a URL and send a range request with it.
     pub const REQUEST_EVERY: Duration = Duration::from_millis(100);
     /// Longest wait for any pod or rollout.
-    pub const POD_READY: Duration = Duration::from_secs(120);
+    pub const POD_READY: Duration = Duration::from_secs(180);
     /// The chart's documented lab setting that lowers the production floors on signing timings (propagationDelay
     /// 2m, maxTokenLifetime 1m, rotationInterval 1h), on the CRD and the operator alike, so SIGNING is accepted.
     pub const FLOORS: &str =
@@ -242,7 +242,7 @@ async fn deploy_backend(client: &Client, ns: &str, vd: &str, lifetime: u64) {
 async fn running_backend(client: &Client, ns: &str, vd: &str) -> Backend {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let selector = format!("app.kubernetes.io/name=example-backend,app.kubernetes.io/instance={vd}");
-    eventually(&format!("the backend of {vd} Ready"), timing::POD_READY, || async {
+    settle(&format!("the backend of {vd} Ready"), timing::POD_READY, || async {
         (!ready_pods(&pods, &selector).await.is_empty()).then_some(())
     })
     .await;
@@ -383,7 +383,7 @@ fn s3_storage(s3: &S3Server) -> String {
 async fn agents_ready(client: &Client, ns: &str, name: &str, replicas: usize) {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    eventually(&format!("{replicas} ready agents of {name}"), timing::POD_READY, || async {
+    settle(&format!("{replicas} ready agents of {name}"), timing::POD_READY, || async {
         let d = deployments.get(&format!("{name}-agent")).await.ok()?;
         let s = d.status?;
         let settled = s.replicas? as usize == replicas && s.updated_replicas? as usize == replicas;
@@ -438,7 +438,7 @@ async fn the_chart_runs_on_a_real_node() {
     let labels = operator.spec.unwrap().selector.match_labels.unwrap();
     let operator_selector: String = labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
     let operator_selector = operator_selector.as_str();
-    eventually("two operator pods Ready", timing::POD_READY, || async {
+    settle("two operator pods Ready", timing::POD_READY, || async {
         (ready_pods(&system_pods, operator_selector).await.len() == 2).then_some(())
     })
     .await;
@@ -574,7 +574,7 @@ async fn the_chart_runs_on_a_real_node() {
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let before: BTreeSet<String> = ready_pods(&pods, &selector("media")).await.iter().map(|p| p.name_any()).collect();
-    eventually("the rollout replaced both agents and the old ones are gone", timing::POD_READY, || async {
+    settle("the rollout replaced both agents and the old ones are gone", timing::POD_READY, || async {
         let d = deployments.get("media-agent").await.ok()?;
         let s = d.status?;
         let all = pods.list(&ListParams::default().labels(&selector("media"))).await.ok()?.items;
@@ -653,7 +653,7 @@ async fn the_chart_runs_on_a_real_node() {
             "logFormat=text",
         ],
     );
-    eventually("the upgraded operator pods Ready", timing::POD_READY, || async {
+    settle("the upgraded operator pods Ready", timing::POD_READY, || async {
         let ready = ready_pods(&system_pods, operator_selector).await;
         let all = system_pods.list(&ListParams::default().labels(operator_selector)).await.ok()?.items;
         let upgraded = ready.iter().filter(|p| !operator_pods.contains(&p.name_any())).count();
@@ -669,7 +669,7 @@ async fn the_chart_runs_on_a_real_node() {
     .await;
     step("helm uninstall");
     helm(node, &["uninstall", "videodelivery", "--namespace", "videodelivery", "--wait", "--timeout", "120s"]);
-    eventually("no operator pod left", timing::POD_READY, || async {
+    settle("no operator pod left", timing::POD_READY, || async {
         system_pods.list(&ListParams::default()).await.ok()?.items.is_empty().then_some(())
     })
     .await;
@@ -710,6 +710,50 @@ async fn local_volume(client: &Client, ns: &str, claim: &str, path: &Path) {
     }))
     .unwrap();
     Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns).create(&PostParams::default(), &pvc).await.unwrap();
+}
+
+/// [`eventually`] for what the node must bring up: on timeout the failure carries [`cluster_report`].
+async fn settle<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let poll = async {
+        loop {
+            if let Some(v) = check().await {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    match tokio::time::timeout(limit, poll).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what} did not happen within {limit:?}\n{}", cluster_report(node())),
+    }
+}
+
+/// What a person looks at first when pods do not come up: every pod with its phase and readiness, the latest events,
+/// the logs of each pod that is not Ready (its previous run too), and the node components' log tails.
+fn cluster_report(node: &Node) -> String {
+    let run =
+        |args: &[&str]| kubectl_result(node, "default", args, "").unwrap_or_else(|e| format!("(kubectl failed: {e})"));
+    let mut out = format!("--- pods\n{}", run(&["get", "pods", "-A", "-o", "wide"]));
+    let events = run(&["get", "events", "-A", "--sort-by=.lastTimestamp"]);
+    let events: Vec<&str> = events.lines().collect();
+    out.push_str(&format!("--- events (last 40)\n{}\n", events[events.len().saturating_sub(40)..].join("\n")));
+    for line in run(&["get", "pods", "-A", "--no-headers"]).lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let [ns, pod, ready, ..] = f[..] else { continue };
+        if ready.split_once('/').is_some_and(|(r, all)| r == all) {
+            continue;
+        }
+        for previous in ["--previous=false", "--previous=true"] {
+            let logs = run(&["logs", "-n", ns, pod, "--all-containers", "--tail=30", previous]);
+            out.push_str(&format!("--- logs {ns}/{pod} {previous}\n{logs}\n"));
+        }
+    }
+    out.push_str(&node.log_tails());
+    out
 }
 
 /// The last lines of the agents' logs, to explain a failure.

@@ -545,3 +545,61 @@ async fn every_key_gets_its_own_event() {
     let kids: BTreeSet<&str> = published.iter().filter_map(|n| n.split_whitespace().nth(2)).collect();
     assert!(kids.len() >= 2, "{published:?}");
 }
+
+/// The status line of `GET path` on the operator's admin port, or None while nothing answers there.
+async fn admin_status(admin: std::net::SocketAddr, path: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(admin).await.ok()?;
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.ok()?;
+    let mut out = String::new();
+    stream.read_to_string(&mut out).await.ok()?;
+    out.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A pod can start before its node routes the `kubernetes` Service (seen on a fresh CI node): the operator must wait,
+/// not ready, and serve once the API server answers, instead of exiting into kubelet's crash-loop back-off.
+#[tokio::test]
+async fn an_operator_started_before_its_api_server_answers_waits_not_ready() {
+    let cp = ControlPlane::shared();
+    let ns = cp.namespace("lateapi").await.unwrap();
+    // A kubeconfig whose server is a port nothing listens on yet; later a forwarder to the real API server opens
+    // there (the certificate names 127.0.0.1, so TLS verifies through it).
+    let kubeconfig = std::fs::read_to_string(cp.kubeconfig()).unwrap();
+    let server = kubeconfig.lines().find_map(|l| l.trim().strip_prefix("server: https://")).unwrap().to_owned();
+    assert!(server.starts_with("127.0.0.1:"), "the shared control plane listens on loopback: {server}");
+    let late = common::free_port();
+    let path = cp.dir().join("kubeconfig-late");
+    std::fs::write(&path, kubeconfig.replace(&server, &format!("127.0.0.1:{late}"))).unwrap();
+    let mut op = Operator::start_with_kubeconfig(cp, &path, &ns, &[]);
+
+    // For 4 s the API server is unreachable: the process stays up, /healthz passes and /readyz refuses.
+    let admin = op.admin;
+    eventually("the admin port answers", LONG, || async { admin_status(admin, "/healthz").await }).await;
+    let until = std::time::Instant::now() + Duration::from_secs(4);
+    while std::time::Instant::now() < until {
+        assert_eq!(op.process.try_wait().unwrap(), None, "the operator exited:\n{}", op.process.log());
+        assert_eq!(admin_status(admin, "/readyz").await, Some(503), "{}", op.process.log());
+        assert_eq!(admin_status(admin, "/healthz").await, Some(200));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(op.process.log().contains("API server not reached; retrying"), "{}", op.process.log());
+
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", late)).await.unwrap();
+    let forwarder = tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let server = server.clone();
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&server).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    // The retry pause is capped at 5 s.
+    eventually("the operator ready once the API server answers", Duration::from_secs(20), || async {
+        (admin_status(admin, "/readyz").await == Some(200)).then_some(())
+    })
+    .await;
+    assert_eq!(op.process.try_wait().unwrap(), None, "{}", op.process.log());
+    forwarder.abort();
+}
