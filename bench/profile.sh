@@ -39,6 +39,75 @@ profile() {
   echo "$(callgrind_annotate "$work/$name.final" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}') $n $len"
 }
 
+# keepalive PORT REQUESTS RANGE_BYTES: the requests back to back on one connection (curl reuses it across `next`).
+keepalive() {
+  local cfg=$work/curl-$1.cfg
+  : >"$cfg"
+  for i in $(seq 0 $(($2 - 1))); do
+    local first=$(((i * 1048576 * 7) % ((64 << 20) - $3)))
+    ((i > 0)) && echo next >>"$cfg"
+    printf 'url = "http://127.0.0.1:%s/videos/film.mp4"\noutput = "/dev/null"\nsilent\nheader = "%s"\nheader = "Range: bytes=%s-%s"\n' \
+      "$1" "$auth" "$first" "$((first + $3 - 1))" >>"$cfg"
+  done
+  curl -K "$cfg"
+}
+
+# measure_keepalive NAME PID PORT REQUESTS RANGE_BYTES -> "instructions": a warm-up pass, then the measured one.
+measure_keepalive() {
+  keepalive "$3" "$4" "$5"
+  callgrind_control -i on "$2" >/dev/null 2>&1
+  keepalive "$3" "$4" "$5"
+  callgrind_control -i off "$2" >/dev/null 2>&1
+  callgrind_control -d "$2" >/dev/null 2>&1
+  local dump
+  dump=$(ls -t "$work/$1".out.* 2>/dev/null | head -1)
+  cp "$dump" "$work/$1.final"
+  callgrind_annotate "$work/$1.final" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}'
+}
+
+# The same requests to the agent and to nginx (one process, `master_process off`, sendfile on), each on one
+# keep-alive connection: instructions per request, user space only, for both.
+peer() {
+  local n=$1 len=$2 tag=$3
+  valgrind --tool=callgrind --callgrind-out-file="$work/agent-$tag.out" --instr-atstart=no \
+    "$bin/videodelivery-agent" --storage "file://$work/media" --keyring "$work/keyring.json" \
+    --listen 127.0.0.1:18282 --admin-listen 127.0.0.1:18283 --rate-limit 0 >"$work/agent-$tag.log" 2>&1 &
+  local apid=$!
+  mkdir -p "$work/nginx"
+  cat >"$work/nginx/nginx.conf" <<CONF
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections 64; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  keepalive_requests 100000;
+  types { video/mp4 mp4; }
+  client_body_temp_path $work/nginx; proxy_temp_path $work/nginx; fastcgi_temp_path $work/nginx;
+  uwsgi_temp_path $work/nginx; scgi_temp_path $work/nginx;
+  server {
+    listen 127.0.0.1:18284;
+    location /videos/ { alias $work/media/; }
+  }
+}
+CONF
+  valgrind --tool=callgrind --callgrind-out-file="$work/nginx-$tag.out" --instr-atstart=no \
+    nginx -c "$work/nginx/nginx.conf" -g 'daemon off; master_process off;' >"$work/nginx-$tag.log" 2>&1 &
+  local npid=$!
+  for port in 18282 18284; do
+    for _ in $(seq 300); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.2; done
+  done
+  local a b
+  a=$(measure_keepalive "agent-$tag" "$apid" 18282 "$n" "$len")
+  b=$(measure_keepalive "nginx-$tag" "$npid" 18284 "$n" "$len")
+  kill -TERM "$apid" "$npid"; wait "$apid" "$npid" 2>/dev/null || true
+  echo "$a $b"
+}
+command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx >/dev/null; }
+read -r peer_tiny_agent peer_tiny_nginx < <(peer 300 2 tiny)
+read -r peer_range_agent peer_range_nginx < <(peer 40 262144 range)
+
 read -r nocache_ir n1 len1 < <(profile nocache 0 40 1048576)
 read -r cache_ir n2 len2 < <(profile cache 256 40 1048576)
 read -r tiny_ir n3 _ < <(profile tiny 256 300 2)
@@ -62,6 +131,31 @@ top() {
   echo "| Safari probe \`bytes=0-1\`, cache warm | $n3 | 2 | $tiny_ir | - | $((tiny_ir / n3)) |"
   echo
   echo "Cache warm / cache off, instructions per MiB: $(python3 -c "print(f'{$cache_ir / $nocache_ir:.2f}')")x."
+  echo
+  echo "## Per request, agent vs nginx (one keep-alive connection each)"
+  echo
+  echo "The same requests, back to back on one keep-alive connection, to the agent (cache warm, token checked) and"
+  echo "to nginx (one process, \`master_process off\`, \`sendfile on\`, page cache warm), both under callgrind after a"
+  echo "warm-up pass. User-space instructions only: nginx's file bytes move inside the kernel (sendfile), the agent's"
+  echo "are copied from its cache by \`write\`, which the kernel also does; neither is counted."
+  echo
+  echo "| request | requests | agent instructions per request | nginx instructions per request | agent/nginx |"
+  echo "|---|---|---|---|---|"
+  echo "| \`bytes=0-1\` | 300 | $((peer_tiny_agent / 300)) | $((peer_tiny_nginx / 300)) | **$(python3 -c "print(f'{$peer_tiny_agent / $peer_tiny_nginx:.2f}')")x** |"
+  echo "| 256 KiB range | 40 | $((peer_range_agent / 40)) | $((peer_range_nginx / 40)) | **$(python3 -c "print(f'{$peer_range_agent / $peer_range_nginx:.2f}')")x** |"
+  echo
+  echo "Where the agent's \`bytes=0-1\` instructions go (inclusive cost, top 25):"
+  echo
+  echo '```'
+  callgrind_annotate --inclusive=yes "$work/agent-tiny.final" 2>/dev/null | grep -E '^ *[0-9,]+ +\(' | grep -v 'PROGRAM TOTALS' |
+    head -25 | sed -E 's/ \[[^]]*\]$//' | cut -c1-150 || true
+  echo '```'
+  echo
+  echo "nginx's \`bytes=0-1\` (self cost, top 12):"
+  echo
+  echo '```'
+  top nginx-tiny
+  echo '```'
   echo
   echo "## Where the instructions go (self cost, top 12)"
   echo

@@ -163,6 +163,7 @@ film_read=$(curl -s http://127.0.0.1:19096/metrics | awk '$1 == "videodelivery_a
 film_sent=$(curl -s http://127.0.0.1:19096/metrics | awk '$1 == "videodelivery_agent_sent_bytes_total" {print $2}')
 
 verify=skipped operator=skipped slow=skipped held=skipped
+multicore=$(sed -n '/<!-- multicore:start -->/,/<!-- multicore:end -->/p' bench/RESULTS.md 2>/dev/null || true)
 if [ "${CARGO_BENCHES:-1}" = 1 ]; then   # CARGO_BENCHES=0 skips these (quick check of the script)
   slow=$(cargo bench -q -p videodelivery-agent --bench slow_clients 2>/dev/null | grep '^|' || true)
   # A long-tail catalogue: every viewer on a different video, so no slice is shared.
@@ -238,6 +239,8 @@ fi
   echo "## Operator at scale (\`cargo bench -p videodelivery-operator --bench scale\`, real API server + KCM)"
   echo
   echo "$operator"
+  # The many-core table comes from bench/multicore.sh (often another machine): keep it.
+  if [ -n "$multicore" ]; then echo; echo "$multicore"; fi
 } >bench/RESULTS.md
 echo "bench: wrote bench/RESULTS.md" >&2
 if [ "${CARGO_BENCHES:-1}" = 1 ]; then
