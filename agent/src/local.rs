@@ -71,7 +71,7 @@ impl LocalDir {
         let micros = modified.duration_since(UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0);
         // Inode, modification time and size: a replaced or rewritten file gets a new ETag.
         let etag = format!("{:x}-{micros:x}-{:x}", md.ino(), md.size());
-        Ok((file, Meta { size: md.size(), etag: Some(etag), last_modified: modified }))
+        Ok((file, Meta::new(md.size(), Some(etag), modified)))
     }
 
     /// Kernels without `openat2` (before 5.6): one component at a time, following no link at all.

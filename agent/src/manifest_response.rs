@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, StreamBody};
 use sha2::{Digest, Sha256};
 use vd_token::{Claims, Scope, Via};
 
-use crate::conditional::{http_date, not_modified, preconditions_hold};
+use crate::conditional::{not_modified, preconditions_hold};
 use crate::manifest::{self, Grant, PrefixRequired, Rewriter};
 use crate::refusal::{Refusal, empty, set};
 use crate::server::{Body, Failure, Guard, Metered, State, content_type_for, request_host, stream_permit};
@@ -71,7 +71,7 @@ pub async fn serve<B>(
     if let Some(tag) = &etag {
         set(&mut headers, header::ETAG, tag);
     }
-    headers.insert(header::LAST_MODIFIED, http_date(meta.last_modified));
+    headers.insert(header::LAST_MODIFIED, meta.last_modified_header.clone());
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-cache"));
     headers.insert(header::VARY, HeaderValue::from_static("Authorization, Cookie"));
     headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("none"));

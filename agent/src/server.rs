@@ -23,7 +23,7 @@ use vd_token::{Claims, RequestAuth, Source, canonical_path};
 
 use crate::auth::Auth;
 use crate::cache::SliceCache;
-use crate::conditional::{http_date, if_range_holds, not_modified, preconditions_hold, quote_etag, unix_now};
+use crate::conditional::{if_range_holds, not_modified, preconditions_hold, unix_now};
 use crate::config::Config;
 use crate::metadata::MetaCache;
 use crate::metrics::{Metrics, StatusLabel};
@@ -221,23 +221,22 @@ async fn serve<B>(
 ) -> Result<Response<Body>, Failure> {
     let method = req.method();
     let meta = state.meta.get(&state.storage, object, &state.metrics).await.map_err(Refusal::Storage)?;
-    let etag = meta.etag.as_deref().map(quote_etag);
-    let mut headers = HeaderMap::new();
+    let etag = meta.quoted_etag();
+    // Room for every header a response gets, so the map never grows while it is filled.
+    let mut headers = HeaderMap::with_capacity(16);
     headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    if let Some(tag) = &etag
-        && let Ok(v) = HeaderValue::from_str(tag)
-    {
-        headers.insert(header::ETAG, v);
+    if let Some(v) = &meta.etag_header {
+        headers.insert(header::ETAG, v.clone());
     }
-    headers.insert(header::LAST_MODIFIED, http_date(meta.last_modified));
+    headers.insert(header::LAST_MODIFIED, meta.last_modified_header.clone());
     if let Some(v) = cache_control {
         headers.insert(header::CACHE_CONTROL, v.clone());
     }
 
-    if !preconditions_hold(req.headers(), etag.as_deref(), &meta) {
+    if !preconditions_hold(req.headers(), etag, &meta) {
         return Err(Refusal::PreconditionFailed.into());
     }
-    if not_modified(req.headers(), etag.as_deref(), &meta) {
+    if not_modified(req.headers(), etag, &meta) {
         let mut r = Response::new(empty());
         *r.status_mut() = StatusCode::NOT_MODIFIED;
         *r.headers_mut() = headers;
@@ -245,7 +244,7 @@ async fn serve<B>(
     }
 
     let range_header = req.headers().get(header::RANGE).and_then(|v| v.to_str().ok());
-    let range_header = range_header.filter(|_| if_range_holds(req.headers(), etag.as_deref(), &meta));
+    let range_header = range_header.filter(|_| if_range_holds(req.headers(), etag, &meta));
     let (status, range) = match range::plan(range_header, meta.size) {
         Plan::Full => (StatusCode::OK, 0..meta.size),
         Plan::Partial(r) => (StatusCode::PARTIAL_CONTENT, r),
