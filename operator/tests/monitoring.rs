@@ -46,10 +46,11 @@ fn promtool() -> PathBuf {
     String::from_utf8(out.stdout).unwrap().lines().last().expect("build.sh prints the path").into()
 }
 
+/// `helm template` of the chart with `--set-json` values (numbers stay numbers, as in a values file).
 fn helm_template(dir: &Path, sets: &[&str]) -> String {
     let out = Command::new(vd_testsupport::binary("helm").unwrap())
         .args(["template", "vd", CHART, "--namespace", "ops"])
-        .args(sets.iter().flat_map(|s| ["--set", s]))
+        .args(sets.iter().flat_map(|s| ["--set-json", s]))
         .env("HELM_CACHE_HOME", dir.join("helm/cache"))
         .env("HELM_CONFIG_HOME", dir.join("helm/config"))
         .env("HELM_DATA_HOME", dir.join("helm/data"))
@@ -174,8 +175,8 @@ fn other_exporters_series(samples: usize) -> Vec<Value> {
 /// recording (its traffic is a few MiB/s for seconds, not a month of production).
 const TEST_RULE_VALUES: &[&str] = &[
     "prometheusRule.enabled=true",
-    "prometheusRule.rateWindow=10s",
-    "prometheusRule.for=3s",
+    r#"prometheusRule.rateWindow="10s""#,
+    r#"prometheusRule.for="3s""#,
     // About 1 MiB/s in the quiet part, several MiB/s in the incident: 3 MiB/s held for a month.
     "prometheusRule.egressOverBudget.bytesPerMonth=8153726976000",
     "prometheusRule.rotationOverdue.graceSeconds=15",
@@ -281,7 +282,7 @@ fn the_rule_is_opt_in_and_its_thresholds_are_the_values() {
         dir.path(),
         &[
             "prometheusRule.enabled=true",
-            "prometheusRule.labels.release=kube-prometheus-stack",
+            r#"prometheusRule.labels.release="kube-prometheus-stack""#,
             "prometheusRule.refusalSpike.ratio=0.35",
             "prometheusRule.egressOverBudget.bytesPerMonth=10995116277760",
             "prometheusRule.highTimeToFirstByte.enabled=false",

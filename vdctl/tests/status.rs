@@ -169,6 +169,7 @@ async fn status_shows_keys_agents_and_live_traffic_read_through_the_pod_proxy() 
     stop.store(true, Ordering::Relaxed);
     load.await.unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("vdctl status printed:\n{text}");
     assert!(out.status.success(), "{text}{}\nagent log:\n{}", String::from_utf8_lossy(&out.stderr), agent.log());
     for want in [
         &format!("VideoDelivery {ns}/media: Ready=False AgentsNotReady: 1 of 2 agents ready") as &str,
