@@ -296,6 +296,42 @@ fn the_rule_is_opt_in_and_its_thresholds_are_the_values() {
     assert!(text.contains("> 10995116277760"), "{text}");
     assert!(!text.contains("VideoDeliveryHighTimeToFirstByte"), "a disabled alert is left out");
     assert!(text.contains("[5m]"), "production window by default: {text}");
+
+    // Both on pass `helm lint --strict`; a typo or an impossible threshold is refused with its path.
+    let helm = |args: &[&str]| {
+        Command::new(vd_testsupport::binary("helm").unwrap())
+            .args(args)
+            .env("HELM_CACHE_HOME", dir.path().join("helm/cache"))
+            .env("HELM_CONFIG_HOME", dir.path().join("helm/config"))
+            .env("HELM_DATA_HOME", dir.path().join("helm/data"))
+            .output()
+            .unwrap()
+    };
+    let lint = helm(&[
+        "lint",
+        "--strict",
+        CHART,
+        "--set-json",
+        "prometheusRule.enabled=true",
+        "--set-json",
+        "grafanaDashboard.enabled=true",
+    ]);
+    assert!(
+        lint.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
+    for (bad, path) in [
+        ("prometheusRule.refusalSpike.ratio=2", "/prometheusRule/refusalSpike/ratio"),
+        ("prometheusRule.refusalSpke={}", "refusalSpke"),
+        (r#"prometheusRule.rateWindow="5 minutes""#, "/prometheusRule/rateWindow"),
+        ("grafanaDashboard.labels.grafana_dashboard=1", "/grafanaDashboard/labels/grafana_dashboard"),
+    ] {
+        let out = helm(&["template", "vd", CHART, "--set-json", bad]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(path), "{bad}: {err}");
+    }
 }
 
 /// Every `expr` of the dashboard's panels and every query of its variables, with the variables substituted.
