@@ -21,6 +21,10 @@ use serde_json::{Value, json};
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/videodelivery");
 const RECORDING: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/metrics/agent-load.prom");
+/// The recording to use: `VD_RECORDING` (to try one made from another build of the agent), else the committed one.
+fn recording_path() -> PathBuf {
+    std::env::var_os("VD_RECORDING").map_or_else(|| RECORDING.into(), PathBuf::from)
+}
 /// Seconds between scrapes in the recording.
 const SCRAPE_INTERVAL_S: u64 = 1;
 /// Where the recording's incident starts, in seconds.
@@ -121,7 +125,7 @@ fn parse_sample(line: &str) -> Option<(String, BTreeMap<String, String>, f64)> {
 
 /// The recording: one map of series to value per scrape.
 fn recording() -> Vec<BTreeMap<String, f64>> {
-    let text = std::fs::read_to_string(RECORDING).unwrap();
+    let text = std::fs::read_to_string(recording_path()).unwrap();
     let mut scrapes: Vec<BTreeMap<String, f64>> = Vec::new();
     for line in text.lines() {
         if line.starts_with("### scrape ") {
@@ -433,7 +437,7 @@ mod recorder {
     use vd_testsupport::{Hang, HangFs, Process};
     use vd_token::{Carrier, Signer, UrlRequest};
 
-    use super::{INCIDENT_AT_S, RECORDING, SCRAPE_INTERVAL_S};
+    use super::{INCIDENT_AT_S, SCRAPE_INTERVAL_S};
 
     const SCRAPES: u64 = 41;
     const HOT: usize = 256 * 1024;
@@ -568,7 +572,8 @@ mod recorder {
         }
         drop(agent);
         drop(fs);
-        std::fs::write(RECORDING, out).unwrap();
-        eprintln!("wrote {RECORDING}");
+        let path = super::recording_path();
+        std::fs::write(&path, out).unwrap();
+        eprintln!("wrote {}", path.display());
     }
 }
