@@ -31,6 +31,7 @@ bash tests/controlplane/build.sh >/dev/null
 bash tests/node/build.sh >/dev/null
 bash tests/s3/build.sh >/dev/null
 bash tests/fuse/build.sh >/dev/null
+bash tests/prometheus/build.sh >/dev/null
 cargo build --workspace --locked --bins
 
 (cd sdk/typescript && npm ci --no-audit --no-fund)

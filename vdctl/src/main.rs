@@ -8,6 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use vd_token::rotation::{self, Event, RotationPolicy};
+mod status;
+mod traffic;
+
 use vd_token::{
     Carrier, IpRange, Keyring, Policy, RequestAuth, SignError, Signer, UrlRequest, Verifier, canonical_path,
 };
@@ -97,6 +100,22 @@ enum Command {
         /// Its namespace (default: the kubeconfig context's).
         #[arg(long, short = 'n')]
         namespace: Option<String>,
+    },
+    /// Show a VideoDelivery as its users see it: keys and their states, agents ready of desired, and live traffic
+    /// (bytes/s, cache hit ratio, refusals by reason) from two scrapes of every agent's /metrics through the API
+    /// server's pod proxy. No Prometheus needed; needs get on pods/proxy in the namespace.
+    Status {
+        /// The VideoDelivery's name.
+        name: String,
+        /// Its namespace (default: the kubeconfig context's).
+        #[arg(long, short = 'n')]
+        namespace: Option<String>,
+        /// Time between the two scrapes the rates are computed over.
+        #[arg(long, default_value = "5s", value_parser = parse_interval)]
+        interval: Duration,
+        /// Keys and agents only: do not scrape the agents.
+        #[arg(long)]
+        no_traffic: bool,
     },
     /// Run one rotation step on a keyring file, as the operator does on its Secret.
     Rotate {
@@ -209,6 +228,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::RequestRotation { name, namespace } => request_rotation(&name, namespace.as_deref()),
+        Command::Status { name, namespace, interval, no_traffic } => {
+            status::run(&name, namespace.as_deref(), (!no_traffic).then_some(interval))
+        }
         Command::Rotate { keyring, force, interval, propagation_delay, max_lifetime, clock_skew, now } => {
             let ring = read_keyring(&keyring)?;
             let policy = RotationPolicy {
@@ -342,6 +364,15 @@ fn split_url(url: &str) -> Result<(&str, Option<&str>)> {
         Some((p, q)) => (p, Some(q)),
         None => (rest, None),
     })
+}
+
+/// A scrape interval between 1 s and 10 min: rates over less are noise, and longer is what Prometheus is for.
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&d) {
+        return Err("must be between 1s and 10m".into());
+    }
+    Ok(d)
 }
 
 fn unix_now() -> Result<u64> {
