@@ -9,3 +9,4 @@ pub mod leader;
 pub mod metrics;
 pub mod resources;
 pub mod status;
+pub mod webhook;
