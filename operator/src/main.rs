@@ -152,7 +152,9 @@ async fn main() -> anyhow::Result<()> {
         token_lifetime: args.min_token_lifetime,
         rotation_interval: args.min_rotation_interval,
     };
-    let ctx = Arc::new(Context::new(client, metrics.clone(), args.agent_image.clone(), floors, &identity));
+    let mut ctx = Context::new(client, metrics.clone(), args.agent_image.clone(), floors, &identity);
+    ctx.sidecar_mode = args.webhook_listen.is_some();
+    let ctx = Arc::new(ctx);
     info!(namespace = args.namespace.as_deref().unwrap_or("(all)"), "reconciling VideoDeliveries");
     let mut stop = stop_rx.clone();
     let lost_flag = lost.clone();
