@@ -791,7 +791,10 @@ impl<'a> Reconciler<'a> {
     /// Sidecar mode: the pods carrying this VideoDelivery's sidecar and how many are outdated; None if unlisted.
     async fn sidecars(&self) -> Option<crate::crd::SidecarStatus> {
         let selector = format!("{}={}", crate::inject::SIDECAR_OF_LABEL, self.name);
-        let pods = self.api::<k8s_openapi::api::core::v1::Pod>().list(&kube::api::ListParams::default().labels(&selector)).await;
+        let pods = self
+            .api::<k8s_openapi::api::core::v1::Pod>()
+            .list(&kube::api::ListParams::default().labels(&selector))
+            .await;
         match pods {
             Ok(list) => {
                 let (pods, outdated) = crate::inject::count(&list.items, self.vd, &self.ctx.agent_image);

@@ -117,9 +117,11 @@ async fn main() -> anyhow::Result<()> {
     health.ready.store(true, Ordering::Relaxed);
 
     if let Some(addr) = args.webhook_listen {
-        anyhow::ensure!(!args.webhook_host.is_empty(), "--webhook-listen needs --webhook-host (the Service's DNS name)");
-        let listener =
-            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        anyhow::ensure!(
+            !args.webhook_host.is_empty(),
+            "--webhook-listen needs --webhook-host (the Service's DNS name)"
+        );
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         info!(webhook = %listener.local_addr()?, "admission webhook starting");
         let settings = webhook::WebhookSettings {
             namespace: args.lease_namespace.clone(),

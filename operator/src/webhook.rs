@@ -21,7 +21,9 @@ use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
@@ -188,9 +190,10 @@ fn new_leaf(ca_key_pem: &str, hosts: &[String], now: OffsetDateTime) -> Result<(
 pub fn renew(current: Option<&Certs>, hosts: &[String], now: OffsetDateTime) -> Result<Option<Certs>, rcgen::Error> {
     let ca_ok = current.and_then(|c| inspect(&c.ca)).is_some_and(|(end, _)| end - now > CA_RENEW_BEFORE)
         && current.is_some_and(|c| KeyPair::from_pem(&c.ca_key).is_ok());
-    let leaf_ok = current.and_then(|c| inspect(&c.cert)).is_some_and(|(end, names)| {
-        end - now > RENEW_BEFORE && hosts.iter().all(|h| names.contains(h))
-    }) && current.is_some_and(|c| KeyPair::from_pem(&c.key).is_ok());
+    let leaf_ok = current
+        .and_then(|c| inspect(&c.cert))
+        .is_some_and(|(end, names)| end - now > RENEW_BEFORE && hosts.iter().all(|h| names.contains(h)))
+        && current.is_some_and(|c| KeyPair::from_pem(&c.key).is_ok());
     match (current, ca_ok, leaf_ok) {
         (Some(_), true, true) => Ok(None),
         (Some(c), true, false) => {
@@ -200,7 +203,8 @@ pub fn renew(current: Option<&Certs>, hosts: &[String], now: OffsetDateTime) -> 
         (current, _, _) => {
             let (ca, ca_key) = new_ca(now)?;
             let (cert, key) = new_leaf(&ca_key, hosts, now)?;
-            let previous_ca = current.filter(|c| inspect(&c.ca).is_some_and(|(end, _)| end > now)).map(|c| c.ca.clone());
+            let previous_ca =
+                current.filter(|c| inspect(&c.ca).is_some_and(|(end, _)| end > now)).map(|c| c.ca.clone());
             Ok(Some(Certs { ca, ca_key, previous_ca, cert, key }))
         }
     }
@@ -212,7 +216,8 @@ pub async fn ensure_certs(client: &kube::Client, s: &WebhookSettings) -> Result<
     let api: Api<Secret> = Api::namespaced(client.clone(), &s.namespace);
     let what = || format!("Secret {}/{}", s.namespace, s.secret_name);
     for _ in 0..5 {
-        let existing = api.get_opt(&s.secret_name).await.map_err(|source| WebhookError::Api { what: what(), source })?;
+        let existing =
+            api.get_opt(&s.secret_name).await.map_err(|source| WebhookError::Api { what: what(), source })?;
         let current = existing.as_ref().and_then(Certs::from_secret);
         let Some(renewed) = renew(current.as_ref(), &s.hosts, OffsetDateTime::now_utc())? else {
             return current.ok_or_else(|| WebhookError::BadSecret(what()));
@@ -342,7 +347,12 @@ async fn refresh(client: &kube::Client, s: &WebhookSettings, resolver: &Reloadab
     write_ca_bundle(client, &s.configuration, &certs.bundle()).await
 }
 
-async fn serve(listener: TcpListener, config: Arc<rustls::ServerConfig>, client: kube::Client, settings: WebhookSettings) {
+async fn serve(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    client: kube::Client,
+    settings: WebhookSettings,
+) {
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let settings = Arc::new(settings);
@@ -420,9 +430,13 @@ async fn admit(req: &AdmissionRequest<Pod>, client: &kube::Client, s: &WebhookSe
         Ok(Ok(None)) => return deny(allowed, &Refusal::NoSuchDelivery { name, namespace }),
         Ok(Err(e)) => {
             warn!(error = %e, delivery = %name, %namespace, "cannot read the VideoDelivery for injection");
-            return allowed.deny(format!("the videodelivery operator cannot read VideoDelivery {namespace}/{name}: {e}"));
+            return allowed
+                .deny(format!("the videodelivery operator cannot read VideoDelivery {namespace}/{name}: {e}"));
         }
-        Err(_) => return allowed.deny(format!("the videodelivery operator got no answer reading VideoDelivery {namespace}/{name}")),
+        Err(_) => {
+            return allowed
+                .deny(format!("the videodelivery operator got no answer reading VideoDelivery {namespace}/{name}"));
+        }
     };
     let injected = match inject::inject(pod, &vd, &s.default_image) {
         Ok(Some(p)) => p,
