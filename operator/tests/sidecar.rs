@@ -10,8 +10,10 @@ use std::time::Duration;
 use common::{Operator, eventually, free_port};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::ResourceExt;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use kube::api::ObjectMeta;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
 use vd_testsupport::ControlPlane;
 use videodelivery_operator::crd::VideoDelivery;
 use videodelivery_operator::inject::{self, SIDECAR_HASH_ANNOTATION, SIDECAR_OF_LABEL};
@@ -203,4 +205,262 @@ async fn the_webhook_injects_opted_in_pods_refuses_clashes_and_fails_closed() {
     pods.create(&PostParams::default(), &pod("late-plain", false, serde_json::json!({}), 3000)).await.unwrap();
 
     configs.delete(&name, &DeleteParams::default()).await.unwrap();
+}
+
+/// The chart rendered as release `release` with sidecar mode on, as JSON documents.
+fn render(cp: &ControlPlane, release: &str, ns: &str) -> Vec<serde_json::Value> {
+    let out = Command::new(vd_testsupport::binary("helm").unwrap())
+        .args(["template", release, CHART, "--namespace", ns, "--set", "sidecar.enabled=true"])
+        .env("HELM_CACHE_HOME", cp.dir().join("helm/cache"))
+        .env("HELM_CONFIG_HOME", cp.dir().join("helm/config"))
+        .env("HELM_DATA_HOME", cp.dir().join("helm/data"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split("\n---")
+        .filter_map(|d| serde_yaml_ng::from_str::<serde_json::Value>(d).ok())
+        .filter(|d| d.is_object())
+        .collect()
+}
+
+fn rules_of(docs: &[serde_json::Value], kind: &str, name: &str) -> Vec<PolicyRule> {
+    let doc = docs
+        .iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("{kind} {name}"));
+    serde_json::from_value(doc["rules"].clone()).unwrap()
+}
+
+/// Binds rules to the ServiceAccount `operator` of `ns` (the watched namespace): `watched` in a Role there,
+/// `own` in a Role in `sys` (the operator's own namespace, where its Secret lives), `cluster` in a ClusterRole.
+async fn grant(
+    client: &Client,
+    ns: &str,
+    sys: &str,
+    watched: Vec<PolicyRule>,
+    own: Vec<PolicyRule>,
+    cluster: Vec<PolicyRule>,
+) {
+    let subject = Subject {
+        kind: "ServiceAccount".into(),
+        name: "operator".into(),
+        namespace: Some(ns.into()),
+        ..Default::default()
+    };
+    let meta = |name: &str| ObjectMeta { name: Some(name.into()), ..Default::default() };
+    let role_ref = |kind: &str, name: &str| RoleRef {
+        api_group: "rbac.authorization.k8s.io".into(),
+        kind: kind.into(),
+        name: name.into(),
+    };
+    for (namespace, rules) in [(ns, watched), (sys, own)] {
+        Api::<Role>::namespaced(client.clone(), namespace)
+            .create(&PostParams::default(), &Role { metadata: meta("operator"), rules: Some(rules) })
+            .await
+            .unwrap();
+        Api::<RoleBinding>::namespaced(client.clone(), namespace)
+            .create(
+                &PostParams::default(),
+                &RoleBinding {
+                    metadata: meta("operator"),
+                    role_ref: role_ref("Role", "operator"),
+                    subjects: Some(vec![subject.clone()]),
+                },
+            )
+            .await
+            .unwrap();
+    }
+    if !cluster.is_empty() {
+        Api::<ClusterRole>::all(client.clone())
+            .create(
+                &PostParams::default(),
+                &ClusterRole { metadata: meta(ns), rules: Some(cluster), ..Default::default() },
+            )
+            .await
+            .unwrap();
+        Api::<ClusterRoleBinding>::all(client.clone())
+            .create(
+                &PostParams::default(),
+                &ClusterRoleBinding {
+                    metadata: meta(ns),
+                    role_ref: role_ref("ClusterRole", ns),
+                    subjects: Some(vec![subject]),
+                },
+            )
+            .await
+            .unwrap();
+    }
+}
+
+async fn within<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!("{what} did not happen within {limit:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// What sidecar mode needs its rights for: the certificate made (create) and the bundle written (get, update of the
+/// configuration), a pod injected, its count in status (list pods), and a broken certificate replaced after a
+/// restart (get, update of the Secret).
+#[allow(clippy::too_many_arguments)]
+async fn rbac_scenario(
+    cp: &ControlPlane,
+    client: &Client,
+    ns: &str,
+    sys: &str,
+    release: &str,
+    watched: Vec<PolicyRule>,
+    own: Vec<PolicyRule>,
+    cluster: Vec<PolicyRule>,
+) -> Result<(), String> {
+    let docs = render(cp, release, sys);
+    let configuration = format!("{release}-videodelivery-sidecar-injector");
+    let secret_name = format!("{release}-videodelivery-webhook-tls");
+    let port = free_port();
+    let configs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let mut config =
+        chart_webhook_configuration(cp, &configuration, &format!("https://127.0.0.1:{port}/mutate-pods"), ns);
+    let chart_config = docs.iter().find(|d| d["kind"] == "MutatingWebhookConfiguration").unwrap();
+    assert_eq!(chart_config["metadata"]["name"], configuration.as_str());
+    config.metadata.name = Some(configuration.clone());
+    configs.create(&PostParams::default(), &config).await.map_err(|e| e.to_string())?;
+    grant(client, ns, sys, watched, own, cluster).await;
+    common::create(client, ns, "media", "storage: {url: 's3://videos'}\nagents: {replicas: 1}").await;
+    let kubeconfig = cp.kubeconfig_as(ns, "operator").await.map_err(|e| e.to_string())?;
+    let flags = [
+        format!("--webhook-listen=127.0.0.1:{port}"),
+        "--webhook-host=127.0.0.1".into(),
+        format!("--webhook-configuration={configuration}"),
+        format!("--webhook-secret={secret_name}"),
+        format!("--lease-namespace={sys}"),
+    ];
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let short = Duration::from_secs(25);
+    let result = async {
+        let mut op = Operator::start_with_kubeconfig(cp, &kubeconfig, ns, &flags);
+        within("the CA bundle written", short, || async {
+            configs.get(&configuration).await.ok()?.webhooks?.remove(0).client_config.ca_bundle
+        })
+        .await?;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+        let app = pod("app", true, serde_json::json!({"videodelivery.dev/delivery": "media"}), 3000);
+        let created = within("an opted-in pod admitted", short, || async {
+            pods.create(&PostParams::default(), &app).await.ok()
+        })
+        .await?;
+        inject::sidecar(&created).ok_or("no sidecar")?;
+        let vds: Api<VideoDelivery> = Api::namespaced(client.clone(), ns);
+        vds.patch(
+            "media",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"annotations": {"touch": "1"}}})),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        within("status.sidecars.pods = 1", short, || async {
+            (vds.get("media").await.ok()?.status?.sidecars?.pods == 1).then_some(())
+        })
+        .await?;
+        op.process.terminate(Duration::from_secs(10));
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), sys);
+        secrets
+            .patch(
+                &secret_name,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"data": {"tls.crt": "YnJva2Vu"}})),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let _op = Operator::start_with_kubeconfig(cp, &kubeconfig, ns, &flags);
+        within("the broken certificate replaced", short, || async {
+            let s = secrets.get(&secret_name).await.ok()?;
+            (s.data?.get("tls.crt")?.0 != b"broken").then_some(())
+        })
+        .await
+    }
+    .await;
+    let _ = configs.delete(&configuration, &DeleteParams::default()).await;
+    result
+}
+
+/// Every rule the chart adds for sidecar mode is needed: the scenario passes with the chart's rules and fails with
+/// any one rule, or any one verb of it, taken away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecar_mode_needs_each_rule_the_chart_grants() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await.unwrap();
+    // The rules a namespaced operator needs anyway (the chart's main ClusterRole), granted in full each time.
+    let base = {
+        let docs = render(cp, "base", "x");
+        rules_of(&docs, "ClusterRole", "base-videodelivery")
+    };
+    // (namespaced?, rule) for each sidecar rule, in a given release's rendering.
+    // (where, rule) for each sidecar rule in a release's rendering: 0 the operator's namespace, 1 the cluster,
+    // 2 the watched namespace.
+    let sidecar_rules = |release: &str, sys: &str| -> Vec<(u8, PolicyRule)> {
+        let docs = render(cp, release, sys);
+        let full = format!("{release}-videodelivery");
+        let mut r: Vec<(u8, PolicyRule)> =
+            rules_of(&docs, "Role", &format!("{full}-webhook")).into_iter().map(|r| (0, r)).collect();
+        r.extend(rules_of(&docs, "ClusterRole", &format!("{full}-webhook")).into_iter().map(|r| (1, r)));
+        r.extend(rules_of(&docs, "ClusterRole", &format!("{full}-sidecars")).into_iter().map(|r| (2, r)));
+        r
+    };
+    let count = sidecar_rules("probe", "x").len();
+    assert_eq!(count, 5, "secrets by name, secrets create, the configuration, videodeliveries, pods");
+    // Variant None: all rules; Some((i, verb)): rule i without `verb` (None: without the whole rule).
+    let mut variants: Vec<Option<(usize, Option<String>)>> = vec![None];
+    for (i, (_, r)) in sidecar_rules("probe", "x").iter().enumerate() {
+        variants.push(Some((i, None)));
+        if r.verbs.len() > 1 {
+            variants.extend(r.verbs.iter().map(|v| Some((i, Some(v.clone())))));
+        }
+    }
+    let runs = variants.iter().enumerate().map(|(n, variant)| {
+        let (client, base) = (client.clone(), base.clone());
+        let variant = variant.clone();
+        async move {
+            let ns = cp.namespace("sc-rbac").await.unwrap();
+            let sys = cp.namespace("sc-sys").await.unwrap();
+            let release = format!("r{n}x{}", std::process::id());
+            let (mut watched, mut own, mut cluster) = (base, Vec::new(), Vec::new());
+            for (i, (place, mut rule)) in sidecar_rules(&release, &sys).into_iter().enumerate() {
+                match &variant {
+                    Some((j, None)) if *j == i => continue,
+                    Some((j, Some(verb))) if *j == i => rule.verbs.retain(|v| v != verb),
+                    _ => {}
+                }
+                match place {
+                    0 => own.push(rule),
+                    1 => cluster.push(rule),
+                    _ => watched.push(rule),
+                }
+            }
+            let label = match &variant {
+                None => "all rules".to_string(),
+                Some((i, v)) => format!("rule {i} without {}", v.as_deref().unwrap_or("all its verbs")),
+            };
+            (label, variant.is_none(), rbac_scenario(cp, &client, &ns, &sys, &release, watched, own, cluster).await)
+        }
+    });
+    let mut wrong = Vec::new();
+    for (label, full, result) in futures::future::join_all(runs).await {
+        eprintln!("{label}: {result:?}");
+        if result.is_ok() != full {
+            wrong.push(format!("{label}: {result:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
 }
