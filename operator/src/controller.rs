@@ -61,6 +61,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// The agent image when a VideoDelivery names none.
     pub agent_image: String,
+    /// Sidecar mode is on: status counts the injected pods (and the operator may list pods).
+    pub sidecar_mode: bool,
     /// The shortest signing timings accepted (the CRD has the same rules unless it is older than the operator).
     pub floors: SigningFloors,
     failures: Mutex<HashMap<ObjectRef<VideoDelivery>, u32>>,
@@ -82,6 +84,7 @@ impl Context {
             client,
             metrics,
             agent_image,
+            sidecar_mode: false,
             floors,
             failures: Mutex::default(),
             store: OnceLock::new(),
@@ -785,11 +788,33 @@ impl<'a> Reconciler<'a> {
         }
     }
 
+    /// Sidecar mode: the pods carrying this VideoDelivery's sidecar and how many are outdated; None if unlisted.
+    async fn sidecars(&self) -> Option<crate::crd::SidecarStatus> {
+        let selector = format!("{}={}", crate::inject::SIDECAR_OF_LABEL, self.name);
+        let pods = self
+            .api::<k8s_openapi::api::core::v1::Pod>()
+            .list(&kube::api::ListParams::default().labels(&selector))
+            .await;
+        match pods {
+            Ok(list) => {
+                let (pods, outdated) = crate::inject::count(&list.items, self.vd, &self.ctx.agent_image);
+                Some(crate::crd::SidecarStatus { pods, outdated })
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot list the pods with sidecars");
+                None
+            }
+        }
+    }
+
     /// Step 5: tell the truth in status. Written only when something changed, so a quiet object stays quiet.
     async fn write_status(&self, observed: &Observed) -> Result<(), Error> {
         let old = self.vd.status.clone().unwrap_or_default();
         let now = Timestamp::from_second(Timestamp::now().as_second()).unwrap_or(Timestamp::UNIX_EPOCH);
-        let status = status::derive(observed, &old, now);
+        let mut status = status::derive(observed, &old, now);
+        if self.ctx.sidecar_mode {
+            status.sidecars = self.sidecars().await.or(old.sidecars.clone());
+        }
         if status == old {
             return Ok(());
         }

@@ -1433,6 +1433,19 @@ pub struct VideoDeliveryStatus {
     /// Where the agents answer inside the cluster, route prefix included.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// Sidecar mode: the pods that carry this VideoDelivery's injected agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sidecars: Option<SidecarStatus>,
+}
+
+/// Counted at each reconcile (at least every few minutes), from the label and settings digest the webhook writes.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SidecarStatus {
+    /// Running or pending pods with the sidecar.
+    pub pods: i32,
+    /// Those built from other settings or another image than the current ones: roll their owners to update them.
+    pub outdated: i32,
 }
 
 /// One key of the keyring, without its secret.

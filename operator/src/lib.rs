@@ -3,8 +3,10 @@
 pub mod admin;
 pub mod controller;
 pub mod crd;
+pub mod inject;
 pub mod keyring;
 pub mod leader;
 pub mod metrics;
 pub mod resources;
 pub mod status;
+pub mod webhook;

@@ -15,6 +15,7 @@ use videodelivery_operator::controller::{self, Context};
 use videodelivery_operator::crd::SigningFloors;
 use videodelivery_operator::leader::{LeaderElector, Leadership};
 use videodelivery_operator::metrics::Metrics;
+use videodelivery_operator::webhook;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -57,6 +58,19 @@ struct Args {
     /// Shortest signing.rotationInterval accepted.
     #[arg(long, env = "VD_MIN_ROTATION_INTERVAL", default_value = "1h", value_parser = vd_token::duration::parse)]
     min_rotation_interval: GoDuration,
+    /// Sidecar mode: serve the mutating admission webhook (`/mutate-pods`, HTTPS) on this address. Every replica
+    /// serves it, leader or not.
+    #[arg(long, env = "VD_WEBHOOK_LISTEN")]
+    webhook_listen: Option<SocketAddr>,
+    /// Secret in the operator's namespace (POD_NAMESPACE) holding the webhook's CA and serving certificate.
+    #[arg(long, env = "VD_WEBHOOK_SECRET", default_value = "videodelivery-webhook-tls")]
+    webhook_secret: String,
+    /// The MutatingWebhookConfiguration whose caBundle the operator writes.
+    #[arg(long, env = "VD_WEBHOOK_CONFIGURATION", default_value = "videodelivery-sidecar-injector")]
+    webhook_configuration: String,
+    /// Names the webhook's certificate covers (the Service's DNS names); comma-separated or repeated.
+    #[arg(long, env = "VD_WEBHOOK_HOSTS", value_delimiter = ',')]
+    webhook_host: Vec<String>,
     #[arg(long, env = "VD_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
 }
@@ -102,6 +116,23 @@ async fn main() -> anyhow::Result<()> {
     }
     health.ready.store(true, Ordering::Relaxed);
 
+    if let Some(addr) = args.webhook_listen {
+        anyhow::ensure!(
+            !args.webhook_host.is_empty(),
+            "--webhook-listen needs --webhook-host (the Service's DNS name)"
+        );
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        info!(webhook = %listener.local_addr()?, "admission webhook starting");
+        let settings = webhook::WebhookSettings {
+            namespace: args.lease_namespace.clone(),
+            secret_name: args.webhook_secret.clone(),
+            configuration: args.webhook_configuration.clone(),
+            hosts: args.webhook_host.clone(),
+            default_image: args.agent_image.clone(),
+        };
+        tokio::spawn(webhook::run(client.clone(), settings, listener, stop_rx.clone()));
+    }
+
     let elector = args
         .leader_elect
         .then(|| {
@@ -123,7 +154,9 @@ async fn main() -> anyhow::Result<()> {
         token_lifetime: args.min_token_lifetime,
         rotation_interval: args.min_rotation_interval,
     };
-    let ctx = Arc::new(Context::new(client, metrics.clone(), args.agent_image.clone(), floors, &identity));
+    let mut ctx = Context::new(client, metrics.clone(), args.agent_image.clone(), floors, &identity);
+    ctx.sidecar_mode = args.webhook_listen.is_some();
+    let ctx = Arc::new(ctx);
     info!(namespace = args.namespace.as_deref().unwrap_or("(all)"), "reconciling VideoDeliveries");
     let mut stop = stop_rx.clone();
     let lost_flag = lost.clone();

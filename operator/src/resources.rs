@@ -42,7 +42,7 @@ pub const ADMIN_PORT: i32 = 9090;
 const SHUTDOWN_DELAY_SECONDS: i64 = 5;
 /// The agent's `--shutdown-grace`: running streams then have this long to finish.
 const SHUTDOWN_GRACE_SECONDS: i64 = 30;
-const AGENT_UID: i64 = 65532;
+pub const AGENT_UID: i64 = 65532;
 
 pub fn keyring_secret_name(vd: &VideoDelivery) -> String {
     format!("{}-keyring", vd.name_any())
@@ -255,13 +255,40 @@ pub fn ingress(vd: &VideoDelivery) -> Option<Ingress> {
     })
 }
 
+/// Where an agent container listens, what it serves and how its volumes are named. The fleet uses the defaults; an
+/// injected sidecar moves its ports away from its app's, may serve one of its pod's volumes, and prefixes its names
+/// so they cannot collide with the pod's own.
+#[derive(Debug, Clone)]
+pub struct AgentLayout<'a> {
+    pub http_port: i32,
+    pub admin_port: i32,
+    /// Served instead of `spec.storage.url` (a sidecar serving its pod's volume as `file://`).
+    pub storage: Option<&'a str>,
+    /// Prefix of the container's volume and port names.
+    pub prefix: &'a str,
+    /// Mode of the keyring and TLS files. The fleet's pods set fsGroup, so 0440 reads; a sidecar cannot rely on its
+    /// pod's fsGroup, and its volumes are mounted in the sidecar alone.
+    pub secret_mode: i32,
+}
+
+impl Default for AgentLayout<'_> {
+    fn default() -> Self {
+        AgentLayout { http_port: HTTP_PORT, admin_port: ADMIN_PORT, storage: None, prefix: "", secret_mode: 0o440 }
+    }
+}
+
 /// The agent's command line. Everything that is not a secret is a flag, so `kubectl describe` shows it.
 pub fn agent_args(vd: &VideoDelivery) -> Vec<String> {
+    agent_args_with(vd, &AgentLayout::default())
+}
+
+/// The agent's command line for a layout.
+pub fn agent_args_with(vd: &VideoDelivery, layout: &AgentLayout) -> Vec<String> {
     let s = &vd.spec;
     let mut args = vec![
-        format!("--listen=0.0.0.0:{HTTP_PORT}"),
-        format!("--admin-listen=0.0.0.0:{ADMIN_PORT}"),
-        format!("--storage={}", s.storage.url),
+        format!("--listen=0.0.0.0:{}", layout.http_port),
+        format!("--admin-listen=0.0.0.0:{}", layout.admin_port),
+        format!("--storage={}", layout.storage.unwrap_or(&s.storage.url)),
         format!("--keyring={KEYRING_MOUNT}/{KEYRING_FILE}"),
         format!("--route-prefix={}", s.agents.route_prefix),
         format!("--max-token-lifetime={}", s.signing.max_token_lifetime),
@@ -343,11 +370,11 @@ pub fn config_hash(vd: &VideoDelivery, image: &str, versions: SecretVersions) ->
     h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
-fn probe(path: &str, period: i32) -> Probe {
+fn probe(path: &str, period: i32, port: &str) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
-            port: IntOrString::String("admin".into()),
+            port: IntOrString::String(port.into()),
             ..Default::default()
         }),
         period_seconds: Some(period),
@@ -357,28 +384,34 @@ fn probe(path: &str, period: i32) -> Probe {
     }
 }
 
-pub fn deployment(vd: &VideoDelivery, image: &str, versions: SecretVersions) -> Deployment {
+/// The agent container and the volumes it mounts: the keyring (re-read as it rotates), the TLS Secret, and the
+/// media claim of `file://` storage unless the layout serves other storage. The fleet's Deployment and the injected
+/// sidecar are both built here, so they cannot drift apart.
+pub fn agent_container(vd: &VideoDelivery, image: &str, layout: &AgentLayout) -> (Container, Vec<Volume>) {
     let s = &vd.spec;
+    let p = layout.prefix;
     let mut volumes = vec![Volume {
-        name: "keyring".into(),
+        name: format!("{p}keyring"),
         secret: Some(SecretVolumeSource {
             secret_name: Some(keyring_secret_name(vd)),
             // Only the keyring document: agents have no use for the separate active-key field.
             items: Some(vec![KeyToPath { key: KEYRING_FILE.into(), path: KEYRING_FILE.into(), mode: None }]),
-            default_mode: Some(0o440),
+            default_mode: Some(layout.secret_mode),
             ..Default::default()
         }),
         ..Default::default()
     }];
     let mut mounts = vec![VolumeMount {
-        name: "keyring".into(),
+        name: format!("{p}keyring"),
         mount_path: KEYRING_MOUNT.into(),
         read_only: Some(true),
         ..Default::default()
     }];
-    if let (Some(dir), Some(claim)) = (s.storage.url.strip_prefix("file://"), &s.storage.volume_claim_name) {
+    if let (None, Some(dir), Some(claim)) =
+        (layout.storage, s.storage.url.strip_prefix("file://"), &s.storage.volume_claim_name)
+    {
         volumes.push(Volume {
-            name: "media".into(),
+            name: format!("{p}media"),
             persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
                 claim_name: claim.clone(),
                 read_only: Some(true),
@@ -386,7 +419,7 @@ pub fn deployment(vd: &VideoDelivery, image: &str, versions: SecretVersions) -> 
             ..Default::default()
         });
         mounts.push(VolumeMount {
-            name: "media".into(),
+            name: format!("{p}media"),
             mount_path: dir.into(),
             read_only: Some(true),
             ..Default::default()
@@ -394,20 +427,20 @@ pub fn deployment(vd: &VideoDelivery, image: &str, versions: SecretVersions) -> 
     }
     if let Some(tls) = &s.tls {
         volumes.push(Volume {
-            name: "tls".into(),
+            name: format!("{p}tls"),
             secret: Some(SecretVolumeSource {
                 secret_name: Some(tls.secret_name.clone()),
                 // Only the certificate and key (a cert-manager Secret also holds ca.crt).
                 items: Some(
                     ["tls.crt", "tls.key"].map(|k| KeyToPath { key: k.into(), path: k.into(), mode: None }).into(),
                 ),
-                default_mode: Some(0o440),
+                default_mode: Some(layout.secret_mode),
                 ..Default::default()
             }),
             ..Default::default()
         });
         mounts.push(VolumeMount {
-            name: "tls".into(),
+            name: format!("{p}tls"),
             mount_path: TLS_MOUNT.into(),
             read_only: Some(true),
             ..Default::default()
@@ -419,17 +452,22 @@ pub fn deployment(vd: &VideoDelivery, image: &str, versions: SecretVersions) -> 
             ..Default::default()
         }]
     });
+    let admin = format!("{p}admin");
     let container = Container {
         name: "agent".into(),
         image: Some(image.into()),
-        args: Some(agent_args(vd)),
+        args: Some(agent_args_with(vd, layout)),
         env_from,
         ports: Some(vec![
-            ContainerPort { name: Some(agent_scheme(vd).into()), container_port: HTTP_PORT, ..Default::default() },
-            ContainerPort { name: Some("admin".into()), container_port: ADMIN_PORT, ..Default::default() },
+            ContainerPort {
+                name: Some(format!("{p}{}", agent_scheme(vd))),
+                container_port: layout.http_port,
+                ..Default::default()
+            },
+            ContainerPort { name: Some(admin.clone()), container_port: layout.admin_port, ..Default::default() },
         ]),
-        readiness_probe: Some(probe("/readyz", 5)),
-        liveness_probe: Some(probe("/healthz", 10)),
+        readiness_probe: Some(probe("/readyz", 5, &admin)),
+        liveness_probe: Some(probe("/healthz", 10, &admin)),
         resources: Some(s.agents.resources.clone().unwrap_or_else(default_resources)),
         volume_mounts: Some(mounts),
         security_context: Some(SecurityContext {
@@ -441,6 +479,12 @@ pub fn deployment(vd: &VideoDelivery, image: &str, versions: SecretVersions) -> 
         }),
         ..Default::default()
     };
+    (container, volumes)
+}
+
+pub fn deployment(vd: &VideoDelivery, image: &str, versions: SecretVersions) -> Deployment {
+    let s = &vd.spec;
+    let (container, volumes) = agent_container(vd, image, &AgentLayout::default());
     let mut pod_labels = labels(vd);
     pod_labels.insert("app.kubernetes.io/component".into(), "agent".into());
     Deployment {

@@ -238,6 +238,8 @@ pub fn derive(observed: &Observed, old: &VideoDeliveryStatus, now: Timestamp) ->
         desired_agents: observed.agents.map(|a| a.desired),
         ready_agents: observed.agents.map(|a| a.ready),
         url: Some(observed.url.clone()),
+        // Counted by the controller in sidecar mode, not derived here.
+        sidecars: old.sidecars.clone(),
     }
 }
 
