@@ -45,6 +45,9 @@ impl Traefik {
             // Outside a pod: never take the in-cluster configuration.
             .env_remove("KUBERNETES_SERVICE_HOST")
             .arg(format!("--entryPoints.websecure.address={address}:{https_port}"))
+            // Every router on this entrypoint terminates TLS: an Ingress's spec.tls only supplies certificates to
+            // Traefik, its router stays plain HTTP (and answers 404 to HTTPS) unless the entrypoint says so.
+            .arg("--entryPoints.websecure.http.tls=true")
             .arg(format!("--entryPoints.traefik.address=127.0.0.1:{ping_port}"))
             .arg("--ping=true")
             .arg("--ping.entryPoint=traefik")
@@ -55,6 +58,7 @@ impl Traefik {
             .arg("--global.checkNewVersion=false")
             .arg("--global.sendAnonymousUsage=false")
             .arg("--log.level=INFO")
+            .arg("--log.noColor=true")
             .arg("--accessLog=true");
         let mut process = Process::spawn(cmd, log)?;
         let pinged = wait_for("traefik", Duration::from_secs(30), || {
