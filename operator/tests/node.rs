@@ -2,8 +2,9 @@
 //! installed with `helm install`, the operator and the agents running as pods from images built by
 //! `scripts/images.sh`, the example backend (examples/backend) as a pod that signs with the keyring Secret mounted
 //! into it, range requests with the URLs it mints through the agents' Service (ClusterIP and NodePort), a rolling
-//! update and a key rotation under steady traffic without one failed request, the PDB holding an eviction, viewers
-//! over HTTPS through Traefik (an HTTPRoute and an Ingress the operator makes), and `helm upgrade` and `helm uninstall`.
+//! update and a key rotation under steady traffic without one failed request, the PDB holding an eviction,
+//! viewers over HTTPS through Traefik (an HTTPRoute and an Ingress the operator makes), and `helm upgrade` and
+//! `helm uninstall`.
 
 mod common;
 
