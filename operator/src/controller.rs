@@ -22,6 +22,7 @@ use vd_token::rotation::{Event as KeyEvent, next_rotation};
 use vd_token::{KeyState, Keyring};
 
 use crate::crd::{KeyStatus, ROTATE_ANNOTATION, SigningFloors, VideoDelivery};
+use crate::expose::{self, Verdict};
 use crate::keyring::{self, KeyringSecretError, ROTATION_HANDLED_ANNOTATION};
 use crate::metrics::Metrics;
 use crate::resources::{self, MANAGED_BY};
@@ -35,6 +36,8 @@ const HANDOFF_MANAGER: &str = "videodelivery-operator-handoff";
 const RESYNC: Duration = Duration::from_secs(300);
 /// While the API server refuses an owned object, look again at least this often.
 const REFUSED_RETRY: Duration = Duration::from_secs(20);
+/// How soon a route or Ingress that its controller has not (yet) accepted is looked at again.
+const EXPOSURE_RETRY: Duration = Duration::from_secs(5);
 /// While storage credentials or the TLS Secret are missing, look again this often.
 const CREDENTIALS_RETRY: Duration = Duration::from_secs(15);
 
@@ -365,6 +368,12 @@ impl<'a> Reconciler<'a> {
             &observed.exposure,
             Some(Exposure::NotExposed { reason, .. }) if *reason == reasons::GATEWAY_API_UNAVAILABLE
         );
+        // Nothing watches the gateway's or ingress controller's answer either: look again soon while it is missing.
+        let exposure_pending = matches!(
+            &observed.exposure,
+            Some(Exposure::NotExposed { reason, .. })
+                if [reasons::HTTPROUTE_PENDING, reasons::ROUTE_NOT_ACCEPTED, reasons::INGRESS_PENDING].contains(reason)
+        );
         self.write_status(&observed).await?;
         if let Some(e) = failure {
             return Err(e);
@@ -379,6 +388,9 @@ impl<'a> Reconciler<'a> {
         }
         if gateway_api_missing {
             wait = wait.min(REFUSED_RETRY);
+        }
+        if exposure_pending {
+            wait = wait.min(EXPOSURE_RETRY);
         }
         if matches!(observed.blocked, Some(Blocked::InvalidSpec(_))) {
             return Ok(Action::await_change());
@@ -680,8 +692,8 @@ impl<'a> Reconciler<'a> {
             self.apply_or_delete::<Ingress>(None, name).await?;
         }
         if let Some(r) = route {
-            match routes.patch(name, &self.apply, &Patch::Apply(&r)).await {
-                Ok(_) => {}
+            let applied = match routes.patch(name, &self.apply, &Patch::Apply(&r)).await {
+                Ok(applied) => applied,
                 Err(e) if kind_missing(&e) => {
                     let message = "expose.gateway needs the Gateway API (gateway.networking.k8s.io/v1 HTTPRoute), which \
                                    this cluster does not serve: install its CRDs, or use expose.ingress; the agents \
@@ -691,16 +703,27 @@ impl<'a> Reconciler<'a> {
                     return Ok(Some(Exposure::NotExposed { reason, message: message.into() }));
                 }
                 Err(e) => return Err(self.classify("HTTPRoute", name, e).into()),
-            }
+            };
+            let parents = self.vd.spec.expose.as_ref().and_then(|e| e.gateway.as_ref()).map(|g| &g.parent_refs[..]);
+            let verdict = expose::route(name, &self.ns, parents.unwrap_or_default(), &applied.data);
             let tls = self.gateway_tls().await;
             let url = resources::public_url(self.vd, tls).unwrap_or_default();
-            return Ok(Some(Exposure::Exposed { kind: "HTTPRoute", name: name.into(), url }));
+            return Ok(Some(match verdict {
+                Verdict::Serving(by) => Exposure::Exposed { kind: "HTTPRoute", name: name.into(), url, by },
+                Verdict::Pending(message) => Exposure::NotExposed { reason: reasons::HTTPROUTE_PENDING, message },
+                Verdict::Refused(message) => Exposure::NotExposed { reason: reasons::ROUTE_NOT_ACCEPTED, message },
+            }));
         }
         if let Some(i) = ingress {
             let tls = i.spec.as_ref().is_some_and(|s| s.tls.is_some());
-            self.apply_object(&i).await?;
+            let applied = self.apply_object(&i).await?;
             let url = resources::public_url(self.vd, tls).unwrap_or_default();
-            return Ok(Some(Exposure::Exposed { kind: "Ingress", name: name.into(), url }));
+            return Ok(Some(match expose::ingress(&applied) {
+                Verdict::Serving(by) => Exposure::Exposed { kind: "Ingress", name: name.into(), url, by },
+                Verdict::Pending(message) | Verdict::Refused(message) => {
+                    Exposure::NotExposed { reason: reasons::INGRESS_PENDING, message }
+                }
+            }));
         }
         Ok(None)
     }

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod controller;
 pub mod crd;
+pub mod expose;
 pub mod inject;
 pub mod keyring;
 pub mod leader;

@@ -37,8 +37,16 @@ pub mod reasons {
     pub const TLS_SECRET_MISSING: &str = "TLSSecretMissing";
     /// `spec.tls.secretName` is not a `kubernetes.io/tls` Secret with `tls.crt` and `tls.key`.
     pub const TLS_SECRET_INVALID: &str = "TLSSecretInvalid";
-    pub const HTTPROUTE_APPLIED: &str = "HTTPRouteApplied";
-    pub const INGRESS_APPLIED: &str = "IngressApplied";
+    /// A Gateway the HTTPRoute names accepted it and resolved its backends.
+    pub const HTTPROUTE_ACCEPTED: &str = "HTTPRouteAccepted";
+    /// The Ingress's controller published an address for it.
+    pub const INGRESS_ADDRESSED: &str = "IngressAddressed";
+    /// The HTTPRoute is applied but no Gateway it names has said anything of it yet.
+    pub const HTTPROUTE_PENDING: &str = "HTTPRoutePending";
+    /// A Gateway the HTTPRoute names refused it (Accepted=False) or cannot reach its backends (ResolvedRefs=False).
+    pub const ROUTE_NOT_ACCEPTED: &str = "RouteNotAccepted";
+    /// The Ingress is applied but no controller has published an address for it yet.
+    pub const INGRESS_PENDING: &str = "IngressPending";
     /// `expose.gateway` in a cluster without the Gateway API's HTTPRoute kind.
     pub const GATEWAY_API_UNAVAILABLE: &str = "GatewayAPIUnavailable";
 }
@@ -92,8 +100,8 @@ pub enum Blocked {
 /// What became of `spec.expose` in this reconcile.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Exposure {
-    /// The HTTPRoute or Ingress is applied; viewers use `url`.
-    Exposed { kind: &'static str, name: String, url: String },
+    /// The HTTPRoute or Ingress is applied and its controller serves it (`by` says who); viewers use `url`.
+    Exposed { kind: &'static str, name: String, url: String, by: String },
     /// It could not be applied (or, with `expose` removed, not deleted), for `reason`.
     NotExposed { reason: &'static str, message: String },
 }
@@ -178,9 +186,9 @@ pub fn derive(observed: &Observed, old: &VideoDeliveryStatus, now: Timestamp) ->
     };
 
     let exposed = observed.exposure.as_ref().map(|e| match e {
-        Exposure::Exposed { kind, name, url } => {
-            let reason = if *kind == "Ingress" { reasons::INGRESS_APPLIED } else { reasons::HTTPROUTE_APPLIED };
-            (true, reason, format!("{kind} {name} routes {url} to the agents"))
+        Exposure::Exposed { kind, name, url, by } => {
+            let reason = if *kind == "Ingress" { reasons::INGRESS_ADDRESSED } else { reasons::HTTPROUTE_ACCEPTED };
+            (true, reason, format!("{kind} {name} routes {url} to the agents ({by})"))
         }
         Exposure::NotExposed { reason, message } => (false, *reason, message.clone()),
     });
@@ -401,12 +409,18 @@ mod tests {
             kind: "HTTPRoute",
             name: "media".into(),
             url: "https://video.example/videos/".into(),
+            by: "accepted by Gateway apps/public (example.com/gateway)".into(),
         });
         o.url = "https://video.example/videos/".into();
         let s = derive(&o, &Default::default(), t);
         assert_eq!(
             cond(&s, types::EXPOSED),
-            ("True", "HTTPRouteApplied", "HTTPRoute media routes https://video.example/videos/ to the agents")
+            (
+                "True",
+                "HTTPRouteAccepted",
+                "HTTPRoute media routes https://video.example/videos/ to the agents (accepted by Gateway apps/public \
+                 (example.com/gateway))"
+            )
         );
         assert_eq!(cond(&s, types::READY), ("True", "Ready", "serving at https://video.example/videos/"));
         assert_eq!(s.url.as_deref(), Some("https://video.example/videos/"));

@@ -22,12 +22,17 @@ const LONG: Duration = Duration::from_secs(60);
 /// Waits until the Exposed condition has `status` and `reason`; `None` waits until there is none.
 async fn exposed(client: &Client, ns: &str, name: &str, want: Option<(&str, &str)>) -> VideoDelivery {
     let api: Api<VideoDelivery> = Api::namespaced(client.clone(), ns);
-    eventually(&format!("{name} Exposed {want:?}"), LONG, || async {
-        let vd = api.get(name).await.ok()?;
+    let deadline = std::time::Instant::now() + LONG;
+    loop {
+        let vd = api.get(name).await.unwrap();
         let c = condition(&vd, "Exposed").map(|c| (c.status.as_str(), c.reason.as_str()));
-        (c == want).then_some(vd.clone())
-    })
-    .await
+        if c == want {
+            return vd;
+        }
+        let seen = condition(&vd, "Exposed").map(|c| format!("{} {}: {}", c.status, c.reason, c.message));
+        assert!(std::time::Instant::now() < deadline, "{name} Exposed {want:?} not within {LONG:?}; it says {seen:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 async fn warning(client: &Client, ns: &str, reason: &str) -> Option<String> {
@@ -74,8 +79,29 @@ async fn expose_makes_an_http_route_then_an_ingress_then_nothing() {
     // Once the CRDs are there (nothing watches for them: the operator looks again within 20 s), the route appears.
     common::install_gateway_api_crds(cp);
     common::create_gateway(&client, &ns, "public").await;
-    let vd = exposed(&client, &ns, "media", Some(("True", "HTTPRouteApplied"))).await;
+    // Applied is not yet served: until a Gateway answers, Exposed says so and Ready stays False.
+    let vd = exposed(&client, &ns, "media", Some(("False", "HTTPRoutePending"))).await;
+    let message = &condition(&vd, "Exposed").unwrap().message;
+    assert!(message.contains("no Gateway has accepted HTTPRoute media yet"), "{message}");
+    assert!(message.contains(&format!("{ns}/public")), "{message}");
+    assert_eq!(condition(&vd, "Ready").unwrap().status, "False");
     let routes: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &resources::http_route_api_resource());
+    // The Gateway's controller refuses the route (as a gateway writes it): its reason and message reach the user.
+    gateway_says(&routes, "media", "False", "NotAllowedByListeners", "no listener allows routes from this namespace")
+        .await;
+    let vd = exposed(&client, &ns, "media", Some(("False", "RouteNotAccepted"))).await;
+    let message = &condition(&vd, "Exposed").unwrap().message;
+    assert_eq!(
+        message,
+        &format!(
+            "Gateway {ns}/public did not accept HTTPRoute media: Accepted=False (NotAllowedByListeners: no listener \
+             allows routes from this namespace)"
+        )
+    );
+    assert_eq!(url(&vd), format!("http://media-agent.{ns}.svc/videos/"), "not public while refused");
+    // Then it accepts it.
+    gateway_says(&routes, "media", "True", "Accepted", "").await;
+    let vd = exposed(&client, &ns, "media", Some(("True", "HTTPRouteAccepted"))).await;
     let route = routes.get("media").await.unwrap();
     assert_eq!(route.metadata.owner_references.as_ref().unwrap()[0].uid, vd.metadata.uid.clone().unwrap());
     assert!(
@@ -112,9 +138,17 @@ async fn expose_makes_an_http_route_then_an_ingress_then_nothing() {
         "className": "nginx", "host": "media.example.org", "tlsSecretName": "media-public-tls",
         "annotations": {"cert-manager.io/cluster-issuer": "letsencrypt"}}}}});
     vds.patch("media", &PatchParams::default(), &Patch::Merge(&to_ingress)).await.unwrap();
-    let vd = exposed(&client, &ns, "media", Some(("True", "IngressApplied"))).await;
+    let vd = exposed(&client, &ns, "media", Some(("False", "IngressPending"))).await;
+    let message = &condition(&vd, "Exposed").unwrap().message;
+    assert!(message.contains("no ingress controller has published an address for Ingress media"), "{message}");
     assert!(routes.get_opt("media").await.unwrap().is_none(), "the HTTPRoute is deleted before the Ingress is made");
     let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &ns);
+    // The ingress controller publishes its address, as a controller does.
+    let address = serde_json::json!({"status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.10"}]}}});
+    ingresses.patch_status("media", &PatchParams::default(), &Patch::Merge(&address)).await.unwrap();
+    let vd = exposed(&client, &ns, "media", Some(("True", "IngressAddressed"))).await;
+    let message = &condition(&vd, "Exposed").unwrap().message;
+    assert!(message.ends_with("(its controller serves it at 192.0.2.10)"), "{message}");
     let ingress = ingresses.get("media").await.unwrap();
     assert_eq!(ingress.metadata.annotations.as_ref().unwrap()["cert-manager.io/cluster-issuer"], "letsencrypt");
     assert_eq!(ingress.metadata.owner_references.as_ref().unwrap()[0].uid, vd.metadata.uid.clone().unwrap());
@@ -137,6 +171,26 @@ async fn expose_makes_an_http_route_then_an_ingress_then_nothing() {
     assert!(ingresses.get_opt("media").await.unwrap().is_none());
     assert_eq!(url(&vd), format!("http://media-agent.{ns}.svc/videos/"));
     common::wait_ready(&client, &ns, "media", "True", Some("Ready")).await;
+}
+
+/// Writes what a Gateway's controller writes into an HTTPRoute's status: the Gateway `public` (listener https) has
+/// `Accepted` = `accepted` with `reason` and `message`, and resolved the backends.
+async fn gateway_says(routes: &Api<DynamicObject>, name: &str, accepted: &str, reason: &str, message: &str) {
+    let generation = routes.get(name).await.unwrap().metadata.generation.unwrap_or(1);
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let condition = |type_: &str, status: &str, reason: &str, message: &str| {
+        serde_json::json!({"type": type_, "status": status, "reason": reason, "message": message,
+            "lastTransitionTime": now, "observedGeneration": generation})
+    };
+    let status = serde_json::json!({"status": {"parents": [{
+        "parentRef": {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "public", "sectionName": "https"},
+        "controllerName": "example.com/gateway-controller",
+        "conditions": [
+            condition("Accepted", accepted, reason, message),
+            condition("ResolvedRefs", "True", "ResolvedRefs", ""),
+        ],
+    }]}});
+    routes.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
 }
 
 fn secret(name: &str, type_: &str, keys: &[&str]) -> Secret {

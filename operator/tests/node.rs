@@ -2,8 +2,9 @@
 //! installed with `helm install`, the operator and the agents running as pods from images built by
 //! `scripts/images.sh`, the example backend (examples/backend) as a pod that signs with the keyring Secret mounted
 //! into it, range requests with the URLs it mints through the agents' Service (ClusterIP and NodePort), a rolling
-//! update and a key rotation under steady traffic without one failed request, the PDB holding an eviction, and
-//! `helm upgrade` and `helm uninstall`.
+//! update and a key rotation under steady traffic without one failed request, the PDB holding an eviction,
+//! viewers over HTTPS through Traefik (an HTTPRoute and an Ingress the operator makes), and `helm upgrade` and
+//! `helm uninstall`.
 
 mod common;
 
@@ -458,8 +459,9 @@ async fn the_chart_runs_on_a_real_node() {
         assert!(read_only, "the operator's root filesystem is read-only");
     }
 
-    // The rotation scenario runs beside the others, in its own namespace, from the start.
+    // The rotation and HTTPS scenarios run beside the others, each in its own namespace, from the start.
     let rotation = tokio::spawn(rotation_under_traffic(node, started));
+    let https = tokio::spawn(viewers_over_https(node, started));
 
     // 2. An S3 VideoDelivery: agents become Ready through their own probes; exact bytes through the Service.
     step("S3 VideoDelivery");
@@ -637,6 +639,8 @@ async fn the_chart_runs_on_a_real_node() {
     // 6. Rotation under traffic (started after step 1) must have finished with zero rejections.
     step("waiting for the rotation scenario");
     rotation.await.unwrap();
+    step("waiting for the HTTPS scenario");
+    https.await.unwrap();
 
     // 7. helm upgrade rolls the operator (one leader again); helm uninstall leaves nothing of the release.
     step("helm upgrade");
@@ -1027,4 +1031,174 @@ async fn the_images_are_what_the_dockerfiles_say() {
         assert!(listing.contains("etc/ssl/certs/ca-certificates.crt"), "{dockerfile}: CA certificates");
         assert!(listing.contains("libc.so.6"), "{dockerfile}: the C library");
     }
+}
+
+/// The host names viewers use in the HTTPS scenario; Chromium and curl resolve them to the node address.
+const GATEWAY_HOST: &str = "gw.example.test";
+const INGRESS_HOST: &str = "ing.example.test";
+
+/// A `kubernetes.io/tls` Secret holding `leaf`.
+async fn tls_secret(client: &Client, ns: &str, name: &str, leaf: &vd_testsupport::Leaf) {
+    let secret = Secret {
+        metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(BTreeMap::from([
+            ("tls.crt".into(), ByteString(leaf.cert.clone())),
+            ("tls.key".into(), ByteString(leaf.key.clone())),
+        ])),
+        ..Default::default()
+    };
+    Api::<Secret>::namespaced(client.clone(), ns).create(&PostParams::default(), &secret).await.unwrap();
+}
+
+/// What curl saw of one HTTPS request: status, HTTP version, body.
+struct Curled {
+    status: String,
+    version: String,
+    body: Vec<u8>,
+}
+
+/// One request with curl over HTTPS, trusting only `ca`, with `url`'s host resolved to the node address and an
+/// optional byte range; HTTP/2 offered by ALPN as a browser does. Err is curl's complaint (a certificate it does
+/// not trust, no connection).
+fn curl(ca: &Path, url: &str, range: Option<(usize, usize)>) -> Result<Curled, String> {
+    let authority = url.split("://").nth(1).unwrap().split('/').next().unwrap();
+    let out_file = tempfile::NamedTempFile::new().unwrap();
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "10", "--http2", "--cacert"])
+        .arg(ca)
+        .arg("--resolve")
+        .arg(format!("{authority}:{}", vd_testsupport::NODE_IP))
+        .arg("-o")
+        .arg(out_file.path())
+        .args(["-w", "%{http_code} %{http_version}"]);
+    if let Some((from, to)) = range {
+        cmd.arg("-r").arg(format!("{from}-{to}"));
+    }
+    let out = cmd.arg(url).output().expect("curl runs");
+    let written = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (status, version) = written.split_once(' ').unwrap_or((&written, ""));
+    if !out.status.success() {
+        return Err(format!("curl {url}: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(Curled { status: status.into(), version: version.into(), body: std::fs::read(out_file.path()).unwrap() })
+}
+
+/// Viewers reach the agents over HTTPS through a real gateway: Traefik (its Gateway API and Ingress providers)
+/// runs against the node's cluster; a VideoDelivery with `expose.gateway` gets an HTTPRoute on a Gateway whose HTTPS
+/// listener's certificate comes from a Secret signed by a test CA, and one with `expose.ingress` an Ingress with a
+/// TLS Secret. The operator says Exposed=True only once Traefik has accepted the route and published the Ingress's
+/// address; then signed range requests through both answer the exact bytes over HTTP/2, and unsigned ones are refused.
+async fn viewers_over_https(node: &'static Node, started: Instant) {
+    use videodelivery_operator::crd::VideoDelivery;
+    let step = |what: &str| eprintln!("[+{:>5.1}s] https: {what}", started.elapsed().as_secs_f64());
+    let cp = node.control_plane();
+    let client = cp.client().await.unwrap();
+    common::install_gateway_api_crds(cp);
+    let traefik =
+        vd_testsupport::Traefik::start(cp.kubeconfig(), vd_testsupport::NODE_IP, cp.dir().join("traefik.log")).unwrap();
+    let port = traefik.https_port();
+    let ca = vd_testsupport::TestCa::new().unwrap();
+    let s3 = S3Server::start_on(vd_testsupport::NODE_IP).unwrap();
+    let video = film(2 * 1024 * 1024, 5);
+    s3.put("media", "films/a.mp4", &video).unwrap();
+    let ns = node.namespace("https").await.unwrap();
+    create_s3_credentials(&client, &ns).await;
+    tls_secret(&client, &ns, "gateway-tls", &ca.issue(&[GATEWAY_HOST]).unwrap()).await;
+
+    // The classes Traefik serves, and a Gateway with one HTTPS listener on Traefik's entrypoint.
+    let apply = |yaml: String| kubectl(node, &ns, &["apply", "--server-side", "-f", "-"], &yaml);
+    apply(format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: traefik}}\n\
+         spec: {{controllerName: {}}}\n---\n\
+         apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {{name: traefik}}\nspec: {{controller: {}}}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: public}}\n\
+         spec:\n  gatewayClassName: traefik\n  listeners:\n  - name: https\n    protocol: HTTPS\n    port: {port}\n    \
+         tls: {{mode: Terminate, certificateRefs: [{{name: gateway-tls}}]}}\n",
+        vd_testsupport::Traefik::GATEWAY_CONTROLLER,
+        vd_testsupport::Traefik::INGRESS_CONTROLLER,
+    ));
+    let agents = "agents: {replicas: 1, rateLimit: {requestsPerSecond: 0}}";
+    common::create(
+        &client,
+        &ns,
+        "gw",
+        &format!(
+            "{}\n{agents}\nexpose: {{gateway: {{parentRefs: [{{name: public, sectionName: https}}], hostnames: [{GATEWAY_HOST}]}}}}",
+            s3_storage(&s3)
+        ),
+    )
+    .await;
+    common::create(
+        &client,
+        &ns,
+        "ing",
+        &format!(
+            "{}\n{agents}\nexpose: {{ingress: {{className: traefik, host: {INGRESS_HOST}, tlsSecretName: ingress-tls}}}}",
+            s3_storage(&s3)
+        ),
+    )
+    .await;
+    // Each VideoDelivery has its own keyring, so its own backend to sign for it.
+    deploy_backend(&client, &ns, "gw", 600).await;
+    deploy_backend(&client, &ns, "ing", 600).await;
+    step("Traefik started; waiting for the agents and for Exposed");
+    // Ready needs Exposed=True: Traefik accepted the route, published the Ingress's address.
+    agents_ready(&client, &ns, "gw", 1).await;
+    agents_ready(&client, &ns, "ing", 1).await;
+    // The Ingress's certificate arrives once the agents are up, as cert-manager issues one after the Ingress is
+    // made. The order matters with Traefik v3.6: its providers ignore an EndpointSlice change that only flips an
+    // endpoint to ready (v3.7 fixed it, but needs Gateway API v1.6), so they route to agents that became ready
+    // only after some other event, such as this Secret (both providers watch Secrets), makes them look again.
+    tls_secret(&client, &ns, "ingress-tls", &ca.issue(&[INGRESS_HOST]).unwrap()).await;
+    let vds: Api<VideoDelivery> = Api::namespaced(client.clone(), &ns);
+    for (name, reason, by, url) in [
+        (
+            "gw",
+            "HTTPRouteAccepted",
+            format!("accepted by Gateway {ns}/public (traefik.io/gateway-controller)"),
+            GATEWAY_HOST,
+        ),
+        ("ing", "IngressAddressed", format!("its controller serves it at {}", vd_testsupport::NODE_IP), INGRESS_HOST),
+    ] {
+        let vd = vds.get(name).await.unwrap();
+        let c = common::condition(&vd, "Exposed").unwrap();
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", reason), "{name}: {}", c.message);
+        assert!(c.message.ends_with(&format!("({by})")), "{name}: {}", c.message);
+        assert_eq!(vd.status.unwrap().url.as_deref(), Some(format!("https://{url}/videos/").as_str()));
+    }
+    step("Exposed=True from Traefik; signed ranges over HTTPS");
+
+    for (name, host) in [("gw", GATEWAY_HOST), ("ing", INGRESS_HOST)] {
+        let backend = running_backend(&client, &ns, name).await;
+        let base = format!("https://{host}:{port}");
+        let url = backend.url(&base, "/videos/films/a.mp4").await;
+        let offset = 777_777;
+        // Traefik accepts a route and publishes an Ingress's address before it routes to the agents (404, 503)
+        // and before it has loaded the certificate (it serves a self-signed one meanwhile): the first request may
+        // fail for a moment.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let got = loop {
+            match curl(ca.ca_file().as_path(), &url, Some((offset, offset + 99_999))) {
+                Ok(got) if !["404", "503"].contains(&got.status.as_str()) => break got,
+                Ok(_) | Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(500)).await,
+                Ok(got) => break got,
+                Err(e) => panic!("{e}\n--- traefik\n{}", tail(&traefik.log(), 20)),
+            }
+        };
+        let context = || format!("{base}: {}\n--- traefik\n{}", got.status, tail(&traefik.log(), 20));
+        assert_eq!(got.status, "206", "{}", context());
+        assert_eq!(got.version, "2", "HTTP/2 through the gateway: {}", context());
+        assert!(got.body == video[offset..offset + 100_000], "exact bytes through {host}");
+        let unsigned = curl(ca.ca_file().as_path(), &format!("{base}/videos/films/a.mp4"), Some((0, 0))).unwrap();
+        assert!(["401", "403"].contains(&unsigned.status.as_str()), "unsigned through {host}: {}", unsigned.status);
+    }
+    step("done");
+    let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(client).delete(&ns, &DeleteParams::default()).await;
+}
+
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }

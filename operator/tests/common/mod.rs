@@ -204,8 +204,9 @@ pub fn install_podmonitor_crd(cp: &ControlPlane) {
 /// The Gateway API release whose standard-channel CRDs the tests install: the real ones, from its Go module.
 const GATEWAY_API: &str = "sigs.k8s.io/gateway-api@v1.4.0";
 
-/// Installs the Gateway API's standard-channel Gateway and HTTPRoute CRDs (and GatewayClass, which a Gateway names)
-/// into this test binary's control plane, once, and waits until they are served.
+/// Installs the Gateway API's standard-channel CRDs (GatewayClass, Gateway, HTTPRoute, and the GRPCRoute,
+/// ReferenceGrant and BackendTLSPolicy a gateway such as Traefik watches too) into this test binary's control plane,
+/// once, and waits until they are served.
 pub fn install_gateway_api_crds(cp: &ControlPlane) {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -217,7 +218,8 @@ pub fn install_gateway_api_crds(cp: &ControlPlane) {
         let kubectl = vd_testsupport::binary("kubectl").unwrap();
         let run =
             |args: &[&str]| Command::new(&kubectl).env("KUBECONFIG", cp.kubeconfig()).args(args).output().unwrap();
-        for kind in ["gatewayclasses", "gateways", "httproutes"] {
+        for kind in ["gatewayclasses", "gateways", "httproutes", "grpcroutes", "referencegrants", "backendtlspolicies"]
+        {
             let crd = dir.join(format!("gateway.networking.k8s.io_{kind}.yaml"));
             let out = run(&["apply", "--server-side", "-f", crd.to_str().unwrap()]);
             assert!(out.status.success(), "installing the {kind} CRD: {}", String::from_utf8_lossy(&out.stderr));

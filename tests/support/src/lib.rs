@@ -21,8 +21,10 @@ use kube::{Client, Config};
 
 mod fuse;
 mod node;
+mod traefik;
 pub use fuse::{Hang, HangFs, hangfs_binary};
 pub use node::{NODE_IP, NODE_NAME, Node, NodeOptions, clean_host};
+pub use traefik::{Leaf, TRAEFIK_VERSION, TestCa, Traefik};
 
 /// Kubernetes version of the binaries (must match tests/controlplane/go.mod).
 pub const K8S_VERSION: &str = "v1.35.4";
@@ -37,6 +39,8 @@ pub enum Error {
     MissingBinary(PathBuf),
     #[error("the S3 server is missing at {0}; build it with `bash tests/s3/build.sh` (or set VD_VERSITYGW)")]
     MissingS3(PathBuf),
+    #[error("Traefik is missing at {0}; build it with `bash tests/traefik/build.sh` (or set VD_TRAEFIK)")]
+    MissingTraefik(PathBuf),
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
     #[error("{0} did not become ready: {1}")]

@@ -712,7 +712,7 @@ fn run(cmd: &mut Command) -> Result<String, Error> {
 }
 
 /// A plain HTTP/1.1 GET answered with 200.
-fn http_ok(addr: &str, path: &str) -> bool {
+pub(crate) fn http_ok(addr: &str, path: &str) -> bool {
     use std::io::Read;
     let Ok(mut s) = std::net::TcpStream::connect(addr) else { return false };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
