@@ -10,8 +10,11 @@ root=$PWD
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-5s}
 command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
-cargo build --release --locked -q -p videodelivery-agent -p vdctl
+# Only the agent needs a release build; vdctl just makes a keyring and a token (a debug one will do).
+cargo build --release --locked -q -p videodelivery-agent
 bin=$root/target/release
+vdctl=$root/target/release/vdctl
+[ -x "$vdctl" ] || { cargo build --locked -q -p vdctl; vdctl=$root/target/debug/vdctl; }
 
 work=$(mktemp -d /tmp/vd-bench-log.XXXXXX)
 pids=()
@@ -29,8 +32,8 @@ wait_port() {
 
 mkdir -p "$work/media"
 head -c $((8 * 1024 * 1024)) /dev/urandom >"$work/media/film.mp4"
-"$bin/vdctl" keygen --out "$work/keyring.json" 2>/dev/null
-token=$("$bin/vdctl" sign --keyring "$work/keyring.json" --path /videos/film.mp4 --ttl 23h --token-only)
+"$vdctl" keygen --out "$work/keyring.json" 2>/dev/null
+token=$("$vdctl" sign --keyring "$work/keyring.json" --path /videos/film.mp4 --ttl 23h --token-only)
 flags=(--storage "file://$work/media" --keyring "$work/keyring.json" --rate-limit 0 --log-format json)
 "$bin/videodelivery-agent" "${flags[@]}" --listen 127.0.0.1:18180 --admin-listen 127.0.0.1:19190 \
   --access-log=false >"$work/off.log" 2>&1 &
