@@ -83,6 +83,8 @@ impl AccessLog {
             .map(str::to_owned)
             .unwrap_or_else(|| self.ids.next());
         let entry = Entry {
+            log: "access",
+            duration_ms: 0.0,
             time: SystemTime::now(),
             started: Instant::now(),
             request_id,
@@ -109,7 +111,7 @@ impl AccessLog {
         }
     }
 
-    fn finish(&self, entry: Entry) {
+    fn finish(&self, mut entry: Entry) {
         if entry.outcome == Outcome::Aborted {
             self.metrics.client_aborts.inc();
         }
@@ -184,6 +186,8 @@ pub enum Outcome {
 /// One line of the log.
 #[derive(Serialize)]
 struct Entry {
+    /// Always "access": tells these lines from the agent's other (tracing) lines on the same stdout.
+    log: &'static str,
     #[serde(serialize_with = "rfc3339")]
     time: SystemTime,
     #[serde(skip)]
@@ -197,6 +201,8 @@ struct Entry {
     bytes: u64,
     #[serde(rename = "ttfb_ms", serialize_with = "millis_opt")]
     ttfb: Option<Duration>,
+    /// Set when the line is written.
+    duration_ms: f64,
     cache: &'static str,
     refusal: Option<&'static str>,
     client: IpAddr,
@@ -220,15 +226,10 @@ fn millis(d: Duration) -> f64 {
 }
 
 impl Entry {
-    fn json(&self) -> String {
-        let duration = millis(self.started.elapsed());
-        let mut value = match serde_json::to_value(self) {
-            Ok(serde_json::Value::Object(m)) => m,
-            _ => serde_json::Map::new(),
-        };
-        value.insert("log".into(), "access".into());
-        value.insert("duration_ms".into(), duration.into());
-        let mut line = serde_json::Value::Object(value).to_string();
+    fn json(&mut self) -> String {
+        self.duration_ms = millis(self.started.elapsed());
+        // Serializing plain fields cannot fail.
+        let mut line = serde_json::to_string(self).unwrap_or_default();
         line.push('\n');
         line
     }
