@@ -45,7 +45,8 @@ media=$work/s3/bench
 token=$("$bin/vdctl" sign --keyring "$work/keyring.json" --path /videos/big.mp4 --prefix /videos/ --ttl 23h --token-only)
 auth="Authorization: Bearer $token"
 
-agent_flags=(--keyring "$work/keyring.json" --rate-limit 0 --max-streams 100000 --log-format json)
+# Access log off, as nginx's: its own cost is measured by bench/access_log.sh.
+agent_flags=(--keyring "$work/keyring.json" --rate-limit 0 --max-streams 100000 --log-format json --access-log=false)
 "$bin/videodelivery-agent" --storage "file://$media" --listen 127.0.0.1:18080 --admin-listen 127.0.0.1:19090 \
   "${agent_flags[@]}" >"$work/agent.log" 2>&1 &
 pids+=($!)

@@ -51,6 +51,9 @@ pub enum Status {
     Hit,
     /// At least one slice was loaded from storage.
     Miss,
+    /// The first slice was streamed from storage past the cache in small chunks, because memory for a whole slice
+    /// was in use (`X-Cache: MISS`).
+    Streamed,
     /// Not cacheable (no ETag, or cache off or smaller than a slice): streamed straight from storage.
     Bypass,
 }
@@ -59,8 +62,18 @@ impl Status {
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Hit => "HIT",
-            Status::Miss => "MISS",
+            Status::Miss | Status::Streamed => "MISS",
             Status::Bypass => "BYPASS",
+        }
+    }
+
+    /// The `cache` label of the metrics and the access log.
+    pub fn label(self) -> &'static str {
+        match self {
+            Status::Hit => "hit",
+            Status::Miss => "miss",
+            Status::Streamed => "streamed",
+            Status::Bypass => "bypass",
         }
     }
 }
@@ -226,6 +239,7 @@ impl SliceCache {
 
         // How fast this reader will read is not known yet: a slice while memory is plentiful, chunks otherwise.
         let head = loader.piece(first, Some(self.memory.spare())).await?;
+        let status = if head.streamed { Status::Streamed } else { status };
         let content_type = head.content_type.as_deref().map(str::to_owned);
         // A streamed first piece takes its first chunk now, so memory in use is a 503, not a cut answer.
         let mut head_stream = head.stream;
@@ -283,6 +297,8 @@ const KEEPS_UP: Duration = Duration::from_secs(1);
 struct Piece {
     stream: PieceStream,
     content_type: Option<Arc<str>>,
+    /// Streamed past the cache rather than cut from a cached slice.
+    streamed: bool,
 }
 
 /// Reads one answer's slices; cheap to clone into a read-ahead task.
@@ -320,7 +336,11 @@ impl Loader {
         let start = index * self.slice_size;
         let wanted = self.wanted(index);
         let bytes = slice.bytes.slice((wanted.start - start) as usize..(wanted.end - start) as usize);
-        Piece { stream: stream::once(async move { Ok(bytes) }).boxed(), content_type: slice.content_type }
+        Piece {
+            stream: stream::once(async move { Ok(bytes) }).boxed(),
+            content_type: slice.content_type,
+            streamed: false,
+        }
     }
 
     /// Slice `index`: from the cache, loaded into it when `spare` allows (memory for a whole slice free now with
@@ -393,7 +413,7 @@ impl Loader {
         self.metrics.cache_streamed.inc();
         let body = self.storage.get_in_chunks(&self.object, self.wanted(index), Some(&self.etag), STREAM_CHUNK).await?;
         let stream = held(body.stream, self.memory.clone(), self.metrics.clone());
-        Ok(Piece { stream, content_type: body.content_type.map(Arc::from) })
+        Ok(Piece { stream, content_type: body.content_type.map(Arc::from), streamed: true })
     }
 }
 

@@ -128,9 +128,26 @@ pub struct Config {
     pub session_cookie_same_site: SameSite,
     #[arg(long, env = "VD_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// One line per request on stdout (method, path with tokens redacted, status, bytes, timings, cache, refusal
+    /// reason, client, request id); `--access-log=false` turns it off. Metrics are counted either way.
+    #[arg(long, env = "VD_ACCESS_LOG", default_value_t = true, action = clap::ArgAction::Set)]
+    pub access_log: bool,
+    /// Format of the access log: text (one readable line) or json (one object per line, `"log":"access"`).
+    #[arg(long, env = "VD_ACCESS_LOG_FORMAT", value_enum, default_value = "text")]
+    pub access_log_format: LogFormat,
+    /// Share of successful requests logged, 0 to 1; refusals, errors and aborted answers are always logged.
+    #[arg(long, env = "VD_ACCESS_LOG_SAMPLE", default_value_t = 1.0, value_parser = sample_ratio)]
+    pub access_log_sample: f64,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
+fn sample_ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{s:?} is not a ratio between 0 and 1 (0.1 logs one successful request in ten)")),
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
     Json,

@@ -2,6 +2,7 @@
 //!
 //! It is a library too, so tests can start it in-process on a free port.
 
+pub mod access_log;
 pub mod auth;
 pub mod cache;
 pub mod client;
@@ -232,6 +233,7 @@ impl Agent {
             Ok(()) => tracing::info!("all connections closed"),
             Err(_) => tracing::warn!("grace period over; closing remaining connections"),
         }
+        state.access_log.drain(Duration::from_secs(1)).await;
     }
 }
 
@@ -283,7 +285,9 @@ async fn serve_connection<I>(
         let in_flight = tracked.start();
         let state = state.clone();
         Box::pin(async move {
-            let resp = server::handle(state, peer, req).await;
+            // Logs a 499 if the client goes away before the answer is ready (this future is then dropped).
+            let pending = state.access_log.begin(peer, &req);
+            let resp = server::handle(state, peer, req).await.map(|r| pending.respond(r));
             resp.map(|r| r.map(|body| Tracked::new(body, in_flight).boxed_unsync()))
         })
     });

@@ -22,6 +22,19 @@ pub struct StateLabel {
     pub state: &'static str,
 }
 
+/// What egress is broken down by: the status class (`2xx`..`5xx`) and where the body came from (`hit`, `miss`,
+/// `streamed`, `bypass`, or `none` for answers that are not object bodies).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServedLabel {
+    pub status_class: &'static str,
+    pub cache: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabel {
+    pub cache: &'static str,
+}
+
 /// Every metric of the agent. Cheap to update from any task.
 pub struct Metrics {
     pub registry: Registry,
@@ -53,6 +66,17 @@ pub struct Metrics {
     pub tls_reloads: Counter,
     /// Changed certificate and key pairs refused (unreadable, unparsable, key not matching), each counted once.
     pub tls_reload_errors: Counter,
+    /// Body bytes sent (egress) by status class and cache status, counted as they leave, aborted bodies included.
+    pub served_bytes: Family<ServedLabel, Counter>,
+    /// Every answer that is not the object, by the reason code its JSON body and the access log carry.
+    pub refusals: Family<ReasonLabel, Counter>,
+    /// Object bodies started, by cache status.
+    pub streams: Family<CacheLabel, Counter>,
+    /// Answers whose client went away before the body ended.
+    pub client_aborts: Counter,
+    pub access_log_lines: Counter,
+    /// Access log lines dropped because stdout did not keep up (the queue is bounded; serving never waits on it).
+    pub access_log_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -80,6 +104,12 @@ impl Default for Metrics {
             tls_cert_expiry: Gauge::default(),
             tls_reloads: Counter::default(),
             tls_reload_errors: Counter::default(),
+            served_bytes: Family::default(),
+            refusals: Family::default(),
+            streams: Family::default(),
+            client_aborts: Counter::default(),
+            access_log_lines: Counter::default(),
+            access_log_dropped: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "Requests answered, by status code", m.requests.clone());
@@ -123,6 +153,29 @@ impl Default for Metrics {
             "storage_stuck_calls",
             "Blocking storage calls still running past --storage-timeout, each holding a storage thread",
             m.storage_stuck_calls.clone(),
+        );
+        registry.register(
+            "served_bytes",
+            "Body bytes sent to clients (egress), by status class and cache status (hit, miss, streamed, bypass; \
+             none for answers that are not object bodies)",
+            m.served_bytes.clone(),
+        );
+        registry.register(
+            "refusals",
+            "Requests not answered with the object, by reason (the reason in the JSON body and the access log)",
+            m.refusals.clone(),
+        );
+        registry.register("streams", "Object bodies started, by cache status", m.streams.clone());
+        registry.register(
+            "client_aborts",
+            "Answers whose client went away before the body ended",
+            m.client_aborts.clone(),
+        );
+        registry.register("access_log_lines", "Access log lines written to stdout", m.access_log_lines.clone());
+        registry.register(
+            "access_log_dropped",
+            "Access log lines dropped because stdout did not keep up",
+            m.access_log_dropped.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -173,12 +173,18 @@ pub fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
-fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+/// The reason code of a refusal, carried on the response for the access log and the refusal metric.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refused(pub &'static str);
+
+fn error(status: StatusCode, code: &'static str, message: &str) -> Response<Body> {
     json(status, if status.is_server_error() { "unavailable" } else { "error" }, code, message)
 }
 
-fn json(status: StatusCode, error: &str, reason: &str, message: &str) -> Response<Body> {
-    json_value(status, &serde_json::json!({ "error": error, "reason": reason, "message": message }))
+fn json(status: StatusCode, error: &str, reason: &'static str, message: &str) -> Response<Body> {
+    let mut r = json_value(status, &serde_json::json!({ "error": error, "reason": reason, "message": message }));
+    r.extensions_mut().insert(Refused(reason));
+    r
 }
 
 /// A small JSON answer that no cache keeps.

@@ -21,6 +21,7 @@ use http_body_util::{BodyExt, StreamBody};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use vd_token::{Claims, RequestAuth, Source, canonical_path};
 
+use crate::access_log::AccessLog;
 use crate::auth::Auth;
 use crate::cache::SliceCache;
 use crate::conditional::{if_range_holds, not_modified, preconditions_hold, unix_now};
@@ -44,6 +45,7 @@ pub struct State {
     pub metrics: Arc<Metrics>,
     pub limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
     pub streams: Arc<Semaphore>,
+    pub access_log: Arc<AccessLog>,
     route_prefix: String,
     /// `Cache-Control` for answers whose grant is in the URL (or that need none), as configured.
     cache_control: Option<HeaderValue>,
@@ -68,6 +70,7 @@ impl State {
             metrics.clone(),
         );
         let meta = MetaCache::new(config.metadata_ttl);
+        let access_log = Arc::new(AccessLog::new(&config, metrics.clone()));
         let cache_control = HeaderValue::from_str(&config.cache_control).ok();
         let cache_control_private = HeaderValue::from_str(&private_cache_control(&config.cache_control)).ok();
         State {
@@ -79,6 +82,7 @@ impl State {
             metrics,
             limiter,
             streams,
+            access_log,
             route_prefix,
             cache_control,
             cache_control_private,
@@ -256,6 +260,7 @@ async fn serve<B>(
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(range.end - range.start));
 
     let mut content_type = None;
+    let mut cache_status = None;
     let body = if method == Method::HEAD || range.is_empty() {
         empty()
     } else {
@@ -263,6 +268,7 @@ async fn serve<B>(
         let (opened, cached) =
             state.cache.read(&state.storage, object, meta.etag.as_deref(), meta.size, range.clone()).await?;
         headers.insert("x-cache", HeaderValue::from_static(cached.as_str()));
+        cache_status = Some(cached);
         content_type = opened.content_type;
         let stream = Metered::new(opened.stream, Guard::new(permit, state.metrics.clone()), state.metrics.clone());
         BodyExt::boxed_unsync(StreamBody::new(stream))
@@ -278,6 +284,10 @@ async fn serve<B>(
     let mut r = Response::new(body);
     *r.status_mut() = status;
     *r.headers_mut() = headers;
+    if let Some(cached) = cache_status {
+        // For the access log and the egress metric.
+        r.extensions_mut().insert(cached);
+    }
     Ok(r)
 }
 

@@ -184,9 +184,10 @@ pub async fn reconcile(vd: Arc<VideoDelivery>, ctx: Arc<Context>) -> Result<Acti
     if result.is_ok() {
         failures.remove(&ObjectRef::from(vd.as_ref()));
     }
-    // Forget the backoff of VideoDeliveries that no longer exist.
+    // Forget the backoff and the rotation series of VideoDeliveries that no longer exist.
     if let Some(store) = ctx.store.get() {
         failures.retain(|r, _| store.get(r).is_some());
+        ctx.metrics.retain_deliveries(|ns, name| store.get(&ObjectRef::new(name).within(ns)).is_some());
     }
     result
 }
@@ -506,6 +507,16 @@ impl<'a> Reconciler<'a> {
 
     fn keys_observed(&self, keyring: &Keyring, policy: &vd_token::rotation::RotationPolicy, deadline: u64) -> Keys {
         let active = keyring.active();
+        let count = |s: KeyState| keyring.keys().iter().filter(|k| k.state() == s).count() as i64;
+        self.ctx.metrics.observe_keyring(
+            &self.ns,
+            &self.name,
+            &crate::metrics::KeyringView {
+                next_rotation: next_rotation(keyring, policy),
+                last_rotation: active.map(|a| a.activated_at().unwrap_or(a.created_at())),
+                keys: [count(KeyState::Pending), count(KeyState::Active), count(KeyState::Retiring)],
+            },
+        );
         let view = KeysView {
             active_key_id: active.map(|a| a.kid().to_string()),
             last_rotation_time: active.map(|a| rfc3339(a.activated_at().unwrap_or(a.created_at()))),

@@ -643,6 +643,8 @@ pub struct AgentsSpec {
     pub network_policy: Option<AgentNetworkPolicySpec>,
     #[serde(default)]
     pub metrics: MetricsSpec,
+    #[serde(default)]
+    pub access_log: AccessLogSpec,
 }
 
 /// CEL on `resources`: every request and limit is a non-negative quantity.
@@ -728,6 +730,38 @@ pub struct AgentNetworkPolicySpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub metrics_from: Vec<NetworkPolicyPeer>,
+}
+
+/// Each agent's access log: one line per request on its stdout (method, path with tokens redacted, status,
+/// bytes, time to first byte, duration, cache status, refusal reason, client, user agent, request id).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessLogSpec {
+    /// Off writes no line; the metrics are counted either way.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// `json` (one object per line, for log collectors) or `text` (one readable line).
+    #[serde(default = "default_access_log_format")]
+    #[schemars(extend("enum" = ["json", "text"]))]
+    pub format: String,
+    /// Share of successful requests logged, 0 to 1 (0.1: one in ten); refusals, errors and aborted answers are
+    /// always logged.
+    #[serde(default = "default_sample_ratio")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub sample_ratio: f64,
+}
+
+fn default_access_log_format() -> String {
+    "json".into()
+}
+fn default_sample_ratio() -> f64 {
+    1.0
+}
+
+impl Default for AccessLogSpec {
+    fn default() -> Self {
+        AccessLogSpec { enabled: true, format: default_access_log_format(), sample_ratio: default_sample_ratio() }
+    }
 }
 
 /// Scraping of the agents' metrics.
@@ -909,6 +943,7 @@ impl Default for AgentsSpec {
             image_pull_secrets: Vec::new(),
             network_policy: None,
             metrics: MetricsSpec::default(),
+            access_log: AccessLogSpec::default(),
         }
     }
 }

@@ -302,6 +302,10 @@ pub fn agent_args_with(vd: &VideoDelivery, layout: &AgentLayout) -> Vec<String> 
         format!("--shutdown-delay={SHUTDOWN_DELAY_SECONDS}s"),
         format!("--shutdown-grace={SHUTDOWN_GRACE_SECONDS}s"),
         "--log-format=json".into(),
+        format!("--access-log={}", s.agents.access_log.enabled),
+        format!("--access-log-format={}", if s.agents.access_log.format == "text" { "text" } else { "json" }),
+        // The CRD bounds it to [0, 1]; clamped so a spec that bypassed the CRD still starts agents.
+        format!("--access-log-sample={}", s.agents.access_log.sample_ratio.clamp(0.0, 1.0)),
     ];
     if let Some(e) = &s.storage.endpoint {
         args.push(format!("--s3-endpoint={e}"));
@@ -615,7 +619,17 @@ pub fn pod_monitor(vd: &VideoDelivery) -> Option<DynamicObject> {
     obj.data = serde_json::json!({
         "spec": {
             "selector": {"matchLabels": selector_labels(vd)},
-            "podMetricsEndpoints": [{"port": "admin", "path": "/metrics", "interval": pm.interval}],
+            // Every agent series gets `delivery` (the VideoDelivery's name) beside the `namespace` and `pod` Prometheus
+            // adds, so one Prometheus can tell many VideoDeliveries apart; the agent itself serves only one.
+            "podMetricsEndpoints": [{
+                "port": "admin",
+                "path": "/metrics",
+                "interval": pm.interval,
+                "relabelings": [{
+                    "sourceLabels": ["__meta_kubernetes_pod_label_app_kubernetes_io_instance"],
+                    "targetLabel": "delivery",
+                }],
+            }],
         }
     });
     Some(obj)
@@ -680,6 +694,20 @@ mod tests {
         vd.metadata.namespace = Some("web".into());
         vd.metadata.uid = Some("uid-1".into());
         vd
+    }
+
+    #[test]
+    fn the_access_log_field_becomes_agent_flags() {
+        let on = agent_args(&vd("storage: {url: 's3://v'}"));
+        for want in ["--access-log=true", "--access-log-format=json", "--access-log-sample=1"] {
+            assert!(on.contains(&want.to_string()), "{want} in {on:?}");
+        }
+        let off = agent_args(&vd("storage: {url: 's3://v'}\nagents: {accessLog: {enabled: false}}"));
+        assert!(off.contains(&"--access-log=false".to_string()), "{off:?}");
+        let sampled =
+            agent_args(&vd("storage: {url: 's3://v'}\nagents: {accessLog: {format: text, sampleRatio: 0.05}}"));
+        assert!(sampled.contains(&"--access-log-format=text".to_string()), "{sampled:?}");
+        assert!(sampled.contains(&"--access-log-sample=0.05".to_string()), "{sampled:?}");
     }
 
     #[test]
@@ -865,6 +893,9 @@ agents:
         assert_eq!(json["metadata"]["labels"]["app.kubernetes.io/managed-by"], "videodelivery-operator");
         assert_eq!(json["metadata"]["ownerReferences"][0]["uid"], "uid-1");
         assert_eq!(json["spec"]["selector"]["matchLabels"]["app.kubernetes.io/instance"], "media");
+        let relabel = &json["spec"]["podMetricsEndpoints"][0]["relabelings"][0];
+        assert_eq!(relabel["sourceLabels"][0], "__meta_kubernetes_pod_label_app_kubernetes_io_instance");
+        assert_eq!(relabel["targetLabel"], "delivery", "agent series carry the VideoDelivery's name");
         let endpoint = &json["spec"]["podMetricsEndpoints"][0];
         assert_eq!(
             (&endpoint["port"], &endpoint["path"], &endpoint["interval"]),

@@ -603,3 +603,64 @@ async fn an_operator_started_before_its_api_server_answers_waits_not_ready() {
     assert_eq!(op.process.try_wait().unwrap(), None, "{}", op.process.log());
     forwarder.abort();
 }
+
+/// The value of the operator's series `name` for VideoDelivery `ns/vd` (and `state`, for `keys`), if exposed.
+fn series(metrics: &str, name: &str, ns: &str, vd: &str, state: Option<&str>) -> Option<i64> {
+    let mut labels = format!("delivery_namespace=\"{ns}\",delivery=\"{vd}\"");
+    if let Some(s) = state {
+        labels.push_str(&format!(",state=\"{s}\""));
+    }
+    let prefix = format!("videodelivery_operator_{name}{{{labels}}} ");
+    metrics.lines().find_map(|l| l.strip_prefix(&prefix)).map(|v| v.trim().parse().unwrap())
+}
+
+/// Rotation deadlines are metrics per VideoDelivery, so one Prometheus can alert when a rotation is overdue: the
+/// next rotation time is status's `nextRotationTime`, it moves on when the key rotates, and a deleted
+/// VideoDelivery's series go away.
+#[tokio::test]
+async fn rotation_deadlines_are_metrics_per_videodelivery() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await.unwrap();
+    let ns = cp.namespace("rotmetrics").await.unwrap();
+    let op = Operator::start(cp, &ns, &[]);
+    common::create(
+        &client,
+        &ns,
+        "media",
+        "storage: {url: 's3://videos'}\nagents: {replicas: 0}\n\
+         signing: {rotationInterval: 5s, propagationDelay: 1s, maxTokenLifetime: 2s, clockSkew: 1s}",
+    )
+    .await;
+    let vds: Api<VideoDelivery> = Api::namespaced(client.clone(), &ns);
+    let (first, status_time) = eventually("nextRotationTime in status and in the metrics", LONG, || async {
+        let status = vds.get("media").await.ok()?.status?;
+        let at: k8s_openapi::jiff::Timestamp = status.next_rotation_time?.parse().ok()?;
+        let m = op.metrics().await;
+        let got = series(&m, "next_rotation_timestamp_seconds", &ns, "media", None)?;
+        (got == at.as_second()).then_some((got, at.as_second()))
+    })
+    .await;
+    assert_eq!(first, status_time);
+    let m = op.metrics().await;
+    assert_eq!(series(&m, "keys", &ns, "media", Some("active")), Some(1), "{m}");
+    let last = series(&m, "last_rotation_timestamp_seconds", &ns, "media", None).expect("last rotation time");
+    assert!(last <= first && first - last <= 5, "the active key rotates 5 s after it became active: {last} {first}");
+
+    // The key rotates every 5 s: the deadline moves on.
+    eventually("the next rotation time moves on after a rotation", LONG, || async {
+        let m = op.metrics().await;
+        (series(&m, "next_rotation_timestamp_seconds", &ns, "media", None)? > first).then_some(())
+    })
+    .await;
+
+    // Deleted: its series go (another VideoDelivery's reconcile prunes them).
+    vds.delete("media", &DeleteParams::default()).await.unwrap();
+    common::create(&client, &ns, "other", "storage: {url: 's3://videos'}\nagents: {replicas: 0}").await;
+    eventually("a deleted VideoDelivery's rotation series removed", LONG, || async {
+        let m = op.metrics().await;
+        let other = series(&m, "next_rotation_timestamp_seconds", &ns, "other", None);
+        let media = series(&m, "next_rotation_timestamp_seconds", &ns, "media", None);
+        (other.is_some() && media.is_none() && series(&m, "keys", &ns, "media", Some("active")).is_none()).then_some(())
+    })
+    .await;
+}

@@ -72,6 +72,8 @@ impl TestAgent {
             format!("--keyring={}", keyring_path.display()),
             "--keyring-poll=100ms".into(),
             "--rate-limit=0".into(),
+            // In-process agents would write to the test binary's stdout; tests of the log run the real binary.
+            "--access-log=false".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let config = Config::try_parse_from(args).unwrap();
