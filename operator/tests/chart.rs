@@ -555,8 +555,10 @@ async fn scenario(client: &Client, ns: &str, operator: &mut Process) -> Result<(
     let ingresses: Api<Ingress> = Api::namespaced(client.clone(), ns);
     let gateway = serde_json::json!({"spec": {"expose": {"gateway": {"parentRefs": [{"name": "public"}], "hostnames": ["v.example.com"]}}}});
     vds.patch("a", &PatchParams::default(), &Patch::Merge(&gateway)).await.map_err(|e| e.to_string())?;
-    wait_for("HTTPRoute made and status.url https", || async {
-        routes.get_opt("a").await.ok()??;
+    wait_for("HTTPRoute made", || async { routes.get_opt("a").await.ok()?.map(drop) }).await?;
+    // The URL is public once the Gateway accepts the route (written here as its controller would).
+    common::gateway_says(&routes, "a", "True", "Accepted", "").await;
+    wait_for("status.url https once accepted", || async {
         let url = vds.get("a").await.ok()?.status?.url?;
         (url == "https://v.example.com/videos/").then_some(())
     })

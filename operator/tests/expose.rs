@@ -87,8 +87,14 @@ async fn expose_makes_an_http_route_then_an_ingress_then_nothing() {
     assert_eq!(condition(&vd, "Ready").unwrap().status, "False");
     let routes: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &resources::http_route_api_resource());
     // The Gateway's controller refuses the route (as a gateway writes it): its reason and message reach the user.
-    gateway_says(&routes, "media", "False", "NotAllowedByListeners", "no listener allows routes from this namespace")
-        .await;
+    common::gateway_says(
+        &routes,
+        "media",
+        "False",
+        "NotAllowedByListeners",
+        "no listener allows routes from this namespace",
+    )
+    .await;
     let vd = exposed(&client, &ns, "media", Some(("False", "RouteNotAccepted"))).await;
     let message = &condition(&vd, "Exposed").unwrap().message;
     assert_eq!(
@@ -100,7 +106,7 @@ async fn expose_makes_an_http_route_then_an_ingress_then_nothing() {
     );
     assert_eq!(url(&vd), format!("http://media-agent.{ns}.svc/videos/"), "not public while refused");
     // Then it accepts it.
-    gateway_says(&routes, "media", "True", "Accepted", "").await;
+    common::gateway_says(&routes, "media", "True", "Accepted", "").await;
     let vd = exposed(&client, &ns, "media", Some(("True", "HTTPRouteAccepted"))).await;
     let route = routes.get("media").await.unwrap();
     assert_eq!(route.metadata.owner_references.as_ref().unwrap()[0].uid, vd.metadata.uid.clone().unwrap());
@@ -171,26 +177,6 @@ async fn expose_makes_an_http_route_then_an_ingress_then_nothing() {
     assert!(ingresses.get_opt("media").await.unwrap().is_none());
     assert_eq!(url(&vd), format!("http://media-agent.{ns}.svc/videos/"));
     common::wait_ready(&client, &ns, "media", "True", Some("Ready")).await;
-}
-
-/// Writes what a Gateway's controller writes into an HTTPRoute's status: the Gateway `public` (listener https) has
-/// `Accepted` = `accepted` with `reason` and `message`, and resolved the backends.
-async fn gateway_says(routes: &Api<DynamicObject>, name: &str, accepted: &str, reason: &str, message: &str) {
-    let generation = routes.get(name).await.unwrap().metadata.generation.unwrap_or(1);
-    let now = k8s_openapi::jiff::Timestamp::now().to_string();
-    let condition = |type_: &str, status: &str, reason: &str, message: &str| {
-        serde_json::json!({"type": type_, "status": status, "reason": reason, "message": message,
-            "lastTransitionTime": now, "observedGeneration": generation})
-    };
-    let status = serde_json::json!({"status": {"parents": [{
-        "parentRef": {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "public", "sectionName": "https"},
-        "controllerName": "example.com/gateway-controller",
-        "conditions": [
-            condition("Accepted", accepted, reason, message),
-            condition("ResolvedRefs", "True", "ResolvedRefs", ""),
-        ],
-    }]}});
-    routes.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
 }
 
 fn secret(name: &str, type_: &str, keys: &[&str]) -> Secret {

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use vd_testsupport::{ControlPlane, Process};
 use videodelivery_operator::crd::{SigningFloors, VideoDelivery, VideoDeliverySpec, crd_with_floors};
@@ -253,4 +253,24 @@ pub async fn create_gateway(client: &Client, ns: &str, name: &str) {
         ],
     }});
     api.create(&PostParams::default(), &gw).await.unwrap();
+}
+
+/// Writes what a Gateway's controller writes into an HTTPRoute's status: the Gateway `public` (listener https) has
+/// `Accepted` = `accepted` with `reason` and `message`, and resolved the backends.
+pub async fn gateway_says(routes: &Api<DynamicObject>, name: &str, accepted: &str, reason: &str, message: &str) {
+    let generation = routes.get(name).await.unwrap().metadata.generation.unwrap_or(1);
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let condition = |type_: &str, status: &str, reason: &str, message: &str| {
+        serde_json::json!({"type": type_, "status": status, "reason": reason, "message": message,
+            "lastTransitionTime": now, "observedGeneration": generation})
+    };
+    let status = serde_json::json!({"status": {"parents": [{
+        "parentRef": {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "public", "sectionName": "https"},
+        "controllerName": "example.com/gateway-controller",
+        "conditions": [
+            condition("Accepted", accepted, reason, message),
+            condition("ResolvedRefs", "True", "ResolvedRefs", ""),
+        ],
+    }]}});
+    routes.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
 }
