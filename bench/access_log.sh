@@ -16,19 +16,8 @@ bin=$root/target/release
 vdctl=$root/target/release/vdctl
 [ -x "$vdctl" ] || { cargo build --locked -q -p vdctl; vdctl=$root/target/debug/vdctl; }
 
-work=$(mktemp -d /tmp/vd-bench-log.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-fail() { echo "bench: $*" >&2; exit 1; }
-wait_port() {
-  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
-  fail "nothing listens on port $1 ($2)"
-}
+source bench/lib.sh
+bench_setup vd-bench-log
 
 mkdir -p "$work/media"
 head -c $((8 * 1024 * 1024)) /dev/urandom >"$work/media/film.mp4"

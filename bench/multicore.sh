@@ -13,6 +13,7 @@ RUNS=${RUNS:-3}
 DURATION=${DURATION:-5s}
 CORES=${CORES:-1}
 CONNS=${CONNS:-256 1000}
+RAW_OUT=${RAW_OUT:-} # if set, every wrk output is copied there as it lands (a run cut short keeps what it measured)
 BIG=$((64 * 1024 * 1024))
 ncpu=$(nproc)
 
@@ -29,19 +30,8 @@ fi
 agent_bin=${AGENT_BIN:-$root/target/release/videodelivery-agent}
 vdctl_bin=${VDCTL_BIN:-$root/target/release/vdctl}
 
-work=$(mktemp -d /tmp/vd-multicore.XXXXXX)
-pids=()
-stop_all() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  pids=()
-}
-trap 'stop_all; rm -rf "$work"' EXIT
-fail() { echo "multicore: $*" >&2; exit 1; }
-wait_port() {
-  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
-  fail "nothing listens on port $1 ($2)"
-}
+source bench/lib.sh
+bench_setup vd-multicore
 
 mkdir -p "$work/media" "$work/nginx" "$work/raw"
 head -c "$BIG" /dev/urandom >"$work/media/big.mp4"
@@ -53,31 +43,10 @@ start_servers() { # N: cores 0..N-1 for the servers
   local last=$(($1 - 1))
   taskset -c "0-$last" "$agent_bin" --storage "file://$work/media" --keyring "$work/keyring.json" \
     --listen 127.0.0.1:18180 --admin-listen 127.0.0.1:19190 --rate-limit 0 --max-streams 100000 \
-    --max-connections 100000 --log-format json >"$work/agent.log" 2>&1 &
+    --max-connections 100000 --log-format json --access-log=false >"$work/agent.log" 2>&1 &
   pids+=($!)
-  cat >"$work/nginx/nginx.conf" <<CONF
-worker_processes $1;
-daemon off;
-user root;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/error.log warn;
-worker_rlimit_nofile 65536;
-events { worker_connections 8192; }
-http {
-  access_log off;
-  sendfile on;
-  tcp_nopush on;
-  keepalive_requests 1000000;
-  types { video/mp4 mp4; }
-  client_body_temp_path $work/nginx; proxy_temp_path $work/nginx; fastcgi_temp_path $work/nginx;
-  uwsgi_temp_path $work/nginx; scgi_temp_path $work/nginx;
-  server {
-    listen 127.0.0.1:18181 reuseport;
-    location /videos/ { alias $work/media/; }
-  }
-}
-CONF
-  taskset -c "0-$last" nginx -c "$work/nginx/nginx.conf" &
+  nginx_conf "$work/nginx/nginx.conf" "$work/media" "127.0.0.1:18181 reuseport" "$1"
+  taskset -c "0-$last" nginx -c "$work/nginx/nginx.conf" -g 'daemon off;' &
   pids+=($!)
   wait_port 18180 agent
   wait_port 18181 nginx
@@ -99,6 +68,7 @@ cell() {
   ((threads > 8)) && threads=8
   FILE_SIZE=$BIG taskset -c "$load" wrk -t"$threads" -c"$3" -d"$DURATION" --latency "${extra[@]}" \
     -H "Authorization: Bearer $token" "http://127.0.0.1:$port/videos/big.mp4" >"$work/raw/$1.$2.$3.$4.$5.txt"
+  if [ -n "$RAW_OUT" ]; then mkdir -p "$RAW_OUT" && cp "$work/raw/$1.$2.$3.$4.$5.txt" "$RAW_OUT/"; fi
 }
 
 measured=()
@@ -118,7 +88,7 @@ for n in $CORES; do
     done
     echo "multicore: N=$n run $run done" >&2
   done
-  stop_all
+  stop_servers
   measured+=("$n")
 done
 ((${#measured[@]})) || fail "no N in CORES='$CORES' fits this $ncpu-core machine"

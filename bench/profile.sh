@@ -5,6 +5,7 @@
 #   bash bench/profile.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind >/dev/null; }
 cargo build --release --locked -q -p videodelivery-agent -p vdctl
 bin=$PWD/target/release
@@ -73,25 +74,7 @@ peer() {
     "$bin/videodelivery-agent" --storage "file://$work/media" --keyring "$work/keyring.json" \
     --listen 127.0.0.1:18282 --admin-listen 127.0.0.1:18283 --rate-limit 0 >"$work/agent-$tag.log" 2>&1 &
   local apid=$!
-  mkdir -p "$work/nginx"
-  cat >"$work/nginx/nginx.conf" <<CONF
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/error.log warn;
-events { worker_connections 64; }
-http {
-  access_log off;
-  sendfile on;
-  tcp_nopush on;
-  keepalive_requests 100000;
-  types { video/mp4 mp4; }
-  client_body_temp_path $work/nginx; proxy_temp_path $work/nginx; fastcgi_temp_path $work/nginx;
-  uwsgi_temp_path $work/nginx; scgi_temp_path $work/nginx;
-  server {
-    listen 127.0.0.1:18284;
-    location /videos/ { alias $work/media/; }
-  }
-}
-CONF
+  nginx_conf "$work/nginx/nginx.conf" "$work/media" 127.0.0.1:18284 1 64
   valgrind --tool=callgrind --callgrind-out-file="$work/nginx-$tag.out" --instr-atstart=no \
     nginx -c "$work/nginx/nginx.conf" -g 'daemon off; master_process off;' >"$work/nginx-$tag.log" 2>&1 &
   local npid=$!

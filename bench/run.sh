@@ -21,19 +21,8 @@ cargo build --release --locked -q -p videodelivery-agent -p vdctl
 s3bin=$(bash tests/s3/build.sh)
 bin=$root/target/release
 
-work=$(mktemp -d /tmp/vd-bench.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-fail() { echo "bench: $*" >&2; exit 1; }
-wait_port() {
-  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
-  fail "nothing listens on port $1 ($2)"
-}
+source bench/lib.sh
+bench_setup vd-bench
 
 # The same bytes for every server: a media dir (agent, nginx) that is also the S3 bucket `bench`.
 mkdir -p "$work/s3/bench" "$work/nginx"
@@ -50,28 +39,8 @@ agent_flags=(--keyring "$work/keyring.json" --rate-limit 0 --max-streams 100000 
 "$bin/videodelivery-agent" --storage "file://$media" --listen 127.0.0.1:18080 --admin-listen 127.0.0.1:19090 \
   "${agent_flags[@]}" >"$work/agent.log" 2>&1 &
 pids+=($!)
-cat >"$work/nginx/nginx.conf" <<CONF
-worker_processes auto;
-daemon off;
-user root;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  sendfile on;
-  tcp_nopush on;
-  keepalive_requests 100000;
-  types { video/mp4 mp4; }
-  client_body_temp_path $work/nginx; proxy_temp_path $work/nginx; fastcgi_temp_path $work/nginx;
-  uwsgi_temp_path $work/nginx; scgi_temp_path $work/nginx;
-  server {
-    listen 127.0.0.1:18081;
-    location /videos/ { alias $media/; }
-  }
-}
-CONF
-nginx -c "$work/nginx/nginx.conf" &
+nginx_conf "$work/nginx/nginx.conf" "$media" 127.0.0.1:18081 auto 4096
+nginx -c "$work/nginx/nginx.conf" -g 'daemon off;' &
 pids+=($!)
 "$s3bin" --access AKIABENCH --secret bench-secret --port 127.0.0.1:18082 posix "$work/s3" >"$work/s3.log" 2>&1 &
 pids+=($!)
