@@ -24,7 +24,7 @@ use serde::Serialize;
 
 use crate::cache;
 use crate::config::{Config, LogFormat};
-use crate::metrics::{CacheLabel, Metrics, ReasonLabel, ServedLabel};
+use crate::metrics::{Metrics, ReasonLabel};
 use crate::refusal::Refused;
 use crate::server::Body;
 
@@ -82,17 +82,22 @@ impl AccessLog {
             .filter(|id| sane_request_id(id))
             .map(str::to_owned)
             .unwrap_or_else(|| self.ids.next());
+        // With the log off only the status, cache and timing are read (for the metrics): the line's text fields
+        // are left empty rather than built for nothing on every request.
+        let on = self.queue.is_some();
         let entry = Entry {
             log: "access",
             duration_ms: 0.0,
-            time: SystemTime::now(),
+            time: if on { SystemTime::now() } else { SystemTime::UNIX_EPOCH },
             started: Instant::now(),
             request_id,
-            method: req.method().as_str().to_owned(),
-            path: redact(req.uri().path(), req.uri().query(), &self.route_prefix),
+            method: if on { req.method().as_str().to_owned() } else { String::new() },
+            path: if on { redact(req.uri().path(), req.uri().query(), &self.route_prefix) } else { String::new() },
             version: version(req.version()),
-            client: crate::client::client_ip(&self.trusted_proxies, peer.ip(), headers),
-            user_agent: headers.get(header::USER_AGENT).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            client: if on { crate::client::client_ip(&self.trusted_proxies, peer.ip(), headers) } else { peer.ip() },
+            user_agent: on
+                .then(|| headers.get(header::USER_AGENT).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .flatten(),
             status: 499,
             bytes: 0,
             ttfb: None,
@@ -281,15 +286,12 @@ impl Pending {
             metrics.refusals.get_or_create(&ReasonLabel { reason }).inc();
         }
         if entry.cache != "none" {
-            metrics.streams.get_or_create(&CacheLabel { cache: entry.cache }).inc();
+            metrics.count_stream(entry.cache);
         }
         if let Ok(v) = HeaderValue::from_str(&entry.request_id) {
             resp.headers_mut().insert("x-request-id", v);
         }
-        let served = metrics
-            .served_bytes
-            .get_or_create(&ServedLabel { status_class: class(entry.status), cache: entry.cache })
-            .clone();
+        let served = metrics.served.get(entry.status, entry.cache).clone();
         let log = self.log.clone();
         // hyper stops polling a body once Content-Length bytes are out, and drops it: that is complete, not aborted.
         let length = resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
@@ -305,16 +307,6 @@ impl Drop for Pending {
         if let Some(entry) = self.entry.take() {
             self.log.finish(entry);
         }
-    }
-}
-
-fn class(status: u16) -> &'static str {
-    match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
     }
 }
 
@@ -406,10 +398,16 @@ pub fn sane_request_id(id: &str) -> bool {
 }
 
 /// Request ids and sampling draws: a random 64-bit seed per process mixed with a counter (SplitMix64), so ids are
-/// unique within an agent and unlikely to collide across agents, at the cost of an atomic add.
+/// unique within an agent and unlikely to collide across agents. Each thread takes a block of 2^32 counter values
+/// at a time, so a request touches no counter shared between cores.
 struct RequestIds {
     seed: u64,
-    counter: AtomicU64,
+    blocks: AtomicU64,
+}
+
+thread_local! {
+    /// This thread's next counter value and the end of its block (0, 0 before its first id).
+    static BLOCK: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
 }
 
 impl RequestIds {
@@ -419,11 +417,19 @@ impl RequestIds {
         if getrandom::fill(&mut seed).is_err() {
             tracing::warn!("no OS randomness for request ids; they may repeat across agents");
         }
-        RequestIds { seed: u64::from_le_bytes(seed), counter: AtomicU64::new(0) }
+        RequestIds { seed: u64::from_le_bytes(seed), blocks: AtomicU64::new(0) }
     }
 
     fn random(&self) -> u64 {
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let n = BLOCK.with(|b| {
+            let (mut next, mut end) = b.get();
+            if next == end {
+                next = self.blocks.fetch_add(1, Ordering::Relaxed) << 32;
+                end = next + (1 << 32);
+            }
+            b.set((next + 1, end));
+            next
+        });
         splitmix64(self.seed.wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
     }
 

@@ -1,11 +1,96 @@
 //! Prometheus metrics, served on the admin port.
+//!
+//! Every request updates a few of them from whichever core serves it, so the request path touches no lock: the
+//! labelled counters it needs are looked up once at start (a `Family` lookup takes a read lock on the family's
+//! map), and the latency histograms are atomic buckets (`prometheus_client`'s `Histogram` takes a mutex per
+//! observation, which the cores queue on).
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::exponential_buckets;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
+
+/// A histogram of durations updated with two relaxed atomic adds and no lock; the sum is kept in nanoseconds.
+#[derive(Clone, Debug)]
+pub struct Histogram {
+    inner: Arc<HistogramInner>,
+}
+
+#[derive(Debug)]
+struct HistogramInner {
+    bounds: Vec<f64>,
+    /// One per bound, and a last one for +Inf; not cumulative (the encoder adds them up).
+    counts: Vec<AtomicU64>,
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    pub fn new(bounds: impl Iterator<Item = f64>) -> Histogram {
+        let bounds: Vec<f64> = bounds.collect();
+        let counts = (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect();
+        Histogram { inner: Arc::new(HistogramInner { bounds, counts, sum_nanos: AtomicU64::new(0) }) }
+    }
+
+    /// Records `seconds` (negative and NaN count as zero).
+    pub fn observe(&self, seconds: f64) {
+        let i = self.inner.bounds.iter().position(|b| seconds <= *b).unwrap_or(self.inner.bounds.len());
+        self.inner.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.inner.sum_nanos.fetch_add((seconds.max(0.0) * 1e9) as u64, Ordering::Relaxed);
+    }
+}
+
+impl TypedMetric for Histogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for Histogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let counts: Vec<u64> = self.inner.counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        let buckets: Vec<(f64, u64)> =
+            self.inner.bounds.iter().copied().chain([f64::MAX]).zip(counts.iter().copied()).collect();
+        let sum = self.inner.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, counts.iter().sum(), &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// The `cache` label values of object bodies, in the order [`Served`] and [`Metrics::streams_by_cache`] keep them.
+pub const CACHE_LABELS: [&str; 5] = ["hit", "miss", "streamed", "bypass", "none"];
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+/// Statuses the agent answers; their `requests` counters are looked up once (others go through the family).
+const STATUSES: [u16; 16] = [200, 206, 304, 400, 401, 403, 404, 405, 412, 413, 416, 429, 500, 502, 503, 504];
+
+/// The egress counters, one per status class and cache label, resolved at start.
+pub struct Served {
+    counters: Vec<Counter>,
+}
+
+impl Served {
+    fn new(family: &Family<ServedLabel, Counter>) -> Served {
+        let counters = STATUS_CLASSES
+            .iter()
+            .flat_map(|class| CACHE_LABELS.iter().map(move |cache| (*class, *cache)))
+            .map(|(status_class, cache)| family.get_or_create(&ServedLabel { status_class, cache }).clone())
+            .collect();
+        Served { counters }
+    }
+
+    /// The counter of answers with `status` whose body came from `cache` (one of [`CACHE_LABELS`]).
+    pub fn get(&self, status: u16, cache: &str) -> &Counter {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        let cache = CACHE_LABELS.iter().position(|c| *c == cache).unwrap_or(CACHE_LABELS.len() - 1);
+        &self.counters[class * CACHE_LABELS.len() + cache]
+    }
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabel {
@@ -68,6 +153,12 @@ pub struct Metrics {
     pub tls_reload_errors: Counter,
     /// Body bytes sent (egress) by status class and cache status, counted as they leave, aborted bodies included.
     pub served_bytes: Family<ServedLabel, Counter>,
+    /// [`Metrics::served_bytes`]'s counters, resolved once.
+    pub served: Served,
+    /// [`Metrics::streams`]' counters in [`CACHE_LABELS`] order, resolved once.
+    pub streams_by_cache: Vec<Counter>,
+    /// [`Metrics::requests`]' counters for the statuses the agent answers, resolved once.
+    requests_by_status: Vec<(u16, Counter)>,
     /// Every answer that is not the object, by the reason code its JSON body and the access log carry.
     pub refusals: Family<ReasonLabel, Counter>,
     /// Object bodies started, by cache status.
@@ -105,6 +196,9 @@ impl Default for Metrics {
             tls_reloads: Counter::default(),
             tls_reload_errors: Counter::default(),
             served_bytes: Family::default(),
+            served: Served { counters: Vec::new() },
+            streams_by_cache: Vec::new(),
+            requests_by_status: Vec::new(),
             refusals: Family::default(),
             streams: Family::default(),
             client_aborts: Counter::default(),
@@ -177,11 +271,34 @@ impl Default for Metrics {
             "Access log lines dropped because stdout did not keep up",
             m.access_log_dropped.clone(),
         );
-        Metrics { registry, ..m }
+        let served = Served::new(&m.served_bytes);
+        let streams_by_cache =
+            CACHE_LABELS[..4].iter().map(|cache| m.streams.get_or_create(&CacheLabel { cache }).clone()).collect();
+        let requests_by_status = STATUSES
+            .iter()
+            .map(|&status| (status, m.requests.get_or_create(&StatusLabel { status }).clone()))
+            .collect();
+        Metrics { registry, served, streams_by_cache, requests_by_status, ..m }
     }
 }
 
 impl Metrics {
+    /// Counts an answer with `status`.
+    pub fn count_request(&self, status: u16) {
+        match self.requests_by_status.iter().find(|(s, _)| *s == status) {
+            Some((_, counter)) => counter.inc(),
+            None => self.requests.get_or_create(&StatusLabel { status }).inc(),
+        };
+    }
+
+    /// Counts an object body started with `cache` status (one of [`CACHE_LABELS`] but `none`).
+    pub fn count_stream(&self, cache: &str) {
+        match CACHE_LABELS.iter().position(|c| *c == cache).and_then(|i| self.streams_by_cache.get(i)) {
+            Some(counter) => counter.inc(),
+            None => self.streams.get_or_create(&CacheLabel { cache: "none" }).inc(),
+        };
+    }
+
     /// Adds the TLS metrics, for an agent serving HTTPS.
     pub fn register_tls(&mut self) {
         let sub = self.registry.sub_registry_with_prefix("tls");

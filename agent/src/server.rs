@@ -27,7 +27,7 @@ use crate::cache::SliceCache;
 use crate::conditional::{if_range_holds, not_modified, preconditions_hold, unix_now};
 use crate::config::Config;
 use crate::metadata::MetaCache;
-use crate::metrics::{Metrics, StatusLabel};
+use crate::metrics::Metrics;
 use crate::range::{self, Plan};
 use crate::refusal::{Refusal, empty, set};
 use crate::storage::{Storage, StorageError};
@@ -112,7 +112,7 @@ pub async fn handle<B>(state: Arc<State>, peer: SocketAddr, req: Request<B>) -> 
     let mut resp = route(&state, peer, &req).await.unwrap_or_else(|refusal| refusal.response(&state.metrics));
     cors::headers(&state.config, req.headers(), resp.headers_mut());
     resp.headers_mut().insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    state.metrics.requests.get_or_create(&StatusLabel { status: resp.status().as_u16() }).inc();
+    state.metrics.count_request(resp.status().as_u16());
     state.metrics.ttfb.observe(started.elapsed().as_secs_f64());
     if req.method() == Method::HEAD {
         *resp.body_mut() = empty();
