@@ -19,6 +19,8 @@ use hyper_util::rt::TokioIo;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::Resource;
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
 use rcgen::{
@@ -210,11 +212,32 @@ pub fn renew(current: Option<&Certs>, hosts: &[String], now: OffsetDateTime) -> 
     }
 }
 
+/// The configuration as the owner of the Secret the operator creates, so that uninstalling the chart (which deletes
+/// the configuration) lets the garbage collector delete the CA key too, rather than leaving it behind. None when the
+/// configuration cannot be read: the Secret is then made without an owner (and outlives the release).
+async fn configuration_owner(client: &kube::Client, name: &str) -> Option<OwnerReference> {
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    match api.get_opt(name).await {
+        Ok(Some(config)) => config.controller_owner_ref(&()).map(|mut o| {
+            // Not the controller of the Secret, and no finalizer rights needed on the configuration.
+            o.controller = None;
+            o.block_owner_deletion = None;
+            o
+        }),
+        Ok(None) => None,
+        Err(e) => {
+            warn!(configuration = name, error = %e, "cannot read the webhook configuration to own its Secret");
+            None
+        }
+    }
+}
+
 /// Reads the Secret, renews what needs it, and writes it back (create, or replace at the version read, so two
 /// replicas renewing at once cannot both win: the loser re-reads and takes the winner's).
 pub async fn ensure_certs(client: &kube::Client, s: &WebhookSettings) -> Result<Certs, WebhookError> {
     let api: Api<Secret> = Api::namespaced(client.clone(), &s.namespace);
     let what = || format!("Secret {}/{}", s.namespace, s.secret_name);
+    let mut owner = None;
     for _ in 0..5 {
         let existing =
             api.get_opt(&s.secret_name).await.map_err(|source| WebhookError::Api { what: what(), source })?;
@@ -229,10 +252,14 @@ pub async fn ensure_certs(client: &kube::Client, s: &WebhookSettings) -> Result<
                 api.replace(&s.secret_name, &PostParams::default(), &secret).await
             }
             None => {
+                if owner.is_none() {
+                    owner = configuration_owner(client, &s.configuration).await;
+                }
                 let secret = Secret {
                     metadata: ObjectMeta {
                         name: Some(s.secret_name.clone()),
                         labels: Some([crate::resources::MANAGED_BY].map(|(k, v)| (k.into(), v.into())).into()),
+                        owner_references: owner.clone().map(|o| vec![o]),
                         ..Default::default()
                     },
                     type_: Some("Opaque".into()),

@@ -166,9 +166,18 @@ fn make_hls(dir: &Path) {
 
 /// Runs tests/browser/play.mjs (Debian's Chromium through Playwright, the page served on 127.0.0.1:`port`).
 fn play_in_chromium(port: u16, scenarios: serde_json::Value) -> Vec<serde_json::Value> {
+    play(serde_json::json!({ "port": port, "scenarios": scenarios }))
+}
+
+/// Runs tests/browser/play.mjs on a player page served elsewhere (`page`, the URL of a copy of player.html).
+fn play_on_page(page: &str, scenarios: serde_json::Value) -> Vec<serde_json::Value> {
+    play(serde_json::json!({ "port": common::free_port(), "page": page, "scenarios": scenarios }))
+}
+
+fn play(config: serde_json::Value) -> Vec<serde_json::Value> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/browser");
     assert!(dir.join("node_modules/playwright-core").exists(), "run scripts/setup.sh (npm ci in tests/browser)");
-    let config = serde_json::json!({ "port": port, "scenarios": scenarios }).to_string();
+    let config = config.to_string();
     let out = Command::new("node").current_dir(&dir).arg("play.mjs").arg(config).output().unwrap();
     assert!(out.status.success(), "play.mjs: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
@@ -431,6 +440,9 @@ async fn the_chart_runs_on_a_real_node() {
             "--take-ownership",
             "--set",
             timing::FLOORS,
+            // Sidecar mode: the webhook, reached by the API server through the chart's Service.
+            "--set",
+            "sidecar.enabled=true",
         ],
     );
     let system_pods: Api<Pod> = Api::namespaced(client.clone(), "videodelivery");
@@ -462,6 +474,7 @@ async fn the_chart_runs_on_a_real_node() {
     // The rotation and HTTPS scenarios run beside the others, each in its own namespace, from the start.
     let rotation = tokio::spawn(rotation_under_traffic(node, started));
     let https = tokio::spawn(viewers_over_https(node, started));
+    let sidecar = tokio::spawn(sidecar_in_an_app_pod(node, started));
 
     // 2. An S3 VideoDelivery: agents become Ready through their own probes; exact bytes through the Service.
     step("S3 VideoDelivery");
@@ -641,6 +654,8 @@ async fn the_chart_runs_on_a_real_node() {
     rotation.await.unwrap();
     step("waiting for the HTTPS scenario");
     https.await.unwrap();
+    step("waiting for the sidecar scenario");
+    sidecar.await.unwrap();
 
     // 7. helm upgrade rolls the operator (one leader again); helm uninstall leaves nothing of the release.
     step("helm upgrade");
@@ -680,10 +695,28 @@ async fn the_chart_runs_on_a_real_node() {
     let instance = ListParams::default().labels("app.kubernetes.io/instance=videodelivery");
     assert!(Api::<ClusterRole>::all(client.clone()).list(&instance).await.unwrap().items.is_empty());
     assert!(Api::<ClusterRoleBinding>::all(client.clone()).list(&instance).await.unwrap().items.is_empty());
-    let left =
-        kubectl(node, "videodelivery", &["get", "all,sa,role,rolebinding,configmap,secret,lease", "-o", "name"], "");
-    let left: Vec<&str> =
-        left.lines().filter(|l| !l.ends_with("/kube-root-ca.crt") && !l.ends_with("serviceaccount/default")).collect();
+    let configs: Api<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration> =
+        Api::all(client.clone());
+    assert!(configs.list(&instance).await.unwrap().items.is_empty(), "the webhook configuration is gone");
+    // The webhook's Secret (its CA key) is the operator's, owned by the configuration: the garbage collector
+    // deletes it a moment after the configuration.
+    let leftovers = || {
+        let left = kubectl(
+            node,
+            "videodelivery",
+            &["get", "all,sa,role,rolebinding,configmap,secret,lease", "-o", "name"],
+            "",
+        );
+        left.lines()
+            .filter(|l| !l.ends_with("/kube-root-ca.crt") && !l.ends_with("serviceaccount/default"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !leftovers().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let left = leftovers();
     assert!(left.is_empty(), "the release left {left:?}");
     step("done");
 }
@@ -920,6 +953,351 @@ async fn rotation_under_traffic(node: &'static Node, started: Instant) {
     }
     // The namespace goes; its agents are stopped by the kubelet.
     let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(client).delete(&ns, &DeleteParams::default()).await;
+}
+
+/// The bytes the app of [`sidecar_in_an_app_pod`] writes: `((i * 7) ^ (i >> 9) ^ (i >> 17)) & 255` for byte i,
+/// the same formula as in its JavaScript.
+fn app_film(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (((i * 7) ^ (i >> 9) ^ (i >> 17)) & 255) as u8).collect()
+}
+
+/// The app of the sidecar scenario (run by `node -e` in the example backend's image), as a web app that stores
+/// uploads on its own disk: writes a film into the emptyDir at /media (under a temporary name, then renamed, so it
+/// is never seen half written), copies the HLS files of its ConfigMap (mounted at /site, when there is one) to
+/// /media/film, then answers on port 3000: the page and script files of /site, and "app" for anything else (its
+/// readiness probe).
+const APP_SCRIPT: &str = r#"
+const fs = require("fs"), http = require("http");
+const n = 2 * 1024 * 1024, b = Buffer.alloc(n);
+for (let i = 0; i < n; i++) b[i] = ((i * 7) ^ (i >>> 9) ^ (i >>> 17)) & 255;
+fs.mkdirSync("/media/films", { recursive: true });
+fs.writeFileSync("/media/films/.a.mp4.part", b);
+fs.renameSync("/media/films/.a.mp4.part", "/media/films/a.mp4");
+const site = "/site", types = { html: "text/html; charset=utf-8", js: "text/javascript" };
+if (fs.existsSync(site)) {
+  fs.mkdirSync("/media/film", { recursive: true });
+  for (const f of fs.readdirSync(site)) if (/^[\w-]+\.(m3u8|m4s|mp4)$/.test(f)) fs.copyFileSync(`${site}/${f}`, `/media/film/${f}`);
+}
+http.createServer((req, res) => {
+  const m = /^\/(\w[\w.-]*\.(html|js))$/.exec(req.url.split("?")[0]);
+  if (m && fs.existsSync(`${site}/${m[1]}`)) {
+    res.writeHead(200, { "content-type": types[m[2]] });
+    return res.end(fs.readFileSync(`${site}/${m[1]}`));
+  }
+  res.end("app");
+}).listen(3000);
+"#;
+
+/// The pod template of an app `name` that opts in to the sidecar of the VideoDelivery `delivery`, serving its
+/// emptyDir `uploads` (see [`APP_SCRIPT`]), with the ConfigMap `site` mounted at /site when `site` is set.
+fn app_template(name: &str, delivery: &str, site: bool) -> serde_json::Value {
+    use videodelivery_operator::inject;
+    let labels = serde_json::json!({"app.kubernetes.io/name": name, inject::INJECT_LABEL: "true"});
+    let mut mounts = vec![serde_json::json!({"name": "uploads", "mountPath": "/media"})];
+    let mut volumes = vec![serde_json::json!({"name": "uploads", "emptyDir": {}})];
+    if site {
+        mounts.push(serde_json::json!({"name": "site", "mountPath": "/site", "readOnly": true}));
+        volumes.push(serde_json::json!({"name": "site", "configMap": {"name": "site"}}));
+    }
+    serde_json::json!({
+        "metadata": {
+            "labels": labels,
+            "annotations": {inject::DELIVERY_ANNOTATION: delivery, inject::MEDIA_VOLUME_ANNOTATION: "uploads"},
+        },
+        "spec": {
+            "automountServiceAccountToken": false,
+            "terminationGracePeriodSeconds": 5,
+            "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532},
+            "containers": [{
+                "name": "app",
+                "image": BACKEND_IMAGE,
+                "imagePullPolicy": "Never",
+                "command": ["/nodejs/bin/node", "-e", APP_SCRIPT],
+                "ports": [{"name": "app", "containerPort": 3000}],
+                "readinessProbe": {"httpGet": {"path": "/", "port": "app"}, "periodSeconds": 1},
+                "securityContext": {
+                    "readOnlyRootFilesystem": true,
+                    "allowPrivilegeEscalation": false,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+                "volumeMounts": mounts,
+            }],
+            "volumes": volumes,
+        },
+    })
+}
+
+/// The Deployment of [`app_template`] and its Service `name`: port 80 to the app, 8080 to the sidecar's video port
+/// (the default).
+async fn deploy_app(client: &Client, ns: &str, name: &str, delivery: &str, site: bool) {
+    let template = app_template(name, delivery, site);
+    let deployment: Deployment = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app.kubernetes.io/name": name}},
+            "template": template,
+        },
+    }))
+    .unwrap();
+    Api::<Deployment>::namespaced(client.clone(), ns).create(&PostParams::default(), &deployment).await.unwrap();
+    let service: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {
+            "selector": {"app.kubernetes.io/name": name},
+            "ports": [
+                {"name": "app", "port": 80, "targetPort": 3000},
+                {"name": "videos", "port": 8080, "targetPort": 8080},
+            ],
+        },
+    }))
+    .unwrap();
+    Api::<Service>::namespaced(client.clone(), ns).create(&PostParams::default(), &service).await.unwrap();
+}
+
+/// Sidecar mode on the node, with the chart's webhook reached the way a cluster reaches it: the API server calls
+/// the operator pods through the chart's Service. An app Deployment that opts in and names its emptyDir with
+/// `videodelivery.dev/media-volume` gets the native sidecar, which runs non-root on a read-only root, serves the
+/// file the app wrote as exact signed ranges through the pod's Service, keeps serving with zero rejections through a
+/// key rotation (the keyring reaches it through kubelet's volume update, without a restart), and is counted in
+/// `status.sidecars`.
+async fn sidecar_in_an_app_pod(node: &'static Node, started: Instant) {
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    use videodelivery_operator::crd::{SidecarStatus, VideoDelivery};
+    use videodelivery_operator::inject;
+    let step = |what: &str| eprintln!("[+{:>5.1}s] sidecar: {what}", started.elapsed().as_secs_f64());
+    let cp = node.control_plane();
+    let client = cp.client().await.unwrap();
+    let ns = node.namespace("sidecar").await.unwrap();
+    // The fleet is not used (replicas 0): the sidecar serves the app's volume instead of this storage.
+    common::create(
+        &client,
+        &ns,
+        "app",
+        &format!(
+            "storage: {{url: 'file:///media', volumeClaimName: unused}}\nsigning: {}\nagents: {{replicas: 0, rateLimit: {{requestsPerSecond: 0}}}}",
+            timing::SIGNING
+        ),
+    )
+    .await;
+    deploy_backend(&client, &ns, "app", timing::TOKEN_LIFETIME).await;
+
+    // The operator wrote the CA bundle into the chart's configuration, and kube-proxy routes the webhook's Service.
+    let configs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    eventually("the CA bundle in the chart's webhook configuration", Duration::from_secs(60), || async {
+        let config = configs.get("videodelivery-sidecar-injector").await.ok()?;
+        config.webhooks?.first()?.client_config.ca_bundle.as_ref().filter(|b| !b.0.is_empty()).map(drop)
+    })
+    .await;
+    let webhook =
+        Api::<Service>::namespaced(client.clone(), "videodelivery").get("videodelivery-webhook").await.unwrap();
+    wait_programmed(webhook.spec.unwrap().cluster_ip.as_deref().unwrap());
+
+    // The API server reaches the webhook through the Service: a dry run comes back with the sidecar (the first
+    // calls may fail while the operator's listener or kube-proxy's rules are not in place yet).
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let mut probe: Pod = serde_json::from_value(app_template("uploads", "app", false)).unwrap();
+    probe.metadata.name = Some("dry-run".into());
+    eventually("a dry-run pod injected through the webhook's Service", Duration::from_secs(60), || async {
+        let pod = pods.create(&PostParams { dry_run: true, ..Default::default() }, &probe).await.ok()?;
+        inject::sidecar(&pod).map(drop)
+    })
+    .await;
+    step("the webhook answers through its Service");
+
+    deploy_app(&client, &ns, "uploads", "app", false).await;
+    // Ready: the app's probe and the sidecar's own (native sidecars count towards the pod's readiness).
+    let pod = settle("the app pod with its sidecar Ready", timing::POD_READY, || async {
+        ready_pods(&pods, "app.kubernetes.io/name=uploads").await.into_iter().next()
+    })
+    .await;
+    let sidecar = inject::sidecar(&pod).expect("the webhook added the sidecar");
+    assert_eq!(sidecar.restart_policy.as_deref(), Some("Always"), "a native sidecar (restartable init container)");
+    let pids = container_pids(node, &ns, inject::SIDECAR_NAME);
+    assert_eq!(pids.len(), 1, "the sidecar runs");
+    let (uid, read_only) = process_identity(pids[0]);
+    assert_eq!(uid.split_whitespace().nth(1), Some("65532"), "the sidecar runs as nonroot: {uid}");
+    assert!(read_only, "the sidecar's root filesystem is read-only");
+    step("the injected sidecar runs (uid 65532, read-only root)");
+
+    let service = Api::<Service>::namespaced(client.clone(), &ns).get("uploads").await.unwrap();
+    let ip = service.spec.unwrap().cluster_ip.unwrap();
+    wait_programmed(&ip);
+    let base = format!("http://{ip}:8080");
+    let video = app_film(2 * 1024 * 1024);
+    let backend = running_backend(&client, &ns, "app").await;
+    let [fresh, pooled] = clients();
+    let url = backend.url(&base, "/videos/films/a.mp4").await;
+    let logs = || kubectl(node, &ns, &["logs", "deployment/uploads", "--all-containers", "--tail=20"], "");
+    first_fetch(&fresh, &url, 1_234_567, 300_000, &video).await.unwrap_or_else(|e| panic!("sidecar: {e}\n{}", logs()));
+    fetch_range(&pooled, &url, 0, 1, &video).await.unwrap_or_else(|e| panic!("sidecar: {e}"));
+    let err = fetch_range(&fresh, &format!("{base}/videos/films/a.mp4"), 0, 1, &video).await.unwrap_err();
+    assert!(err.starts_with("403") || err.starts_with("401"), "unsigned through the sidecar: {err}");
+    step("exact signed ranges from the app's emptyDir through the pod's Service");
+
+    // A key rotation while the backend signs every 100 ms: not one request refused by the sidecar.
+    let (first, _) = common::keyring(&client, &ns, "app").await.unwrap();
+    let first_kid = first.keys().iter().map(|k| k.kid().to_string()).next().unwrap();
+    let traffic = Traffic::start(backend, vec![base], video);
+    // While the keys rotate: the same-origin case, with its own VideoDelivery and app.
+    same_origin_session_in_chromium(node, &client, &ns, started).await;
+    eventually(
+        "a full rotation in the sidecar's keyring (the first key removed)",
+        Duration::from_secs(150),
+        || async {
+            let (ring, _) = common::keyring(&client, &ns, "app").await?;
+            (!ring.keys().iter().any(|k| k.kid() == first_kid)).then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(timing::TOKEN_LIFETIME)).await;
+    let report = traffic.stop().await;
+    step(&format!("rotation: {report:?}"));
+    assert!(report.failures.is_empty(), "requests refused by the sidecar during the rotation: {:#?}", report.failures);
+    assert!(report.kids.len() >= 2, "signed with a new key after the promotion: {:?}", report.kids);
+    assert!(report.ok > 300, "{report:?}");
+    let pod = pods.get(&pod.name_any()).await.unwrap();
+    let status = pod.status.unwrap();
+    let restarts: Vec<(String, i32)> = status
+        .init_container_statuses
+        .into_iter()
+        .flatten()
+        .chain(status.container_statuses.into_iter().flatten())
+        .map(|c| (c.name, c.restart_count))
+        .collect();
+    assert!(
+        restarts.iter().all(|(_, n)| *n == 0),
+        "the sidecar got the keys from its volume, no restart: {restarts:?}"
+    );
+
+    let vds: Api<VideoDelivery> = Api::namespaced(client.clone(), &ns);
+    eventually("status.sidecars counts the pod", Duration::from_secs(60), || async {
+        let sidecars = vds.get("app").await.ok()?.status?.sidecars?;
+        (sidecars == SidecarStatus { pods: 1, outdated: 0 }).then_some(())
+    })
+    .await;
+    step("status.sidecars: 1 pod, 0 outdated");
+    let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(client).delete(&ns, &DeleteParams::default()).await;
+}
+
+/// Same origin with the sidecar: an app pod (opted in to the VideoDelivery `web`, whose session cookie is
+/// `SameSite=Strict`) serves the player page and the HLS files it copies to its emptyDir; an Ingress on one host
+/// sends `/` to the app's port and `/videos` to the sidecar's (Traefik, the Ingress controller); Chromium opens
+/// the page there, trades the backend's prefix token for the session cookie at `/videos/session`, and plays with
+/// no token in any URL. The same page without the session is refused.
+async fn same_origin_session_in_chromium(node: &'static Node, client: &Client, ns: &str, started: Instant) {
+    let step = |what: &str| eprintln!("[+{:>5.1}s] sidecar: {what}", started.elapsed().as_secs_f64());
+    common::create(
+        client,
+        ns,
+        "web",
+        "storage: {url: 'file:///media', volumeClaimName: unused}\n\
+         agents: {replicas: 0, playback: {session: {sameSite: Strict, secureCookie: false}}}",
+    )
+    .await;
+    deploy_backend(client, ns, "web", 600).await;
+    // What the app serves: the test page (HLS only), hls.js, and the HLS files it puts on its volume.
+    let browser = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/browser");
+    let page = std::fs::read_to_string(browser.join("player.html")).unwrap();
+    let page = page.replace("<script src=\"/dash.all.min.js\"></script>\n", "");
+    let hls_js = std::fs::read_to_string(browser.join("node_modules/hls.js/dist/hls.min.js"))
+        .expect("run scripts/setup.sh (npm ci in tests/browser)");
+    let hls = tempfile::tempdir().unwrap();
+    make_hls(hls.path());
+    let files: BTreeMap<String, ByteString> = std::fs::read_dir(hls.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), ByteString(std::fs::read(&p).unwrap())))
+        .collect();
+    let site = k8s_openapi::api::core::v1::ConfigMap {
+        metadata: ObjectMeta { name: Some("site".into()), ..Default::default() },
+        data: Some(BTreeMap::from([("player.html".into(), page), ("hls.min.js".into(), hls_js)])),
+        binary_data: Some(files),
+        ..Default::default()
+    };
+    Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &site)
+        .await
+        .unwrap();
+    deploy_app(client, ns, "web", "web", true).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    settle("the web app pod with its sidecar Ready", timing::POD_READY, || async {
+        ready_pods(&pods, "app.kubernetes.io/name=web").await.into_iter().next()
+    })
+    .await;
+
+    // One host for the app and its videos: Traefik serves this namespace's Ingresses of its own class only.
+    let class = format!("{ns}-web");
+    kubectl(
+        node,
+        ns,
+        &["apply", "-f", "-"],
+        &format!(
+            "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {{name: {class}}}\n\
+             spec: {{controller: {}}}\n---\n\
+             apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: web}}\n\
+             spec:\n  ingressClassName: {class}\n  rules:\n  - http:\n      paths:\n\
+             \x20     - {{path: /videos, pathType: Prefix, backend: {{service: {{name: web, port: {{number: 8080}}}}}}}}\n\
+             \x20     - {{path: /, pathType: Prefix, backend: {{service: {{name: web, port: {{number: 80}}}}}}}}\n",
+            vd_testsupport::Traefik::INGRESS_CONTROLLER
+        ),
+    );
+    let cp = node.control_plane();
+    let traefik =
+        vd_testsupport::Traefik::start_http_ingress(cp.kubeconfig(), ns, &class, cp.dir().join("traefik-web.log"))
+            .unwrap();
+    let origin = format!("http://127.0.0.1:{}", traefik.https_port());
+    // Traefik routes once it has read the Ingress: the page from the app, an unsigned video refused by the sidecar.
+    let http = HttpClient::builder(TokioExecutor::new()).pool_max_idle_per_host(0).build_http::<Empty<Bytes>>();
+    let get = |path: &str| {
+        let req = http::Request::get(format!("{origin}{path}")).body(Empty::new()).unwrap();
+        let http = http.clone();
+        async move {
+            let resp = tokio::time::timeout(Duration::from_secs(5), http.request(req)).await.ok()?.ok()?;
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.ok()?.to_bytes();
+            Some((status, body))
+        }
+    };
+    eventually("Traefik routes / to the app and /videos to the sidecar", Duration::from_secs(30), || async {
+        let (page_status, page) = get("/player.html").await?;
+        let (video_status, _) = get("/videos/film/index.m3u8").await?;
+        (page_status == 200 && page.windows(11).any(|w| w == b"window.play") && [401, 403].contains(&video_status))
+            .then_some(())
+    })
+    .await;
+
+    // The backend mints a token for the title's folder (carrier=token, prefix=1); the page trades it for the cookie.
+    let backend = running_backend(client, ns, "web").await;
+    let (_, signed) = backend
+        .sign_with(&origin, "/videos/film/index.m3u8", "token&prefix=1")
+        .await
+        .unwrap_or_else(|e| panic!("web: {e}"));
+    let token = signed.split("token=").nth(1).unwrap().split('&').next().unwrap().to_string();
+    let scenarios = serde_json::json!([
+        { "name": "hls.js from the app's origin, session cookie", "kind": "hls", "credentials": true,
+          "session": format!("{origin}/videos/session?token={token}"),
+          "url": format!("{origin}/videos/film/index.m3u8") },
+        { "name": "no session", "kind": "hls", "credentials": true, "timeoutMs": 4000,
+          "url": format!("{origin}/videos/film/index.m3u8") },
+    ]);
+    let page = format!("{origin}/player.html");
+    let reports = tokio::task::spawn_blocking(move || play_on_page(&page, scenarios)).await.unwrap();
+    let (r, refused) = (&reports[0], &reports[1]);
+    let context = || format!("{r}\n--- traefik\n{}", tail(&traefik.log(), 20));
+    assert_eq!(r["session"], 200, "the session was opened: {}", context());
+    assert!(r["errors"].as_array().unwrap().is_empty(), "Chromium: {}", context());
+    assert_eq!(r["ended"], true, "played to the end: {}", context());
+    let duration = r["duration"].as_f64().unwrap();
+    assert!((3.5..4.6).contains(&duration), "the whole film: {r}");
+    let cookies = r["cookies"].as_array().unwrap();
+    assert_eq!(cookies.len(), 1, "one cookie, the session: {cookies:?}");
+    assert_eq!(cookies[0]["name"], vd_token::COOKIE_NAME);
+    assert_eq!(cookies[0]["sameSite"], "Strict", "a first-party cookie, not SameSite=None: {cookies:?}");
+    assert_eq!(cookies[0]["httpOnly"], true, "{cookies:?}");
+    assert!(!refused["errors"].as_array().unwrap().is_empty(), "without the session the sidecar refuses: {refused}");
+    assert!(refused["cookies"].as_array().unwrap().is_empty(), "{refused}");
+    step("Chromium played from the app's origin with a SameSite=Strict session cookie");
 }
 
 /// What the final stage of a Dockerfile says about the image.

@@ -204,7 +204,14 @@ async fn the_webhook_injects_opted_in_pods_refuses_clashes_and_fails_closed() {
     assert!(message.contains("failed calling webhook"), "{message}");
     pods.create(&PostParams::default(), &pod("late-plain", false, serde_json::json!({}), 3000)).await.unwrap();
 
+    // The Secret with the CA key belongs to the configuration: deleting the configuration (as `helm uninstall`
+    // does) lets the garbage collector delete the Secret, rather than leaving a private key behind.
     configs.delete(&name, &DeleteParams::default()).await.unwrap();
+    let secrets = Api::<Secret>::namespaced(client.clone(), &ns);
+    eventually("the webhook's Secret deleted with its configuration", LONG, || async {
+        secrets.get_opt("videodelivery-webhook-tls").await.ok()?.is_none().then_some(())
+    })
+    .await;
 }
 
 /// The chart rendered as release `release` with sidecar mode on, as JSON documents.

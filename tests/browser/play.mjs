@@ -1,6 +1,7 @@
 // Drives Debian's Chromium through the test page for each scenario and prints one JSON report on stdout.
 // Usage: node play.mjs '{"port": 8123, "scenarios": [{"name": "...", "kind": "mp4|hls|dash", "url": "...", ...}]}'
-// The page is served here, on its own origin, so requests to the agent are cross-origin as in production.
+// The page is served here, on its own origin, so requests to the agent are cross-origin as in production; with
+// "page" (a URL of a player.html served elsewhere, e.g. by an app with the agent on its own origin) that page is used.
 import { readFileSync } from "node:fs";
 import http from "node:http";
 import { chromium } from "playwright-core";
@@ -31,9 +32,11 @@ try {
     const page = await context.newPage();
     const console_ = [];
     page.on("console", (m) => { if (m.type() === "error") console_.push(m.text()); });
-    await page.goto(`http://127.0.0.1:${config.port}/player.html`);
+    await page.goto(config.page ?? `http://127.0.0.1:${config.port}/player.html`);
     const report = await page.evaluate((sc) => window.play(sc), { timeoutMs: 15000, ...s });
-    results.push({ name: s.name, ...report, console: console_.slice(0, 5) });
+    // The cookies the browser kept, without their values (a session cookie is a credential).
+    const cookies = (await context.cookies()).map(({ name, sameSite, secure, httpOnly, path }) => ({ name, sameSite, secure, httpOnly, path }));
+    results.push({ name: s.name, ...report, cookies, console: console_.slice(0, 5) });
     await context.close();
   }
 } finally {

@@ -37,24 +37,46 @@ impl Traefik {
     /// port: Traefik attaches listeners to the entrypoint with the same port). It publishes `address` in the status
     /// of the Gateways and Ingresses it serves. The log goes to `log`. Waits until it answers its ping.
     pub fn start(kubeconfig: &Path, address: &str, log: PathBuf) -> Result<Traefik, Error> {
-        let bin = Self::binary()?;
         let https_port = free_port()?;
+        let args = [
+            format!("--entryPoints.websecure.address={address}:{https_port}"),
+            // Every router on this entrypoint terminates TLS: an Ingress's spec.tls only supplies certificates to
+            // Traefik, its router stays plain HTTP (and answers 404 to HTTPS) unless the entrypoint says so.
+            "--entryPoints.websecure.http.tls=true".into(),
+            "--providers.kubernetesGateway=true".into(),
+            format!("--providers.kubernetesGateway.statusAddress.ip={address}"),
+            "--providers.kubernetesIngress=true".into(),
+            format!("--providers.kubernetesIngress.ingressEndpoint.ip={address}"),
+        ];
+        Self::launch(kubeconfig, address, https_port, &args, log)
+    }
+
+    /// Starts Traefik with only the kubernetesIngress provider, limited to the Ingresses of `class` in
+    /// `namespace`, and one plain-HTTP entrypoint on a free port of 127.0.0.1 (a browser's page there is a secure
+    /// context without a certificate). It leaves every other Gateway and Ingress of the cluster alone.
+    pub fn start_http_ingress(kubeconfig: &Path, namespace: &str, class: &str, log: PathBuf) -> Result<Traefik, Error> {
+        let port = free_port()?;
+        let args = [
+            format!("--entryPoints.web.address=127.0.0.1:{port}"),
+            "--providers.kubernetesIngress=true".into(),
+            format!("--providers.kubernetesIngress.namespaces={namespace}"),
+            format!("--providers.kubernetesIngress.ingressClass={class}"),
+            "--providers.kubernetesIngress.ingressEndpoint.ip=127.0.0.1".into(),
+        ];
+        Self::launch(kubeconfig, "127.0.0.1", port, &args, log)
+    }
+
+    fn launch(kubeconfig: &Path, address: &str, port: u16, args: &[String], log: PathBuf) -> Result<Traefik, Error> {
+        let bin = Self::binary()?;
         let ping_port = free_port()?;
         let mut cmd = Command::new(bin);
         cmd.env("KUBECONFIG", kubeconfig)
             // Outside a pod: never take the in-cluster configuration.
             .env_remove("KUBERNETES_SERVICE_HOST")
-            .arg(format!("--entryPoints.websecure.address={address}:{https_port}"))
-            // Every router on this entrypoint terminates TLS: an Ingress's spec.tls only supplies certificates to
-            // Traefik, its router stays plain HTTP (and answers 404 to HTTPS) unless the entrypoint says so.
-            .arg("--entryPoints.websecure.http.tls=true")
+            .args(args)
             .arg(format!("--entryPoints.traefik.address=127.0.0.1:{ping_port}"))
             .arg("--ping=true")
             .arg("--ping.entryPoint=traefik")
-            .arg("--providers.kubernetesGateway=true")
-            .arg(format!("--providers.kubernetesGateway.statusAddress.ip={address}"))
-            .arg("--providers.kubernetesIngress=true")
-            .arg(format!("--providers.kubernetesIngress.ingressEndpoint.ip={address}"))
             .arg("--global.checkNewVersion=false")
             .arg("--global.sendAnonymousUsage=false")
             .arg("--log.level=INFO")
@@ -70,10 +92,11 @@ impl Traefik {
             let tail = lines[lines.len().saturating_sub(20)..].join("\n");
             return Err(Error::NotReady("traefik", format!("{e}\n--- traefik (last 20 lines)\n{tail}")));
         }
-        Ok(Traefik { process, address: address.into(), https_port })
+        Ok(Traefik { process, address: address.into(), https_port: port })
     }
 
-    /// The port of the HTTPS entrypoint (what a Gateway listener's `port` must be).
+    /// The port of the entrypoint: HTTPS (what a Gateway listener's `port` must be), or plain HTTP for
+    /// [`Traefik::start_http_ingress`].
     pub fn https_port(&self) -> u16 {
         self.https_port
     }
