@@ -126,6 +126,11 @@ pub struct Config {
     /// SameSite of the session cookie: none lets players on another site send it (and needs Secure).
     #[arg(long, env = "VD_SESSION_COOKIE_SAME_SITE", value_enum, default_value = "none")]
     pub session_cookie_same_site: SameSite,
+    /// Mark the (Secure) session cookie `Partitioned` (CHIPS): kept per top-level site, so a player on another site
+    /// still gets its session where third-party cookies are blocked (Chromium's incognito and Playwright contexts
+    /// refuse a plain `SameSite=None` cookie there). `--session-cookie-partitioned=false` turns it off.
+    #[arg(long, env = "VD_SESSION_COOKIE_PARTITIONED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub session_cookie_partitioned: bool,
     #[arg(long, env = "VD_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
     /// One line per request on stdout (method, path with tokens redacted, status, bytes, timings, cache, refusal

@@ -45,7 +45,12 @@ pub fn exchange<B>(state: &State, req: &Request<B>, client: IpAddr) -> Result<Re
         signer.token(&claims),
         vd_token::encode_path(&prefix),
         claims.exp.saturating_sub(now),
-        if cfg.session_cookie_insecure { "" } else { "; Secure" },
+        match (cfg.session_cookie_insecure, cfg.session_cookie_partitioned) {
+            (true, _) => "",
+            (false, false) => "; Secure",
+            // Partitioned needs Secure.
+            (false, true) => "; Secure; Partitioned",
+        },
         cfg.session_cookie_same_site.as_str(),
     );
     let mut r = json_value(StatusCode::OK, &serde_json::json!({ "prefix": prefix, "expires": claims.exp }));

@@ -86,7 +86,11 @@ struct Minter {
 
 impl Minter {
     fn new(agent: &TestAgent) -> Minter {
-        Minter { signer: Signer::new(&agent.keyring).unwrap(), base: format!("http://{}", agent.addr) }
+        Minter::at(agent, format!("http://{}", agent.addr))
+    }
+    /// URLs on `base` (a host name the browser resolves to the agent) with the agent's key.
+    fn at(agent: &TestAgent, base: String) -> Minter {
+        Minter { signer: Signer::new(&agent.keyring).unwrap(), base }
     }
     fn req<'a>(&'a self, path: &'a str, prefix: Option<&'a str>) -> UrlRequest<'a> {
         UrlRequest {
@@ -126,12 +130,17 @@ fn tamper(url: &str) -> String {
 }
 
 fn play(port: u16, scenarios: serde_json::Value) -> Vec<serde_json::Value> {
+    play_with(serde_json::json!({ "port": port, "scenarios": scenarios }))
+}
+
+/// Runs play.mjs with a whole config (see its header: `ca`, `hosts`, `page`).
+fn play_with(config: serde_json::Value) -> Vec<serde_json::Value> {
     let dir = repo().join("tests/browser");
     assert!(
         dir.join("node_modules/playwright-core").exists(),
         "tests/browser/node_modules is missing: run scripts/setup.sh (npm ci in tests/browser)"
     );
-    let config = serde_json::json!({ "port": port, "scenarios": scenarios }).to_string();
+    let config = config.to_string();
     let out = run(Command::new("node").current_dir(&dir).arg("play.mjs").arg(config), "the browser run");
     serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("bad report from play.mjs ({e}): {out}"))
 }
@@ -262,4 +271,106 @@ fn copy_of(src: &Path) -> tempfile::TempDir {
         std::fs::copy(path, to).unwrap();
     }
     dst
+}
+
+/// PEM files of a certificate from the test CA, for an agent's --tls-cert/--tls-key or the test page.
+fn pem_files(dir: &Path, ca: &vd_testsupport::TestCa, host: &str) -> (PathBuf, PathBuf) {
+    let leaf = ca.issue(&[host]).unwrap();
+    let (cert, key) = (dir.join(format!("{host}.crt")), dir.join(format!("{host}.key")));
+    std::fs::write(&cert, &leaf.cert).unwrap();
+    std::fs::write(&key, &leaf.key).unwrap();
+    (cert, key)
+}
+
+/// Every request to `origin` went over HTTP/2, as the page's Resource Timing (`nextHopProtocol`) and the network
+/// stack both say; there was at least one.
+fn assert_h2(r: &serde_json::Value, origin: &str) {
+    let on = |list: &str| -> Vec<serde_json::Value> {
+        let all = r[list].as_array().unwrap().iter();
+        all.filter(|e| e["url"].as_str().unwrap().starts_with(origin)).cloned().collect()
+    };
+    let (timed, seen) = (on("resources"), on("network"));
+    assert!(!timed.is_empty() && !seen.is_empty(), "{}: requests to {origin} were made: {r}", r["name"]);
+    assert!(timed.iter().all(|e| e["protocol"] == "h2"), "{}: nextHopProtocol h2 for each: {timed:?}", r["name"]);
+    assert!(seen.iter().all(|e| e["protocol"] == "h2"), "{}: h2 on the wire for each: {seen:?}", r["name"]);
+}
+
+fn assert_played(r: &serde_json::Value) {
+    assert!(r["errors"].as_array().unwrap().is_empty(), "{}: {r}", r["name"]);
+    let steps = r["steps"].as_array().unwrap();
+    assert!(steps.len() == 3 && steps.iter().all(|s| s["ok"] == true), "{}: start, middle, end: {r}", r["name"]);
+    assert_eq!(r["ended"], true, "{}: played to the end: {r}", r["name"]);
+}
+
+/// An agent serving HTTPS itself (--tls-cert/--tls-key, a certificate from a test CA that Chromium trusts through
+/// its NSS database, no --ignore-certificate-errors): MP4, hls.js and a cookie session from a page on another site
+/// (https://app.example.net, while the agent is https://media.example.test), all over HTTP/2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_plays_from_an_agent_serving_https_over_h2_and_a_cross_site_session() {
+    let media = tempfile::tempdir().unwrap();
+    make_media(media.path());
+    let ca = vd_testsupport::TestCa::new().unwrap();
+    let pem = tempfile::tempdir().unwrap();
+    let (cert, key) = pem_files(pem.path(), &ca, "media.example.test");
+    let (page_cert, page_key) = pem_files(pem.path(), &ca, "app.example.net");
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let page_origin = format!("https://app.example.net:{port}");
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut v = vec![
+            format!("--tls-cert={}", cert.display()),
+            format!("--tls-key={}", key.display()),
+            format!("--cors-origin={page_origin}"),
+            "--rewrite-manifests".into(),
+        ];
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let start = |a: Vec<String>| {
+        let media = copy_of(media.path());
+        async move { TestAgent::start_with(media, &a.iter().map(String::as_str).collect::<Vec<_>>(), None).await }
+    };
+    // The session cookie as it is by default (SameSite=None; Secure; Partitioned), and without Partitioned.
+    let agent = start(args(&[])).await;
+    let unpartitioned = start(args(&["--session-cookie-partitioned=false"])).await;
+    let origin = format!("https://media.example.test:{}", agent.addr.port());
+    let other = format!("https://media.example.test:{}", unpartitioned.addr.port());
+    let (m, u) = (Minter::at(&agent, origin.clone()), Minter::at(&unpartitioned, other.clone()));
+    let session = |base: &str, m: &Minter| format!("{base}/videos/session?token={}", m.prefix_token("/videos/film/"));
+
+    let config = |scenarios: serde_json::Value| {
+        serde_json::json!({
+            "port": port,
+            "ca": ca.ca_file(),
+            "hosts": { "media.example.test": "127.0.0.1", "app.example.net": "127.0.0.1" },
+            "page": { "host": "app.example.net", "cert": page_cert, "key": page_key },
+            "scenarios": scenarios,
+        })
+    };
+    let reports = play_with(config(serde_json::json!([
+        { "name": "mp4 over https", "kind": "mp4", "url": m.exact("/videos/film/film.mp4") },
+        { "name": "hls.js over https, token on the master only, rewritten", "kind": "hls",
+          "url": m.exact("/videos/film/hls/master.m3u8") },
+        { "name": "hls.js over https, cookie session from another site", "kind": "hls", "credentials": true,
+          "session": session(&origin, &m), "url": format!("{origin}/videos/film/hls/master.m3u8") },
+        { "name": "the same without Partitioned", "kind": "hls", "credentials": true, "timeoutMs": 4000,
+          "session": session(&other, &u), "url": format!("{other}/videos/film/hls/master.m3u8") },
+    ])));
+    assert_eq!(reports.len(), 4);
+    for r in &reports[..3] {
+        assert_played(r);
+        assert_h2(r, &origin);
+    }
+    let cross_site = &reports[2];
+    assert_eq!(cross_site["session"], 200, "{cross_site}");
+    assert_eq!(cross_site["cookies"], serde_json::json!(["sent"]), "the cookie went with each request: {cross_site}");
+
+    // What Chromium needed: its contexts (like incognito) block third-party cookies, so a plain SameSite=None;
+    // Secure cookie from another site is refused ("UserPreferences"); a Partitioned one is kept for this top-level site.
+    let plain = &reports[3];
+    assert_eq!(plain["session"], 200, "{plain}");
+    assert!(!plain["errors"].as_array().unwrap().is_empty(), "no cookie, no playback: {plain}");
+    assert_eq!(plain["cookies"], serde_json::json!(["not stored: UserPreferences"]), "{plain}");
+    let m = agent.metrics().await;
+    assert_eq!((status_count(&m, 401), status_count(&m, 403)), (0, 0), "no request was refused:\n{m}");
 }

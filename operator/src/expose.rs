@@ -48,13 +48,13 @@ pub fn route(name: &str, namespace: &str, parents: &[GatewayParentRef], route: &
         for s in ours {
             let conditions = s["conditions"].as_array().cloned().unwrap_or_default();
             let find = |t: &str| conditions.iter().find(|c| c["type"] == t).cloned();
+            // Traefik, for one, writes a reason without a message.
             let said = |c: &serde_json::Value| {
-                format!(
-                    "{} ({}: {})",
-                    c["status"].as_str().unwrap_or("?"),
-                    c["reason"].as_str().unwrap_or(""),
-                    cut(c["message"].as_str().unwrap_or(""))
-                )
+                let (status, reason) = (c["status"].as_str().unwrap_or("?"), c["reason"].as_str().unwrap_or(""));
+                match c["message"].as_str().unwrap_or("") {
+                    "" => format!("{status} ({reason})"),
+                    m => format!("{status} ({reason}: {})", cut(m)),
+                }
             };
             let controller = s["controllerName"].as_str().unwrap_or("its controller");
             match (find("Accepted"), find("ResolvedRefs")) {
@@ -142,6 +142,10 @@ mod tests {
             m,
             "Gateway apps/public did not accept HTTPRoute media: Accepted=False (NotAllowedByListeners: namespace not allowed)"
         );
+        let terse = with(json!([{"parentRef": {"name": "public", "namespace": "apps"},
+            "conditions": [{"type": "Accepted", "status": "False", "reason": "NoMatchingListenerHostname", "message": ""}]}]));
+        let Verdict::Refused(m) = route("media", "apps", &p, &terse) else { panic!() };
+        assert!(m.ends_with("Accepted=False (NoMatchingListenerHostname)"), "{m}");
         // Another Gateway's answer is not ours.
         let other = with(json!([{"parentRef": {"name": "elsewhere"},
             "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "message": ""}]}]));

@@ -166,15 +166,19 @@ fn make_hls(dir: &Path) {
 
 /// Runs tests/browser/play.mjs (Debian's Chromium through Playwright, the page served on 127.0.0.1:`port`).
 fn play_in_chromium(port: u16, scenarios: serde_json::Value) -> Vec<serde_json::Value> {
-    play(serde_json::json!({ "port": port, "scenarios": scenarios }))
+    play_in_chromium_with(serde_json::json!({ "port": port, "scenarios": scenarios }))
 }
 
 /// Runs tests/browser/play.mjs on a player page served elsewhere (`page`, the URL of a copy of player.html).
 fn play_on_page(page: &str, scenarios: serde_json::Value) -> Vec<serde_json::Value> {
-    play(serde_json::json!({ "port": common::free_port(), "page": page, "scenarios": scenarios }))
+    play_in_chromium_with(serde_json::json!({ "port": common::free_port(), "pageUrl": page, "scenarios": scenarios }))
 }
 
-fn play(config: serde_json::Value) -> Vec<serde_json::Value> {
+/// play.mjs with a whole config (its header says what `ca`, `hosts`, `page` and `pageUrl` do). One Chromium at a
+/// time: two at once starve the other scenarios' clients on a small machine.
+fn play_in_chromium_with(config: serde_json::Value) -> Vec<serde_json::Value> {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/browser");
     assert!(dir.join("node_modules/playwright-core").exists(), "run scripts/setup.sh (npm ci in tests/browser)");
     let config = config.to_string();
@@ -1290,13 +1294,13 @@ async fn same_origin_session_in_chromium(node: &'static Node, client: &Client, n
     assert_eq!(r["ended"], true, "played to the end: {}", context());
     let duration = r["duration"].as_f64().unwrap();
     assert!((3.5..4.6).contains(&duration), "the whole film: {r}");
-    let cookies = r["cookies"].as_array().unwrap();
+    let cookies = r["kept"].as_array().unwrap();
     assert_eq!(cookies.len(), 1, "one cookie, the session: {cookies:?}");
     assert_eq!(cookies[0]["name"], vd_token::COOKIE_NAME);
     assert_eq!(cookies[0]["sameSite"], "Strict", "a first-party cookie, not SameSite=None: {cookies:?}");
     assert_eq!(cookies[0]["httpOnly"], true, "{cookies:?}");
     assert!(!refused["errors"].as_array().unwrap().is_empty(), "without the session the sidecar refuses: {refused}");
-    assert!(refused["cookies"].as_array().unwrap().is_empty(), "{refused}");
+    assert!(refused["kept"].as_array().unwrap().is_empty(), "{refused}");
     step("Chromium played from the app's origin with a SameSite=Strict session cookie");
 }
 
@@ -1414,6 +1418,8 @@ async fn the_images_are_what_the_dockerfiles_say() {
 /// The host names viewers use in the HTTPS scenario; Chromium and curl resolve them to the node address.
 const GATEWAY_HOST: &str = "gw.example.test";
 const INGRESS_HOST: &str = "ing.example.test";
+/// The player page's site in the HTTPS scenario: another site than the gateway's.
+const PAGE_HOST: &str = "app.example.net";
 
 /// A `kubernetes.io/tls` Secret holding `leaf`.
 async fn tls_secret(client: &Client, ns: &str, name: &str, leaf: &vd_testsupport::Leaf) {
@@ -1467,6 +1473,8 @@ fn curl(ca: &Path, url: &str, range: Option<(usize, usize)>) -> Result<Curled, S
 /// listener's certificate comes from a Secret signed by a test CA, and one with `expose.ingress` an Ingress with a
 /// TLS Secret. The operator says Exposed=True only once Traefik has accepted the route and published the Ingress's
 /// address; then signed range requests through both answer the exact bytes over HTTP/2, and unsigned ones are refused.
+/// Chromium, trusting the test CA, plays HLS (hls.js) through the Gateway over HTTP/2 from a page on another site.
+/// A route whose hostname the listener does not allow is refused by Traefik, and the operator says so.
 async fn viewers_over_https(node: &'static Node, started: Instant) {
     use videodelivery_operator::crd::VideoDelivery;
     let step = |what: &str| eprintln!("[+{:>5.1}s] https: {what}", started.elapsed().as_secs_f64());
@@ -1480,29 +1488,52 @@ async fn viewers_over_https(node: &'static Node, started: Instant) {
     let s3 = S3Server::start_on(vd_testsupport::NODE_IP).unwrap();
     let video = film(2 * 1024 * 1024, 5);
     s3.put("media", "films/a.mp4", &video).unwrap();
+    let hls = tempfile::tempdir().unwrap();
+    make_hls(hls.path());
+    for e in std::fs::read_dir(hls.path()).unwrap() {
+        let p = e.unwrap().path();
+        let key = format!("films/hls/{}", p.file_name().unwrap().to_string_lossy());
+        s3.put("media", &key, &std::fs::read(&p).unwrap()).unwrap();
+    }
+    let page_port = common::free_port();
     let ns = node.namespace("https").await.unwrap();
     create_s3_credentials(&client, &ns).await;
     tls_secret(&client, &ns, "gateway-tls", &ca.issue(&[GATEWAY_HOST]).unwrap()).await;
 
-    // The classes Traefik serves, and a Gateway with one HTTPS listener on Traefik's entrypoint.
+    // The classes Traefik serves, and a Gateway with one HTTPS listener on Traefik's entrypoint, for *.example.test.
     let apply = |yaml: String| kubectl(node, &ns, &["apply", "--server-side", "-f", "-"], &yaml);
     apply(format!(
         "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: traefik}}\n\
          spec: {{controllerName: {}}}\n---\n\
          apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {{name: traefik}}\nspec: {{controller: {}}}\n---\n\
          apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: public}}\n\
-         spec:\n  gatewayClassName: traefik\n  listeners:\n  - name: https\n    protocol: HTTPS\n    port: {port}\n    \
+         spec:\n  gatewayClassName: traefik\n  listeners:\n  - name: https\n    protocol: HTTPS\n    port: {port}\n    hostname: '*.example.test'\n    \
          tls: {{mode: Terminate, certificateRefs: [{{name: gateway-tls}}]}}\n",
         vd_testsupport::Traefik::GATEWAY_CONTROLLER,
         vd_testsupport::Traefik::INGRESS_CONTROLLER,
     ));
     let agents = "agents: {replicas: 1, rateLimit: {requestsPerSecond: 0}}";
+    // The player page lives on another site (app.example.net); hls.js gets a token on the playlist only.
     common::create(
         &client,
         &ns,
         "gw",
         &format!(
-            "{}\n{agents}\nexpose: {{gateway: {{parentRefs: [{{name: public, sectionName: https}}], hostnames: [{GATEWAY_HOST}]}}}}",
+            "{}\nagents: {{replicas: 1, rateLimit: {{requestsPerSecond: 0}}, corsOrigins: ['https://{PAGE_HOST}:{page_port}'], \
+             playback: {{rewriteManifests: true}}}}\n\
+             expose: {{gateway: {{parentRefs: [{{name: public, sectionName: https}}], hostnames: [{GATEWAY_HOST}]}}}}",
+            s3_storage(&s3)
+        ),
+    )
+    .await;
+    // A hostname the listener does not allow: Traefik refuses the route (no agents needed for that).
+    common::create(
+        &client,
+        &ns,
+        "stray",
+        &format!(
+            "{}\nagents: {{replicas: 0}}\n\
+             expose: {{gateway: {{parentRefs: [{{name: public, sectionName: https}}], hostnames: [video.example.org]}}}}",
             s3_storage(&s3)
         ),
     )
@@ -1545,7 +1576,23 @@ async fn viewers_over_https(node: &'static Node, started: Instant) {
         assert!(c.message.ends_with(&format!("({by})")), "{name}: {}", c.message);
         assert_eq!(vd.status.unwrap().url.as_deref(), Some(format!("https://{url}/videos/").as_str()));
     }
-    step("Exposed=True from Traefik; signed ranges over HTTPS");
+    let refused = eventually("Traefik refuses HTTPRoute stray", Duration::from_secs(60), || async {
+        let vd = vds.get("stray").await.ok()?;
+        let c = common::condition(&vd, "Exposed")?;
+        let url = vd.status.as_ref().and_then(|s| s.url.clone());
+        (c.reason == "RouteNotAccepted").then(|| (c.status.clone(), c.message.clone(), url))
+    })
+    .await;
+    assert_eq!(
+        refused,
+        (
+            "False".to_string(),
+            format!("Gateway {ns}/public did not accept HTTPRoute stray: Accepted=False (NoMatchingListenerHostname)"),
+            Some(format!("http://stray-agent.{ns}.svc/videos/"))
+        ),
+        "Traefik's own reason, as the operator reports it, and no public URL"
+    );
+    step("Exposed=True from Traefik (and RouteNotAccepted for a stray hostname); signed ranges over HTTPS");
 
     for (name, host) in [("gw", GATEWAY_HOST), ("ing", INGRESS_HOST)] {
         let backend = running_backend(&client, &ns, name).await;
@@ -1570,6 +1617,37 @@ async fn viewers_over_https(node: &'static Node, started: Instant) {
         assert!(got.body == video[offset..offset + 100_000], "exact bytes through {host}");
         let unsigned = curl(ca.ca_file().as_path(), &format!("{base}/videos/films/a.mp4"), Some((0, 0))).unwrap();
         assert!(["401", "403"].contains(&unsigned.status.as_str()), "unsigned through {host}: {}", unsigned.status);
+    }
+
+    // Chromium, trusting the test CA through its NSS database, plays HLS through the Gateway over HTTP/2.
+    step("Chromium plays hls.js through the Gateway");
+    let base = format!("https://{GATEWAY_HOST}:{port}");
+    let backend = running_backend(&client, &ns, "gw").await;
+    let (_, master) =
+        backend.sign_with(&base, "/videos/films/hls/index.m3u8", "token").await.unwrap_or_else(|e| panic!("gw: {e}"));
+    let page = ca.issue(&[PAGE_HOST]).unwrap();
+    let pem = tempfile::tempdir().unwrap();
+    let (page_cert, page_key) = (pem.path().join("page.crt"), pem.path().join("page.key"));
+    std::fs::write(&page_cert, &page.cert).unwrap();
+    std::fs::write(&page_key, &page.key).unwrap();
+    let report = play_in_chromium_with(serde_json::json!({
+        "port": page_port,
+        "ca": ca.ca_file(),
+        "hosts": { GATEWAY_HOST: vd_testsupport::NODE_IP, PAGE_HOST: "127.0.0.1" },
+        "page": { "host": PAGE_HOST, "cert": page_cert, "key": page_key },
+        "scenarios": [{ "name": "hls.js through the Gateway", "kind": "hls", "url": master }],
+    }));
+    let r = &report[0];
+    let context = || format!("{r}\n--- traefik\n{}", tail(&traefik.log(), 20));
+    assert!(r["errors"].as_array().unwrap().is_empty(), "Chromium: {}", context());
+    assert_eq!(r["ended"], true, "played to the end: {}", context());
+    let duration = r["duration"].as_f64().unwrap();
+    assert!((3.5..4.6).contains(&duration), "the whole film: {r}");
+    for list in ["resources", "network"] {
+        let to_gateway: Vec<&serde_json::Value> =
+            r[list].as_array().unwrap().iter().filter(|e| e["url"].as_str().unwrap().starts_with(&base)).collect();
+        assert!(to_gateway.len() >= 3, "the playlist, the init segment and segments: {r}");
+        assert!(to_gateway.iter().all(|e| e["protocol"] == "h2"), "h2 through the gateway ({list}): {to_gateway:?}");
     }
     step("done");
     let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(client).delete(&ns, &DeleteParams::default()).await;
