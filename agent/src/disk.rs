@@ -95,7 +95,13 @@ enum Found {
 impl DiskCache {
     /// A disk tier of `budget` bytes in `dir`/slices, with its writer thread. `None` (logged) if the thread cannot
     /// start; a directory that cannot be written is not fatal: the tier then stays empty and says so in metrics.
-    pub fn start(dir: &Path, budget: u64, slice_size: u64, timeout: Duration, metrics: Arc<Metrics>) -> Option<DiskCache> {
+    pub fn start(
+        dir: &Path,
+        budget: u64,
+        slice_size: u64,
+        timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Option<DiskCache> {
         let slots = usize::try_from(budget / slice_size.max(1)).unwrap_or(usize::MAX);
         // Remember a few times more once-used slices than the disk holds, so a second use within a disk's worth of
         // traffic admits; about 100 bytes each, at most 1 M of them.

@@ -229,7 +229,11 @@ impl Metrics {
     pub fn register_disk(&mut self) {
         let sub = self.registry.sub_registry_with_prefix("disk_cache");
         sub.register("hits", "Slices read from the disk cache instead of storage", self.disk_cache_hits.clone());
-        sub.register("writes", "Slices written to the disk cache (on their second use)", self.disk_cache_writes.clone());
+        sub.register(
+            "writes",
+            "Slices written to the disk cache (on their second use)",
+            self.disk_cache_writes.clone(),
+        );
         sub.register(
             "write_errors",
             "Disk cache writes that failed (directory missing or read-only, disk full); serving goes on without them",
@@ -250,7 +254,11 @@ impl Metrics {
             "Disk cache reads that failed or timed out, read from storage instead",
             self.disk_cache_read_errors.clone(),
         );
-        sub.register("evictions", "Disk cache files deleted to stay within its size", self.disk_cache_evictions.clone());
+        sub.register(
+            "evictions",
+            "Disk cache files deleted to stay within its size",
+            self.disk_cache_evictions.clone(),
+        );
         sub.register("size_bytes", "Bytes the disk cache's files take now", self.disk_cache_size_bytes.clone());
         sub.register(
             "writable",

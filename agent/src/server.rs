@@ -24,9 +24,9 @@ use vd_token::{Claims, RequestAuth, Source, canonical_path};
 use crate::access_log::AccessLog;
 use crate::auth::Auth;
 use crate::cache::SliceCache;
-use crate::disk::DiskCache;
 use crate::conditional::{if_range_holds, not_modified, preconditions_hold, unix_now};
 use crate::config::Config;
+use crate::disk::DiskCache;
 use crate::metadata::MetaCache;
 use crate::metrics::{Metrics, StatusLabel};
 use crate::range::{self, Plan};
@@ -64,13 +64,9 @@ impl State {
         let route_prefix = config.route_prefix.trim_end_matches('/').to_owned();
         let streams = Arc::new(Semaphore::new(config.max_streams));
         let disk = match (&config.disk_cache_dir, config.disk_cache_size_mib) {
-            (Some(dir), mib) if mib > 0 => DiskCache::start(
-                dir,
-                mib << 20,
-                config.slice_size_kib << 10,
-                config.storage_timeout,
-                metrics.clone(),
-            ),
+            (Some(dir), mib) if mib > 0 => {
+                DiskCache::start(dir, mib << 20, config.slice_size_kib << 10, config.storage_timeout, metrics.clone())
+            }
             _ => None,
         };
         let cache = SliceCache::new(
