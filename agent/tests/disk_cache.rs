@@ -273,3 +273,65 @@ async fn a_directory_that_cannot_be_written_changes_nothing_but_a_metric() {
     assert_eq!(metric(&m, WRITES), 0, "{m}");
     assert_eq!(metric(&m, "videodelivery_agent_requests_total{status=\"200\"}"), 4, "{m}");
 }
+
+/// A tmpfs of `size` mounted on a temporary directory (tests run as root), unmounted when dropped.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let target = std::ffi::CString::new(dir.path().to_str().unwrap()).unwrap();
+        let (fs, data) = (c"tmpfs", std::ffi::CString::new(format!("size={size}")).unwrap());
+        // SAFETY: every pointer is a NUL-terminated string that outlives the call.
+        let rc = unsafe { libc::mount(fs.as_ptr(), target.as_ptr(), fs.as_ptr(), 0, data.as_ptr().cast()) };
+        assert_eq!(rc, 0, "mounting a tmpfs (the test needs root): {}", std::io::Error::last_os_error());
+        Tmpfs { dir }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        if let Ok(target) = std::ffi::CString::new(self.dir.path().to_str().unwrap_or_default()) {
+            // SAFETY: a NUL-terminated path; a lazy unmount cannot block.
+            unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_keeps_what_fits_and_serves_the_rest_from_storage() {
+    // Room for two slice files of 260 KiB; the agent is told it has 64 MiB.
+    let full = Tmpfs::mount("560k");
+    let s3 = s3_server();
+    s3.put("media", ".keep", b"").unwrap();
+    let film = content(4 * SLICE);
+    upload(&s3, "film.mp4", &film).await;
+    upload(&s3, "flood.mp4", &content(2 << 20)).await;
+    let dir = format!("--disk-cache-dir={}", full.dir.path().display());
+    let mut flags = vec![dir.as_str(), "--disk-cache-size-mib=64"];
+    flags.extend_from_slice(&FLAGS);
+    let agent = start_on_s3(&s3, "s3://media", &flags).await;
+    let t = Setup {
+        s3,
+        flood_url: agent.signed("/videos/flood.mp4", Carrier::Query),
+        agent,
+        disk: tempfile::tempdir().unwrap(),
+    };
+    let url = t.url("film.mp4");
+    read_exact(&url, &film).await;
+    read_exact(&url, &film).await;
+    let m = wait_for(&t.agent, "videodelivery_agent_disk_cache_write_errors_total", 2).await;
+    assert_eq!(metric(&m, WRITES), 2, "{m}");
+    assert_eq!(metric(&m, "videodelivery_agent_disk_cache_writable"), 0, "{m}");
+
+    t.flood_memory().await;
+    let before = t.agent.metrics().await;
+    assert_eq!(read_exact(&url, &film).await, "MISS");
+    let after = t.agent.metrics().await;
+    let disk_hits = "videodelivery_agent_disk_cache_hits_total";
+    assert_eq!(metric(&after, disk_hits), metric(&before, disk_hits) + 2, "what fitted, from disk:\n{after}");
+    assert_eq!(metric(&after, STORAGE_BYTES), metric(&before, STORAGE_BYTES) + 2 * SLICE as u64, "{after}");
+    assert_eq!(metric(&after, "videodelivery_agent_requests_total{status=\"200\"}"), 3, "{after}");
+}
