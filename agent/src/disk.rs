@@ -102,6 +102,11 @@ impl DiskCache {
         timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> Option<DiskCache> {
+        // A slice file is the slice, its header, and the rest of its last block.
+        if budget < slice_size + 2 * BLOCK {
+            tracing::warn!(budget, slice_size, "the disk cache is smaller than one slice file; running without it");
+            return None;
+        }
         let slots = usize::try_from(budget / slice_size.max(1)).unwrap_or(usize::MAX);
         // Remember a few times more once-used slices than the disk holds, so a second use within a disk's worth of
         // traffic admits; about 100 bytes each, at most 1 M of them.
@@ -157,8 +162,10 @@ impl DiskCache {
             }
             Found::Gone => {}
             Found::Failed(error) => {
+                // The file stays indexed (and counted in the size): the error may pass, and it is evicted in turn.
                 m.disk_cache_read_errors.inc();
                 tracing::debug!(%error, "disk cache read failed; reading the slice from storage");
+                return None;
             }
         }
         let mut state = self.shared.state();
@@ -242,7 +249,7 @@ impl Shared {
         let header = encode_header(&job.key, job.content_type.as_deref(), &job.bytes);
         let size = (header.len() as u64 + job.bytes.len() as u64).div_ceil(BLOCK) * BLOCK;
         if size > self.budget {
-            return Ok(());
+            return Err(io::Error::new(io::ErrorKind::StorageFull, "a slice file larger than the whole disk cache"));
         }
         // Room first, the file being written counted: the directory never holds more than the budget.
         let evicted = {
