@@ -109,8 +109,8 @@ impl DiskCache {
         }
         let slots = usize::try_from(budget / slice_size.max(1)).unwrap_or(usize::MAX);
         // Remember a few times more once-used slices than the disk holds, so a second use within a disk's worth of
-        // traffic admits; about 100 bytes each, at most 1 M of them.
-        let seen = NonZeroUsize::new(slots.saturating_mul(4).clamp(1024, 1 << 20)).unwrap_or(NonZeroUsize::MIN);
+        // traffic admits; about 120 bytes each, at most 256 Ki of them (30 MiB).
+        let seen = NonZeroUsize::new(slots.saturating_mul(4).clamp(1024, 1 << 18)).unwrap_or(NonZeroUsize::MIN);
         let shared = Arc::new(Shared {
             dir: dir.join(SLICES),
             budget,
