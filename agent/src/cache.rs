@@ -26,14 +26,16 @@ use moka::notification::RemovalCause;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::AbortOnDropHandle;
 
+use crate::disk::DiskCache;
 use crate::metrics::Metrics;
 use crate::storage::{Body, Storage, StorageError};
 
+/// A slice of one version of an object: the key of the memory cache and of the disk tier.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
-struct SliceKey {
-    object: Arc<str>,
-    etag: Arc<str>,
-    index: u64,
+pub(crate) struct SliceKey {
+    pub(crate) object: Arc<str>,
+    pub(crate) etag: Arc<str>,
+    pub(crate) index: u64,
 }
 
 /// One slice and the content type storage reported with it.
@@ -41,6 +43,8 @@ struct SliceKey {
 struct Slice {
     bytes: Bytes,
     content_type: Option<Arc<str>>,
+    /// Loaded from the disk tier rather than storage.
+    from_disk: bool,
 }
 
 /// Whether an answer came from the cache, for the `X-Cache` header.
@@ -49,6 +53,9 @@ pub enum Status {
     /// The answer's first slices (up to `HIT_CHECK`, so a seek into a long film costs a few lookups, not one
     /// per slice to its end) were cached when the request arrived.
     Hit,
+    /// The first slices were in memory or on disk (`--disk-cache-dir`), at least one on disk, and the first was
+    /// read from there (`X-Cache: HIT`: storage was not asked).
+    Disk,
     /// At least one slice was loaded from storage.
     Miss,
     /// The first slice was streamed from storage past the cache in small chunks, because memory for a whole slice
@@ -61,7 +68,7 @@ pub enum Status {
 impl Status {
     pub fn as_str(self) -> &'static str {
         match self {
-            Status::Hit => "HIT",
+            Status::Hit | Status::Disk => "HIT",
             Status::Miss | Status::Streamed => "MISS",
             Status::Bypass => "BYPASS",
         }
@@ -71,6 +78,7 @@ impl Status {
     pub fn label(self) -> &'static str {
         match self {
             Status::Hit => "hit",
+            Status::Disk => "disk",
             Status::Miss => "miss",
             Status::Streamed => "streamed",
             Status::Bypass => "bypass",
@@ -86,6 +94,7 @@ pub struct SliceCache {
     slice_size: u64,
     capacity: u64,
     memory: Memory,
+    disk: Option<DiskCache>,
     metrics: Arc<Metrics>,
 }
 
@@ -168,12 +177,14 @@ impl Memory {
 
 impl SliceCache {
     /// `capacity` bytes of slices of `slice_size` bytes (a capacity of 0 turns the cache off), and `budget` bytes
-    /// more for what streams hold beyond the cache; a read waits up to `wait` for memory.
+    /// more for what streams hold beyond the cache; a read waits up to `wait` for memory. `disk`, if any, is the
+    /// tier under the memory cache (used only with the memory cache on).
     pub fn new(
         capacity: u64,
         slice_size: u64,
         budget: u64,
         wait: std::time::Duration,
+        disk: Option<DiskCache>,
         metrics: Arc<Metrics>,
     ) -> SliceCache {
         let slices = (capacity > 0).then(|| {
@@ -194,7 +205,7 @@ impl SliceCache {
         let total = usize::try_from(total).unwrap_or(Semaphore::MAX_PERMITS).min(Semaphore::MAX_PERMITS);
         let permits = Arc::new(Semaphore::new(total));
         let memory = Memory { permits, total, wait, metrics: metrics.clone() };
-        SliceCache { slices, slice_size, capacity, memory, metrics }
+        SliceCache { slices, slice_size, capacity, memory, disk, metrics }
     }
 
     /// The bytes of `range` of an object of `size` bytes, from cached slices where possible. The first piece is
@@ -224,6 +235,7 @@ impl SliceCache {
             slices: slices.clone(),
             storage: storage.clone(),
             memory: self.memory.clone(),
+            disk: self.disk.clone(),
             metrics: self.metrics.clone(),
             object: object.into(),
             etag: etag.into(),
@@ -234,12 +246,25 @@ impl SliceCache {
         let first = range.start / self.slice_size;
         let last = (range.end - 1) / self.slice_size;
         let checked = first..=last.min(first + HIT_CHECK - 1);
-        let status =
-            if checked.into_iter().all(|i| slices.contains_key(&loader.key(i))) { Status::Hit } else { Status::Miss };
+        let in_memory = |i: u64| slices.contains_key(&loader.key(i));
+        let status = if checked.clone().all(in_memory) {
+            Status::Hit
+        } else if let Some(disk) = &self.disk
+            && checked.clone().all(|i| in_memory(i) || disk.contains(&loader.key(i)))
+        {
+            Status::Disk
+        } else {
+            Status::Miss
+        };
 
         // How fast this reader will read is not known yet: a slice while memory is plentiful, chunks otherwise.
         let head = loader.piece(first, Some(self.memory.spare())).await?;
-        let status = if head.streamed { Status::Streamed } else { status };
+        let status = match status {
+            _ if head.streamed => Status::Streamed,
+            // Its file turned out corrupt or unreadable: storage answered.
+            Status::Disk if head.from_storage => Status::Miss,
+            status => status,
+        };
         let content_type = head.content_type.as_deref().map(str::to_owned);
         // A streamed first piece takes its first chunk now, so memory in use is a 503, not a cut answer.
         let mut head_stream = head.stream;
@@ -299,6 +324,8 @@ struct Piece {
     content_type: Option<Arc<str>>,
     /// Streamed past the cache rather than cut from a cached slice.
     streamed: bool,
+    /// Read from storage for this answer (or for a concurrent one it shared the read with).
+    from_storage: bool,
 }
 
 /// Reads one answer's slices; cheap to clone into a read-ahead task.
@@ -307,6 +334,7 @@ struct Loader {
     slices: Cache<SliceKey, Slice>,
     storage: Storage,
     memory: Memory,
+    disk: Option<DiskCache>,
     metrics: Arc<Metrics>,
     object: Arc<str>,
     etag: Arc<str>,
@@ -332,12 +360,14 @@ impl Loader {
         span.start.max(self.range.start)..span.end.min(self.range.end)
     }
 
-    fn cut(&self, index: u64, slice: Slice) -> Piece {
+    /// The wanted part of slice `index`, `loaded` for this answer (not found in memory).
+    fn cut(&self, index: u64, slice: Slice, loaded: bool) -> Piece {
         let start = index * self.slice_size;
         let wanted = self.wanted(index);
         let bytes = slice.bytes.slice((wanted.start - start) as usize..(wanted.end - start) as usize);
         Piece {
             stream: stream::once(async move { Ok(bytes) }).boxed(),
+            from_storage: loaded && !slice.from_disk,
             content_type: slice.content_type,
             streamed: false,
         }
@@ -347,11 +377,11 @@ impl Loader {
     /// that many bytes left over), or else streamed past it in small chunks, each waiting for its own memory.
     async fn piece(&self, index: u64, spare: Option<usize>) -> Result<Piece, StorageError> {
         if let Some(s) = self.cached(index).await {
-            return Ok(self.cut(index, s));
+            return Ok(self.cut(index, s, false));
         }
         let Some(spare) = spare else { return self.streamed(index).await };
         match self.load(index, spare).await {
-            Ok(slice) => Ok(self.cut(index, slice)),
+            Ok(slice) => Ok(self.cut(index, slice, true)),
             Err(StorageError::Busy) => self.streamed(index).await,
             Err(e) => Err(e),
         }
@@ -361,18 +391,22 @@ impl Loader {
     /// never takes the memory a reader that asks needs.
     async fn ahead(self, index: u64) -> Option<Result<Piece, StorageError>> {
         if let Some(s) = self.cached(index).await {
-            return Some(Ok(self.cut(index, s)));
+            return Some(Ok(self.cut(index, s, false)));
         }
         match self.load(index, self.memory.spare()).await {
-            Ok(slice) => Some(Ok(self.cut(index, slice))),
+            Ok(slice) => Some(Ok(self.cut(index, slice, true))),
             Err(StorageError::Busy) => None,
             Err(e) => Some(Err(e)),
         }
     }
 
     async fn cached(&self, index: u64) -> Option<Slice> {
-        let s = self.slices.get(&self.key(index)).await?;
+        let key = self.key(index);
+        let s = self.slices.get(&key).await?;
         self.metrics.cache_hits.inc();
+        if let Some(disk) = &self.disk {
+            disk.used(&key, &s.bytes, s.content_type.as_ref());
+        }
         Some(s)
     }
 
@@ -390,9 +424,17 @@ impl Loader {
         let metrics = self.metrics.clone();
         let memory = self.memory.clone();
         let (object, etag) = (self.object.clone(), self.etag.clone());
+        let disk = self.disk.clone();
+        let key = self.key(index);
         self.slices
-            .try_get_with(self.key(index), async move {
+            .try_get_with(key.clone(), async move {
                 let permit = memory.try_reserve(len, spare).ok_or(StorageError::Busy)?;
+                // The disk tier first: an intact file answers without storage (its bytes charged like any slice).
+                if let Some(disk) = &disk
+                    && let Some((bytes, content_type)) = disk.read(&key, len).await
+                {
+                    return Ok(Slice { bytes: memory.wrap(bytes, permit), content_type, from_disk: true });
+                }
                 metrics.cache_misses.inc();
                 let body = storage.get(&object, span.clone(), Some(&etag)).await?;
                 let mut buf = BytesMut::with_capacity(len);
@@ -402,7 +444,11 @@ impl Loader {
                 }
                 metrics.storage_bytes.inc_by(buf.len() as u64);
                 let bytes = memory.wrap(buf.freeze(), permit);
-                Ok::<_, StorageError>(Slice { bytes, content_type: body.content_type.map(Arc::from) })
+                let slice = Slice { bytes, content_type: body.content_type.map(Arc::from), from_disk: false };
+                if let Some(disk) = &disk {
+                    disk.used(&key, &slice.bytes, slice.content_type.as_ref());
+                }
+                Ok::<_, StorageError>(slice)
             })
             .await
             .map_err(|e: Arc<StorageError>| (*e).clone())
@@ -413,7 +459,7 @@ impl Loader {
         self.metrics.cache_streamed.inc();
         let body = self.storage.get_in_chunks(&self.object, self.wanted(index), Some(&self.etag), STREAM_CHUNK).await?;
         let stream = held(body.stream, self.memory.clone(), self.metrics.clone());
-        Ok(Piece { stream, content_type: body.content_type.map(Arc::from), streamed: true })
+        Ok(Piece { stream, content_type: body.content_type.map(Arc::from), streamed: true, from_storage: true })
     }
 }
 

@@ -109,6 +109,16 @@ pub struct Config {
     /// Size of a cached slice in KiB: ranges are assembled from aligned slices of this size.
     #[arg(long, env = "VD_SLICE_SIZE_KIB", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(64..=65536))]
     pub slice_size_kib: u64,
+    /// A local directory (an emptyDir) for the disk tier under the slice cache: slices used twice spill there, so
+    /// a catalogue larger than memory is read from storage about once. Needs --disk-cache-size-mib. The agent owns
+    /// its `slices` folder and wipes it at start; a directory it cannot write is logged and shows in metrics, and
+    /// the agent serves from memory and storage as without it.
+    #[arg(long, env = "VD_DISK_CACHE_DIR")]
+    pub disk_cache_dir: Option<PathBuf>,
+    /// Bytes in MiB the disk tier's files may take (files counted in whole 4 KiB blocks); 0 turns it off. Keep it
+    /// a little below the volume's size (an emptyDir's sizeLimit) for the directory's own blocks.
+    #[arg(long, env = "VD_DISK_CACHE_SIZE_MIB", default_value_t = 0)]
+    pub disk_cache_size_mib: u64,
     /// How long an object's size and ETag are remembered: a warm cache then answers without asking storage, and a
     /// replaced object is noticed within this time (every storage read still checks the ETag). 0 asks every time.
     #[arg(long, env = "VD_METADATA_TTL", default_value = "1s", value_parser = humantime::parse_duration)]

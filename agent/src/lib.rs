@@ -10,6 +10,7 @@ pub mod conditional;
 pub mod config;
 pub mod connections;
 pub mod cors;
+pub mod disk;
 pub mod local;
 pub mod manifest;
 pub mod manifest_response;
@@ -69,6 +70,8 @@ pub enum StartError {
          signing keys; mount it elsewhere"
     )]
     KeyringInsideStorage { keyring: String, root: String },
+    #[error("--disk-cache-size-mib needs --disk-cache-dir, the directory the slices spill to")]
+    DiskCacheDir,
     #[error("--tls-cert and --tls-key go together: give both for HTTPS, or neither for cleartext")]
     TlsHalf,
     #[error("TLS: {0}")]
@@ -119,6 +122,11 @@ impl Agent {
         };
         let storage = Storage::new(&location, &s3, config.storage_timeout, config.max_storage_threads as usize)?;
         let mut metrics = Metrics::default();
+        match (&config.disk_cache_dir, config.disk_cache_size_mib) {
+            (_, 0) => {}
+            (Some(_), _) => metrics.register_disk(),
+            (None, _) => return Err(StartError::DiskCacheDir),
+        }
         // Before binding, so a certificate that cannot be served stops the agent at once with the reason.
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => {

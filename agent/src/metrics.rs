@@ -108,7 +108,7 @@ pub struct StateLabel {
 }
 
 /// What egress is broken down by: the status class (`2xx`..`5xx`) and where the body came from (`hit`, `miss`,
-/// `streamed`, `bypass`, or `none` for answers that are not object bodies).
+/// `disk`, `streamed`, `bypass`, or `none` for answers that are not object bodies).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServedLabel {
     pub status_class: &'static str,
@@ -166,6 +166,24 @@ pub struct Metrics {
     /// Answers whose client went away before the body ended.
     pub client_aborts: Counter,
     pub access_log_lines: Counter,
+    /// The disk tier (registered only with it on, see `disk.rs`): slices read from disk.
+    pub disk_cache_hits: Counter,
+    /// Slices written to disk.
+    pub disk_cache_writes: Counter,
+    /// Writes that failed (directory missing or read-only, disk full): the slice stays in memory and storage only.
+    pub disk_cache_write_errors: Counter,
+    /// Writes dropped because the writer's queue was full (a slow disk): never a wait on the request path.
+    pub disk_cache_writes_dropped: Counter,
+    /// Files that did not match their header, length or checksum: deleted, and the slice read from storage.
+    pub disk_cache_corrupt: Counter,
+    /// Reads that failed or timed out, answered from storage instead.
+    pub disk_cache_read_errors: Counter,
+    /// Files deleted to stay within the disk cache's size.
+    pub disk_cache_evictions: Counter,
+    /// Bytes the disk cache's files take now (whole 4 KiB blocks).
+    pub disk_cache_size_bytes: Gauge,
+    /// 1 while the last write (or the directory's creation) succeeded, 0 after a failure.
+    pub disk_cache_writable: Gauge,
     /// Access log lines dropped because stdout did not keep up (the queue is bounded; serving never waits on it).
     pub access_log_dropped: Counter,
 }
@@ -203,6 +221,15 @@ impl Default for Metrics {
             streams: Family::default(),
             client_aborts: Counter::default(),
             access_log_lines: Counter::default(),
+            disk_cache_hits: Counter::default(),
+            disk_cache_writes: Counter::default(),
+            disk_cache_write_errors: Counter::default(),
+            disk_cache_writes_dropped: Counter::default(),
+            disk_cache_corrupt: Counter::default(),
+            disk_cache_read_errors: Counter::default(),
+            disk_cache_evictions: Counter::default(),
+            disk_cache_size_bytes: Gauge::default(),
+            disk_cache_writable: Gauge::default(),
             access_log_dropped: Counter::default(),
             registry: Registry::default(),
         };
@@ -250,7 +277,7 @@ impl Default for Metrics {
         );
         registry.register(
             "served_bytes",
-            "Body bytes sent to clients (egress), by status class and cache status (hit, miss, streamed, bypass; \
+            "Body bytes sent to clients (egress), by status class and cache status (hit, disk, miss, streamed, bypass; \
              none for answers that are not object bodies)",
             m.served_bytes.clone(),
         );
@@ -312,6 +339,48 @@ impl Metrics {
             "cert_reload_errors",
             "Changed certificate and key pairs refused (the last good pair kept serving)",
             self.tls_reload_errors.clone(),
+        );
+    }
+
+    /// Adds the disk tier's metrics, for an agent with `--disk-cache-dir`.
+    pub fn register_disk(&mut self) {
+        let sub = self.registry.sub_registry_with_prefix("disk_cache");
+        sub.register("hits", "Slices read from the disk cache instead of storage", self.disk_cache_hits.clone());
+        sub.register(
+            "writes",
+            "Slices written to the disk cache (on their second use)",
+            self.disk_cache_writes.clone(),
+        );
+        sub.register(
+            "write_errors",
+            "Disk cache writes that failed (directory missing or read-only, disk full); serving goes on without them",
+            self.disk_cache_write_errors.clone(),
+        );
+        sub.register(
+            "writes_dropped",
+            "Disk cache writes dropped because the writer's queue was full",
+            self.disk_cache_writes_dropped.clone(),
+        );
+        sub.register(
+            "corrupt",
+            "Disk cache files that failed their length or checksum check, deleted and read from storage instead",
+            self.disk_cache_corrupt.clone(),
+        );
+        sub.register(
+            "read_errors",
+            "Disk cache reads that failed or timed out, read from storage instead",
+            self.disk_cache_read_errors.clone(),
+        );
+        sub.register(
+            "evictions",
+            "Disk cache files deleted to stay within its size",
+            self.disk_cache_evictions.clone(),
+        );
+        sub.register("size_bytes", "Bytes the disk cache's files take now", self.disk_cache_size_bytes.clone());
+        sub.register(
+            "writable",
+            "1 while the disk cache directory takes writes, 0 after a failed write",
+            self.disk_cache_writable.clone(),
         );
     }
 

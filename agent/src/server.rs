@@ -26,6 +26,7 @@ use crate::auth::Auth;
 use crate::cache::SliceCache;
 use crate::conditional::{if_range_holds, not_modified, preconditions_hold, unix_now};
 use crate::config::Config;
+use crate::disk::DiskCache;
 use crate::metadata::MetaCache;
 use crate::metrics::Metrics;
 use crate::range::{self, Plan};
@@ -62,11 +63,18 @@ impl State {
         });
         let route_prefix = config.route_prefix.trim_end_matches('/').to_owned();
         let streams = Arc::new(Semaphore::new(config.max_streams));
+        let disk = match (&config.disk_cache_dir, config.disk_cache_size_mib) {
+            (Some(dir), mib) if mib > 0 => {
+                DiskCache::start(dir, mib << 20, config.slice_size_kib << 10, config.storage_timeout, metrics.clone())
+            }
+            _ => None,
+        };
         let cache = SliceCache::new(
             config.cache_size_mib << 20,
             config.slice_size_kib << 10,
             config.stream_memory_mib << 20,
             config.storage_timeout,
+            disk,
             metrics.clone(),
         );
         let meta = MetaCache::new(config.metadata_ttl);

@@ -343,3 +343,49 @@ async fn text_form_sampling_and_off_switch() {
         .sum();
     assert_eq!(egress, 4, "egress is counted with the log off: {metrics}");
 }
+
+/// A slice read back from the disk tier (`--disk-cache-dir`) is logged as `cache: "disk"`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_from_the_disk_tier_is_logged_as_disk() {
+    let disk = tempfile::tempdir().unwrap();
+    let agent = start(&[
+        "--access-log-format=json",
+        "--cache-size-mib=1",
+        "--slice-size-kib=256",
+        &format!("--disk-cache-dir={}", disk.path().display()),
+        "--disk-cache-size-mib=64",
+    ]);
+    let slice = 256 * 1024;
+    agent.put("films/a.mp4", &content(slice));
+    agent.put("films/flood.mp4", &content(8 * slice));
+    let film = agent.signed("/videos/films/a.mp4", Carrier::Query);
+    // Twice: the second use writes it to disk.
+    for _ in 0..2 {
+        assert_eq!(get(&film, &[]).await.0.as_u16(), 200);
+    }
+    let metrics = format!("http://127.0.0.1:{}/metrics", agent.admin);
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, _, m) = get(&metrics, &[]).await;
+        if String::from_utf8_lossy(&m).contains("videodelivery_agent_disk_cache_writes_total 1") {
+            break;
+        }
+        assert!(Instant::now() < until, "the slice was not written to disk");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Slices used more often take the four places of the memory cache (which evicts in the background).
+    let flood = agent.signed("/videos/films/flood.mp4", Carrier::Query);
+    for _ in 0..4 {
+        for i in 0..8 {
+            let range = format!("bytes={}-{}", i * slice, (i + 1) * slice - 1);
+            for _ in 0..2 {
+                assert_eq!(get(&flood, &[("range", &range)]).await.0.as_u16(), 206);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let (status, _, body) = get(&film, &[("x-request-id", "req-disk")]).await;
+    assert_eq!((status.as_u16(), body.len()), (200, slice));
+    let lines = agent.access_lines(3 + 64, Duration::from_secs(10));
+    assert_eq!(line_with_id(&lines, "req-disk")["cache"], "disk", "{:#?}", line_with_id(&lines, "req-disk"));
+}

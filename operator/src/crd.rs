@@ -610,6 +610,8 @@ pub struct AgentsSpec {
     pub rate_limit: RateLimitSpec,
     #[serde(default)]
     pub cache: CacheSpec,
+    #[serde(default, skip_serializing_if = "DiskCacheSpec::is_off")]
+    pub disk_cache: DiskCacheSpec,
     #[serde(default)]
     pub playback: PlaybackSpec,
     /// Nodes the agents may run on, by label.
@@ -897,6 +899,30 @@ pub struct CacheSpec {
     pub stream_mib: u32,
 }
 
+/// Each agent's disk tier under its memory cache: slices used twice spill to an `emptyDir` of this size on the
+/// node, so a catalogue larger than memory is read from storage about once. Off by default.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DiskCacheSpec {
+    /// The `emptyDir`'s `sizeLimit` in MiB; the agent fills at most 31/32 of it, leaving the rest for the
+    /// directory's own blocks. 0 turns the disk tier off. The node needs this much free ephemeral storage.
+    #[serde(default, rename = "sizeMiB")]
+    #[schemars(range(min = 0, max = 4194304))]
+    pub size_mib: u32,
+}
+
+impl DiskCacheSpec {
+    pub fn is_off(&self) -> bool {
+        self.size_mib == 0
+    }
+
+    /// What the agent may fill (`--disk-cache-size-mib`): 31/32 of the volume, so the kubelet, which counts the
+    /// directory's blocks too, never finds the volume over its limit.
+    pub fn agent_mib(&self) -> u32 {
+        (self.size_mib - self.size_mib / 32).max(u32::from(self.size_mib > 0))
+    }
+}
+
 fn default_cache_mib() -> u32 {
     256
 }
@@ -934,6 +960,7 @@ impl Default for AgentsSpec {
             trusted_proxies: Vec::new(),
             rate_limit: RateLimitSpec::default(),
             cache: CacheSpec::default(),
+            disk_cache: DiskCacheSpec::default(),
             playback: PlaybackSpec::default(),
             node_selector: BTreeMap::new(),
             tolerations: Vec::new(),

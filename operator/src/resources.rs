@@ -9,10 +9,10 @@ use k8s_openapi::api::autoscaling::v2::{
     ResourceMetricSource,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvFromSource, HTTPGetAction, KeyToPath, PersistentVolumeClaimVolumeSource,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret, SecretEnvSource,
-    SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec as CoreServiceSpec,
-    TopologySpreadConstraint, Volume, VolumeMount,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvFromSource, HTTPGetAction, KeyToPath,
+    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    SeccompProfile, Secret, SecretEnvSource, SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort,
+    ServiceSpec as CoreServiceSpec, TopologySpreadConstraint, Volume, VolumeMount,
 };
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule, IngressServiceBackend, IngressSpec,
@@ -35,6 +35,8 @@ pub const CONFIG_HASH_ANNOTATION: &str = "videodelivery.dev/config-hash";
 pub const KEYRING_MOUNT: &str = "/etc/videodelivery/keyring";
 /// Where `spec.tls.secretName` is mounted; the agent's `--tls-cert` and `--tls-key` point into it.
 pub const TLS_MOUNT: &str = "/etc/videodelivery/tls";
+/// Where the `emptyDir` of `spec.agents.diskCache` is mounted; the agent's `--disk-cache-dir`.
+pub const DISK_CACHE_MOUNT: &str = "/var/cache/videodelivery";
 pub const HTTP_PORT: i32 = 8080;
 pub const ADMIN_PORT: i32 = 9090;
 /// The agent's `--shutdown-delay`: after SIGTERM it fails readiness but keeps accepting this long, while the
@@ -335,6 +337,10 @@ pub fn agent_args_with(vd: &VideoDelivery, layout: &AgentLayout) -> Vec<String> 
     if !playback.session.secure_cookie {
         args.push("--session-cookie-insecure".into());
     }
+    if !s.agents.disk_cache.is_off() {
+        args.push(format!("--disk-cache-dir={DISK_CACHE_MOUNT}"));
+        args.push(format!("--disk-cache-size-mib={}", s.agents.disk_cache.agent_mib()));
+    }
     if s.tls.is_some() {
         args.push(format!("--tls-cert={TLS_MOUNT}/tls.crt"));
         args.push(format!("--tls-key={TLS_MOUNT}/tls.key"));
@@ -426,6 +432,21 @@ pub fn agent_container(vd: &VideoDelivery, image: &str, layout: &AgentLayout) ->
             name: format!("{p}media"),
             mount_path: dir.into(),
             read_only: Some(true),
+            ..Default::default()
+        });
+    }
+    if !s.agents.disk_cache.is_off() {
+        volumes.push(Volume {
+            name: format!("{p}disk-cache"),
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: None,
+                size_limit: Some(Quantity(format!("{}Mi", s.agents.disk_cache.size_mib))),
+            }),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name: format!("{p}disk-cache"),
+            mount_path: DISK_CACHE_MOUNT.into(),
             ..Default::default()
         });
     }
@@ -930,6 +951,33 @@ agents:
             config_hash(&v, "i", SecretVersions::default()),
             config_hash(&plain, "i", SecretVersions::default())
         );
+    }
+
+    #[test]
+    fn a_disk_cache_is_an_empty_dir_of_its_size_with_the_flags_and_rolls_the_agents() {
+        let plain = vd("storage: {url: 's3://v'}");
+        assert!(!agent_args(&plain).iter().any(|a| a.starts_with("--disk-cache")));
+        let pod = deployment(&plain, "i", SecretVersions::default()).spec.unwrap().template.spec.unwrap();
+        assert!(!pod.volumes.unwrap().iter().any(|v| v.name == "disk-cache"));
+
+        let v = vd("storage: {url: 's3://v'}\nagents: {diskCache: {sizeMiB: 10240}}");
+        let args = agent_args(&v);
+        assert!(args.contains(&format!("--disk-cache-dir={DISK_CACHE_MOUNT}")), "{args:?}");
+        // 31/32 of the volume: the kubelet counts the directory's own blocks too.
+        assert!(args.contains(&"--disk-cache-size-mib=9920".to_string()), "{args:?}");
+        let pod = deployment(&v, "i", SecretVersions::default()).spec.unwrap().template.spec.unwrap();
+        let volume = pod.volumes.unwrap().into_iter().find(|v| v.name == "disk-cache").unwrap();
+        let dir = volume.empty_dir.unwrap();
+        assert_eq!((dir.size_limit, dir.medium), (Some(Quantity("10240Mi".into())), None));
+        let mount = pod.containers[0].volume_mounts.clone().unwrap().into_iter().find(|m| m.name == "disk-cache");
+        let mount = mount.unwrap();
+        assert_eq!((mount.mount_path.as_str(), mount.read_only), (DISK_CACHE_MOUNT, None));
+        assert_ne!(
+            config_hash(&v, "i", SecretVersions::default()),
+            config_hash(&plain, "i", SecretVersions::default())
+        );
+        let tiny = vd("storage: {url: 's3://v'}\nagents: {diskCache: {sizeMiB: 1}}");
+        assert!(agent_args(&tiny).contains(&"--disk-cache-size-mib=1".to_string()));
     }
 
     #[test]

@@ -265,6 +265,7 @@ agents:
     from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: ingress-nginx}}}, {ipBlock: {cidr: 10.0.0.0/8}}]
     metricsFrom: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: monitoring}}}]
   metrics: {podMonitor: {enabled: true, interval: 15s, labels: {release: kube-prometheus-stack}}}
+  diskCache: {sizeMiB: 20480}
 service: {annotations: {service.beta.kubernetes.io/aws-load-balancer-type: nlb, cdn_hint: origin}}
 "#,
         ),

@@ -1,0 +1,407 @@
+//! The disk tier under the slice cache (`--disk-cache-dir`, `--disk-cache-size-mib`): slices used twice spill to
+//! files in a local directory (an `emptyDir`), so a catalogue larger than memory is read from storage about once,
+//! not again each time memory drops a slice.
+//!
+//! Our own files over the page cache rather than `foyer`'s hybrid cache: the memory tier (moka, with the memory
+//! budget every slice is charged to) stays as it is, and foyer would bring a second memory tier, its own I/O engine
+//! and dozens of crates; a file per slice needs a few hundred lines, lets the kernel's page cache keep hot files
+//! in otherwise idle memory, and keeps every rule below in plain sight.
+//!
+//! - One file per slice, named by a digest of object, ETag and slice number, so a changed object (a new ETag) never
+//!   meets its old slices. The index of what is on disk lives in memory, an exact LRU bounded in bytes (files
+//!   counted in whole 4 KiB blocks, header included); the directory is wiped at start.
+//! - Admission on the second use (like nginx's `proxy_cache_min_uses 2`): a slice read once and never again (a scan,
+//!   a one-off seek) is never written, so it cannot push out slices that are watched.
+//! - Writes go through a bounded queue to one writer thread, never on the request path; when the queue is full a
+//!   write is dropped and counted. A queued slice keeps its memory charged to the budget until it is written.
+//! - Each file starts with a header: the key, the content type, the length and a CRC32 of all of it. A file that
+//!   does not match (torn, truncated, corrupt, another key) is deleted, counted, and the slice read from storage.
+//! - Reads run on a bounded pool of threads within the storage timeout; an error or a timeout falls back to storage.
+//! - A directory that cannot be written (missing, read-only, full) leaves the agent as it is without a disk tier,
+//!   and shows in `videodelivery_agent_disk_cache_writable` and `..._disk_cache_write_errors_total`.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{self, Write};
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use lru::LruCache;
+use sha2::{Digest, Sha256};
+
+use crate::cache::SliceKey;
+use crate::local::Pool;
+use crate::metrics::Metrics;
+
+/// Slices waiting for the writer at most; beyond this, writes are dropped (and counted).
+const QUEUE: usize = 8;
+/// Reads from disk at once.
+const READ_THREADS: usize = 8;
+/// Files take whole blocks.
+const BLOCK: u64 = 4096;
+const MAGIC: &[u8; 8] = b"VDSLICE1";
+/// Magic, CRC32, data length, key length, content type length.
+const FIXED_HEADER: usize = 8 + 4 + 8 + 4 + 4;
+/// The folder under `--disk-cache-dir` that the agent owns and wipes at start.
+const SLICES: &str = "slices";
+
+/// The disk tier; cheap to clone.
+#[derive(Clone)]
+pub struct DiskCache {
+    shared: Arc<Shared>,
+    queue: SyncSender<Job>,
+}
+
+struct Shared {
+    dir: PathBuf,
+    /// Bytes the files may take, blocks rounded up, the file being written included.
+    budget: u64,
+    state: Mutex<State>,
+    pool: Pool,
+    metrics: Arc<Metrics>,
+}
+
+struct State {
+    /// What is on disk, with each file's size in blocks, least recently used first out.
+    index: LruCache<SliceKey, u64>,
+    /// The index's files and the one being written, in bytes.
+    bytes: u64,
+    /// Slices used once recently and not on disk: their next use admits them.
+    seen: LruCache<SliceKey, ()>,
+    /// Slices in the writer's queue.
+    queued: HashSet<SliceKey>,
+}
+
+struct Job {
+    key: SliceKey,
+    bytes: Bytes,
+    content_type: Option<Arc<str>>,
+}
+
+/// What a read from disk found.
+enum Found {
+    Slice(Bytes, Option<Arc<str>>),
+    /// The file did not match its header or the key: deleted.
+    Corrupt(&'static str),
+    /// Evicted meanwhile.
+    Gone,
+    Failed(String),
+}
+
+impl DiskCache {
+    /// A disk tier of `budget` bytes in `dir`/slices, with its writer thread. `None` (logged) if the thread cannot
+    /// start; a directory that cannot be written is not fatal: the tier then stays empty and says so in metrics.
+    pub fn start(
+        dir: &Path,
+        budget: u64,
+        slice_size: u64,
+        timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Option<DiskCache> {
+        // A slice file is the slice, its header, and the rest of its last block.
+        if budget < slice_size + 2 * BLOCK {
+            tracing::warn!(budget, slice_size, "the disk cache is smaller than one slice file; running without it");
+            return None;
+        }
+        let slots = usize::try_from(budget / slice_size.max(1)).unwrap_or(usize::MAX);
+        // Remember a few times more once-used slices than the disk holds, so a second use within a disk's worth of
+        // traffic admits; about 120 bytes each, at most 256 Ki of them (30 MiB).
+        let seen = NonZeroUsize::new(slots.saturating_mul(4).clamp(1024, 1 << 18)).unwrap_or(NonZeroUsize::MIN);
+        let shared = Arc::new(Shared {
+            dir: dir.join(SLICES),
+            budget,
+            state: Mutex::new(State {
+                index: LruCache::unbounded(),
+                bytes: 0,
+                seen: LruCache::new(seen),
+                queued: HashSet::new(),
+            }),
+            pool: Pool::new(READ_THREADS, timeout),
+            metrics,
+        });
+        let (queue, jobs) = std::sync::mpsc::sync_channel(QUEUE);
+        let writer = shared.clone();
+        match std::thread::Builder::new().name("disk-cache-writer".into()).spawn(move || writer.write_all(jobs)) {
+            Ok(_) => Some(DiskCache { shared, queue }),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the disk cache's writer thread; running without a disk tier");
+                None
+            }
+        }
+    }
+
+    /// Whether slice `key` is on disk (as far as the index knows; a corrupt file is found only when read).
+    pub(crate) fn contains(&self, key: &SliceKey) -> bool {
+        self.shared.state().index.contains(key)
+    }
+
+    /// Slice `key` of `len` bytes and its content type, if on disk and intact. Anything else (not there, corrupt,
+    /// an error, a read slower than the storage timeout) is `None`, and the caller reads storage.
+    pub(crate) async fn read(&self, key: &SliceKey, len: usize) -> Option<(Bytes, Option<Arc<str>>)> {
+        self.shared.state().index.get(key)?;
+        let shared = self.shared.clone();
+        let k = key.clone();
+        let found = match self.shared.pool.run(move || Ok(shared.read_file(&k, len))).await {
+            Ok(found) => found,
+            Err(e) => Found::Failed(e.to_string()),
+        };
+        let m = &self.shared.metrics;
+        match found {
+            Found::Slice(bytes, content_type) => {
+                m.disk_cache_hits.inc();
+                return Some((bytes, content_type));
+            }
+            Found::Corrupt(why) => {
+                m.disk_cache_corrupt.inc();
+                tracing::warn!(file = %self.shared.path(key).display(), why, "corrupt disk cache entry deleted; \
+                    reading the slice from storage");
+            }
+            Found::Gone => {}
+            Found::Failed(error) => {
+                // The file stays indexed (and counted in the size): the error may pass, and it is evicted in turn.
+                m.disk_cache_read_errors.inc();
+                tracing::debug!(%error, "disk cache read failed; reading the slice from storage");
+                return None;
+            }
+        }
+        let mut state = self.shared.state();
+        if let Some(size) = state.index.pop(key) {
+            state.bytes = state.bytes.saturating_sub(size);
+        }
+        self.shared.report(&state);
+        None
+    }
+
+    /// Counts a use of slice `key` (served from memory or just read from storage): the second use while it is
+    /// remembered queues it for writing, unless it is on disk or queued already. Never waits.
+    pub(crate) fn used(&self, key: &SliceKey, bytes: &Bytes, content_type: Option<&Arc<str>>) {
+        let mut state = self.shared.state();
+        // `get` also marks it recently used on disk: a slice hot in memory stays on disk for when memory drops it.
+        if state.index.get(key).is_some() || state.queued.contains(key) {
+            return;
+        }
+        if state.seen.pop(key).is_none() {
+            state.seen.put(key.clone(), ());
+            return;
+        }
+        state.queued.insert(key.clone());
+        drop(state);
+        let job = Job { key: key.clone(), bytes: bytes.clone(), content_type: content_type.cloned() };
+        if let Err(e) = self.queue.try_send(job) {
+            let mut state = self.shared.state();
+            state.queued.remove(key);
+            if matches!(e, TrySendError::Full(_)) {
+                self.shared.metrics.disk_cache_writes_dropped.inc();
+                // Its next use tries again.
+                state.seen.put(key.clone(), ());
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// A panic elsewhere while the lock was held leaves the state usable (each update is a few map operations).
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn report(&self, state: &State) {
+        self.metrics.disk_cache_size_bytes.set(i64::try_from(state.bytes).unwrap_or(i64::MAX));
+    }
+
+    /// The file of slice `key`: a digest, so any object name makes a short, safe file name.
+    fn path(&self, key: &SliceKey) -> PathBuf {
+        let digest = Sha256::digest(encode_key(key));
+        let name: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+        self.dir.join(name)
+    }
+
+    /// The writer thread: wipes what an earlier run left, then writes queued slices until the cache is dropped.
+    fn write_all(self: Arc<Self>, jobs: Receiver<Job>) {
+        let ready = wipe(&self.dir);
+        if let Err(e) = &ready {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "the disk cache directory cannot be used; \
+                serving from memory and storage only");
+        }
+        self.metrics.disk_cache_writable.set(i64::from(ready.is_ok()));
+        while let Ok(job) = jobs.recv() {
+            let key = job.key.clone();
+            match self.write(job) {
+                Ok(()) => {
+                    self.metrics.disk_cache_writes.inc();
+                    self.metrics.disk_cache_writable.set(1);
+                }
+                Err(e) => {
+                    self.metrics.disk_cache_write_errors.inc();
+                    self.metrics.disk_cache_writable.set(0);
+                    tracing::debug!(error = %e, "disk cache write failed");
+                }
+            }
+            self.state().queued.remove(&key);
+        }
+    }
+
+    fn write(&self, job: Job) -> io::Result<()> {
+        let header = encode_header(&job.key, job.content_type.as_deref(), &job.bytes);
+        let size = (header.len() as u64 + job.bytes.len() as u64).div_ceil(BLOCK) * BLOCK;
+        if size > self.budget {
+            return Err(io::Error::new(io::ErrorKind::StorageFull, "a slice file larger than the whole disk cache"));
+        }
+        // Room first, the file being written counted: the directory never holds more than the budget.
+        let evicted = {
+            let mut state = self.state();
+            let mut evicted = Vec::new();
+            while state.bytes + size > self.budget {
+                let Some((old, old_size)) = state.index.pop_lru() else { break };
+                state.bytes = state.bytes.saturating_sub(old_size);
+                evicted.push(old);
+            }
+            state.bytes += size;
+            evicted
+        };
+        for old in &evicted {
+            let _ = std::fs::remove_file(self.path(old));
+        }
+        self.metrics.disk_cache_evictions.inc_by(evicted.len() as u64);
+        let path = self.path(&job.key);
+        let tmp = path.with_extension("tmp");
+        let written = write_file(&tmp, &header, &job.bytes).and_then(|()| std::fs::rename(&tmp, &path));
+        let mut state = self.state();
+        match written {
+            Ok(()) => {
+                if let Some(replaced) = state.index.put(job.key, size) {
+                    state.bytes = state.bytes.saturating_sub(replaced);
+                }
+            }
+            Err(_) => {
+                state.bytes = state.bytes.saturating_sub(size);
+                let _ = std::fs::remove_file(&tmp);
+            }
+        }
+        self.report(&state);
+        written
+    }
+
+    /// Reads and checks the file of `key`, which must hold `len` bytes. Blocking.
+    fn read_file(&self, key: &SliceKey, len: usize) -> Found {
+        let path = self.path(key);
+        let data = match std::fs::read(&path) {
+            Ok(data) => data,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Found::Gone,
+            Err(e) => return Found::Failed(e.to_string()),
+        };
+        match check(key, len, data) {
+            Ok((bytes, content_type)) => Found::Slice(bytes, content_type),
+            Err(why) => {
+                let _ = std::fs::remove_file(&path);
+                Found::Corrupt(why)
+            }
+        }
+    }
+}
+
+/// Deletes what an earlier run left (its index is gone) and makes the folder.
+fn wipe(dir: &Path) -> io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::create_dir_all(dir)
+}
+
+fn write_file(path: &Path, header: &[u8], bytes: &[u8]) -> io::Result<()> {
+    let mut f = File::create(path)?;
+    f.write_all(header)?;
+    f.write_all(bytes)?;
+    // No fsync: a file torn by a crash is never read (the index starts empty), and one torn otherwise fails its CRC.
+    Ok(())
+}
+
+/// Object, ETag and slice number, unambiguous (neither an object name nor an ETag holds a NUL).
+fn encode_key(key: &SliceKey) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key.object.len() + key.etag.len() + 24);
+    k.extend_from_slice(key.object.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key.etag.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key.index.to_string().as_bytes());
+    k
+}
+
+/// Magic, CRC32 (of everything after it, the bytes included), data length, key length, content type length, key,
+/// content type.
+fn encode_header(key: &SliceKey, content_type: Option<&str>, bytes: &[u8]) -> Vec<u8> {
+    let key = encode_key(key);
+    let ct = content_type.unwrap_or("").as_bytes();
+    let mut h = Vec::with_capacity(FIXED_HEADER + key.len() + ct.len());
+    h.extend_from_slice(MAGIC);
+    h.extend_from_slice(&[0; 4]);
+    h.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+    h.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    h.extend_from_slice(&(ct.len() as u32).to_le_bytes());
+    h.extend_from_slice(&key);
+    h.extend_from_slice(ct);
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&h[12..]);
+    crc.update(bytes);
+    h[8..12].copy_from_slice(&crc.finalize().to_le_bytes());
+    h
+}
+
+/// The slice in a file's `data`, if the header says it is `key`'s, `len` bytes long, and the CRC matches.
+fn check(key: &SliceKey, len: usize, data: Vec<u8>) -> Result<(Bytes, Option<Arc<str>>), &'static str> {
+    let field = |at: usize, n: usize| data.get(at..at + n).ok_or("shorter than its header");
+    if field(0, 8)? != MAGIC {
+        return Err("not a slice file");
+    }
+    let u32_at = |at| field(at, 4).map(|b| u32::from_le_bytes(b.try_into().unwrap_or_default()) as usize);
+    let stored_crc = u32_at(8)? as u32;
+    let data_len = u64::from_le_bytes(field(12, 8)?.try_into().unwrap_or_default());
+    let (key_len, ct_len) = (u32_at(20)?, u32_at(24)?);
+    let start = FIXED_HEADER + key_len + ct_len;
+    if data_len != len as u64 || data.len() != start.saturating_add(len) {
+        return Err("torn: the length differs");
+    }
+    if field(FIXED_HEADER, key_len)? != encode_key(key) {
+        return Err("another slice's file");
+    }
+    if crc32fast::hash(&data[12..]) != stored_crc {
+        return Err("checksum mismatch");
+    }
+    let ct = std::str::from_utf8(field(FIXED_HEADER + key_len, ct_len)?).map_err(|_| "content type not UTF-8")?;
+    let content_type = (!ct.is_empty()).then(|| Arc::from(ct));
+    Ok((Bytes::from(data).slice(start..), content_type))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: u64) -> SliceKey {
+        SliceKey { object: "a/film.mp4".into(), etag: "\"e1\"".into(), index: i }
+    }
+
+    #[test]
+    fn a_file_reads_back_only_for_its_key_length_and_bytes() {
+        let bytes = vec![7u8; 5000];
+        let mut file = encode_header(&key(3), Some("video/mp4"), &bytes);
+        file.extend_from_slice(&bytes);
+        let (b, ct) = check(&key(3), 5000, file.clone()).unwrap();
+        assert_eq!((&b[..], ct.as_deref()), (&bytes[..], Some("video/mp4")));
+        assert_eq!(check(&key(4), 5000, file.clone()).unwrap_err(), "another slice's file");
+        assert_eq!(check(&key(3), 4999, file.clone()).unwrap_err(), "torn: the length differs");
+        let mut torn = file.clone();
+        torn.truncate(file.len() - 1);
+        assert_eq!(check(&key(3), 5000, torn).unwrap_err(), "torn: the length differs");
+        let mut flipped = file.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        assert_eq!(check(&key(3), 5000, flipped).unwrap_err(), "checksum mismatch");
+        assert!(check(&key(3), 5000, file[..10].to_vec()).is_err());
+        assert!(check(&key(3), 5000, Vec::new()).is_err());
+    }
+}
