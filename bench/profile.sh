@@ -21,7 +21,7 @@ profile() {
   local name=$1 cache=$2 n=$3 len=$4 port=18280
   valgrind --tool=callgrind --callgrind-out-file="$work/$name.out" --instr-atstart=no \
     "$bin/videodelivery-agent" --storage "file://$work/media" --keyring "$work/keyring.json" \
-    --listen 127.0.0.1:$port --admin-listen 127.0.0.1:18281 --rate-limit 0 --cache-size-mib "$cache" \
+    --listen 127.0.0.1:$port --admin-listen 127.0.0.1:18281 --rate-limit 0 --access-log=false --cache-size-mib "$cache" \
     >"$work/$name.log" 2>&1 &
   local pid=$!
   for _ in $(seq 300); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.2; done
@@ -72,7 +72,7 @@ peer() {
   local n=$1 len=$2 tag=$3
   valgrind --tool=callgrind --callgrind-out-file="$work/agent-$tag.out" --instr-atstart=no \
     "$bin/videodelivery-agent" --storage "file://$work/media" --keyring "$work/keyring.json" \
-    --listen 127.0.0.1:18282 --admin-listen 127.0.0.1:18283 --rate-limit 0 >"$work/agent-$tag.log" 2>&1 &
+    --listen 127.0.0.1:18282 --admin-listen 127.0.0.1:18283 --rate-limit 0 --access-log=false >"$work/agent-$tag.log" 2>&1 &
   local apid=$!
   nginx_conf "$work/nginx/nginx.conf" "$work/media" 127.0.0.1:18284 1 64
   valgrind --tool=callgrind --callgrind-out-file="$work/nginx-$tag.out" --instr-atstart=no \

@@ -291,7 +291,7 @@ impl Pending {
         if let Ok(v) = HeaderValue::from_str(&entry.request_id) {
             resp.headers_mut().insert("x-request-id", v);
         }
-        let served = metrics.served.get(entry.status, entry.cache).clone();
+        let served = metrics.served.get(entry.status, entry.cache);
         let log = self.log.clone();
         // hyper stops polling a body once Content-Length bytes are out, and drops it: that is complete, not aborted.
         let length = resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());

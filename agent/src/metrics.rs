@@ -64,13 +64,14 @@ impl EncodeMetric for Histogram {
 }
 
 /// The `cache` label values of object bodies, in the order [`Served`] and [`Metrics::streams_by_cache`] keep them.
-pub const CACHE_LABELS: [&str; 5] = ["hit", "miss", "streamed", "bypass", "none"];
+pub const CACHE_LABELS: [&str; 6] = ["hit", "disk", "miss", "streamed", "bypass", "none"];
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// Statuses the agent answers; their `requests` counters are looked up once (others go through the family).
 const STATUSES: [u16; 16] = [200, 206, 304, 400, 401, 403, 404, 405, 412, 413, 416, 429, 500, 502, 503, 504];
 
 /// The egress counters, one per status class and cache label, resolved at start.
 pub struct Served {
+    family: Family<ServedLabel, Counter>,
     counters: Vec<Counter>,
 }
 
@@ -81,14 +82,17 @@ impl Served {
             .flat_map(|class| CACHE_LABELS.iter().map(move |cache| (*class, *cache)))
             .map(|(status_class, cache)| family.get_or_create(&ServedLabel { status_class, cache }).clone())
             .collect();
-        Served { counters }
+        Served { family: family.clone(), counters }
     }
 
-    /// The counter of answers with `status` whose body came from `cache` (one of [`CACHE_LABELS`]).
-    pub fn get(&self, status: u16, cache: &str) -> &Counter {
+    /// The counter of answers with `status` whose body came from `cache` (a label outside [`CACHE_LABELS`] goes
+    /// through the family's map).
+    pub fn get(&self, status: u16, cache: &'static str) -> Counter {
         let class = (status / 100).clamp(1, 5) as usize - 1;
-        let cache = CACHE_LABELS.iter().position(|c| *c == cache).unwrap_or(CACHE_LABELS.len() - 1);
-        &self.counters[class * CACHE_LABELS.len() + cache]
+        match CACHE_LABELS.iter().position(|c| *c == cache) {
+            Some(i) => self.counters[class * CACHE_LABELS.len() + i].clone(),
+            None => self.family.get_or_create(&ServedLabel { status_class: STATUS_CLASSES[class], cache }).clone(),
+        }
     }
 }
 
@@ -107,7 +111,7 @@ pub struct StateLabel {
     pub state: &'static str,
 }
 
-/// What egress is broken down by: the status class (`2xx`..`5xx`) and where the body came from (`hit`, `miss`,
+/// What egress is broken down by: the status class (`2xx`..`5xx`) and where the body came from (`hit`, `disk`, `miss`,
 /// `disk`, `streamed`, `bypass`, or `none` for answers that are not object bodies).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServedLabel {
@@ -214,7 +218,7 @@ impl Default for Metrics {
             tls_reloads: Counter::default(),
             tls_reload_errors: Counter::default(),
             served_bytes: Family::default(),
-            served: Served { counters: Vec::new() },
+            served: Served { family: Family::default(), counters: Vec::new() },
             streams_by_cache: Vec::new(),
             requests_by_status: Vec::new(),
             refusals: Family::default(),
@@ -299,8 +303,10 @@ impl Default for Metrics {
             m.access_log_dropped.clone(),
         );
         let served = Served::new(&m.served_bytes);
-        let streams_by_cache =
-            CACHE_LABELS[..4].iter().map(|cache| m.streams.get_or_create(&CacheLabel { cache }).clone()).collect();
+        let streams_by_cache = CACHE_LABELS[..CACHE_LABELS.len() - 1]
+            .iter()
+            .map(|cache| m.streams.get_or_create(&CacheLabel { cache }).clone())
+            .collect();
         let requests_by_status = STATUSES
             .iter()
             .map(|&status| (status, m.requests.get_or_create(&StatusLabel { status }).clone()))
@@ -318,11 +324,11 @@ impl Metrics {
         };
     }
 
-    /// Counts an object body started with `cache` status (one of [`CACHE_LABELS`] but `none`).
-    pub fn count_stream(&self, cache: &str) {
+    /// Counts an object body started with `cache` status.
+    pub fn count_stream(&self, cache: &'static str) {
         match CACHE_LABELS.iter().position(|c| *c == cache).and_then(|i| self.streams_by_cache.get(i)) {
             Some(counter) => counter.inc(),
-            None => self.streams.get_or_create(&CacheLabel { cache: "none" }).inc(),
+            None => self.streams.get_or_create(&CacheLabel { cache }).inc(),
         };
     }
 
