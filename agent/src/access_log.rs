@@ -402,8 +402,10 @@ pub fn sane_request_id(id: &str) -> bool {
 /// at a time, so a request touches no counter shared between cores.
 struct RequestIds {
     seed: u64,
-    blocks: AtomicU64,
 }
+
+/// Blocks handed out so far, process-wide (so two agents in one process never share a block).
+static BLOCKS: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
     /// This thread's next counter value and the end of its block (0, 0 before its first id).
@@ -417,14 +419,14 @@ impl RequestIds {
         if getrandom::fill(&mut seed).is_err() {
             tracing::warn!("no OS randomness for request ids; they may repeat across agents");
         }
-        RequestIds { seed: u64::from_le_bytes(seed), blocks: AtomicU64::new(0) }
+        RequestIds { seed: u64::from_le_bytes(seed) }
     }
 
     fn random(&self) -> u64 {
         let n = BLOCK.with(|b| {
             let (mut next, mut end) = b.get();
             if next == end {
-                next = self.blocks.fetch_add(1, Ordering::Relaxed) << 32;
+                next = BLOCKS.fetch_add(1, Ordering::Relaxed) << 32;
                 end = next + (1 << 32);
             }
             b.set((next + 1, end));
