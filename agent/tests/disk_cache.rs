@@ -86,6 +86,17 @@ impl Setup {
     /// Reads the flood object's eight slices eight times each: used more often than anything else, they take the
     /// memory cache's four places. The memory cache evicts in the background, every few hundred milliseconds, so
     /// the reads are spread over a little more than a second.
+    /// Uploads `bytes` as `name` and reads it twice (the second use admits both slices), then waits for both
+    /// slices to reach the disk; its signed URL.
+    async fn admitted(&self, name: &str, bytes: &[u8]) -> String {
+        upload(&self.s3, name, bytes).await;
+        let url = self.url(name);
+        read_exact(&url, bytes).await;
+        read_exact(&url, bytes).await;
+        wait_for(&self.agent, WRITES, 2).await;
+        url
+    }
+
     async fn flood_memory(&self) {
         for _ in 0..4 {
             for i in 0..8 {
@@ -122,11 +133,7 @@ fn slice_files(dir: &Path) -> Vec<std::path::PathBuf> {
 async fn a_slice_memory_dropped_is_served_from_disk_without_a_storage_read() {
     let t = setup(&[]).await;
     let film = content(2 * SLICE);
-    upload(&t.s3, "film.mp4", &film).await;
-    let url = t.url("film.mp4");
-    read_exact(&url, &film).await;
-    read_exact(&url, &film).await;
-    wait_for(&t.agent, WRITES, 2).await;
+    let url = t.admitted("film.mp4", &film).await;
     t.flood_memory().await;
 
     let before = t.agent.metrics().await;
@@ -181,11 +188,7 @@ async fn only_a_second_use_writes_a_slice_so_a_one_off_scan_writes_nothing() {
 async fn an_object_replaced_on_s3_is_never_served_mixed_from_disk() {
     let t = setup(&[]).await;
     let old = content(2 * SLICE);
-    upload(&t.s3, "film.mp4", &old).await;
-    let url = t.url("film.mp4");
-    read_exact(&url, &old).await;
-    read_exact(&url, &old).await;
-    wait_for(&t.agent, WRITES, 2).await;
+    let url = t.admitted("film.mp4", &old).await;
     t.flood_memory().await;
     let before = t.agent.metrics().await;
     assert_eq!(read_exact(&url, &old).await, "HIT");
@@ -215,11 +218,7 @@ async fn an_object_replaced_on_s3_is_never_served_mixed_from_disk() {
 async fn a_corrupt_or_torn_file_is_detected_and_read_again_from_storage() {
     let t = setup(&[]).await;
     let film = content(2 * SLICE);
-    upload(&t.s3, "film.mp4", &film).await;
-    let url = t.url("film.mp4");
-    read_exact(&url, &film).await;
-    read_exact(&url, &film).await;
-    wait_for(&t.agent, WRITES, 2).await;
+    let url = t.admitted("film.mp4", &film).await;
     let files = slice_files(t.disk.path());
     assert_eq!(files.len(), 2, "{files:?}");
     // One file with a flipped byte in the middle of the video, one cut short (a torn write).
