@@ -134,6 +134,7 @@ film_sent=$(curl -s http://127.0.0.1:19096/metrics | awk '$1 == "videodelivery_a
 
 verify=skipped operator=skipped slow=skipped held=skipped
 multicore=$(sed -n '/<!-- multicore:start -->/,/<!-- multicore:end -->/p' bench/RESULTS.md 2>/dev/null || true)
+catalogue=$(sed -n '/<!-- catalogue:start -->/,/<!-- catalogue:end -->/p' bench/RESULTS.md 2>/dev/null || true)
 if [ "${CARGO_BENCHES:-1}" = 1 ]; then   # CARGO_BENCHES=0 skips these (quick check of the script)
   slow=$(cargo bench -q -p videodelivery-agent --bench slow_clients 2>/dev/null | grep '^|' || true)
   # A long-tail catalogue: every viewer on a different video, so no slice is shared.
@@ -211,8 +212,14 @@ fi
   echo "$operator"
   # The many-core table comes from bench/multicore.sh (often another machine): keep it.
   if [ -n "$multicore" ]; then echo; echo "$multicore"; fi
+  # bench/catalogue.sh (below) replaces this section; kept meanwhile, or for CARGO_BENCHES=0.
+  if [ -n "$catalogue" ]; then echo; echo "$catalogue"; fi
 } >bench/RESULTS.md
 echo "bench: wrote bench/RESULTS.md" >&2
+if [ "${CARGO_BENCHES:-1}" = 1 ]; then
+  stop_servers
+  RUNS=$RUNS bash bench/catalogue.sh >/dev/null && echo "bench: wrote the catalogue section of bench/RESULTS.md" >&2
+fi
 if [ "${CARGO_BENCHES:-1}" = 1 ]; then
   bash bench/profile.sh >/dev/null && echo "bench: wrote bench/PROFILE.md" >&2
 fi
