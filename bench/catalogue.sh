@@ -59,7 +59,7 @@ AWS_ACCESS_KEY_ID=AKIABENCH AWS_SECRET_ACCESS_KEY=bench-secret "$bin/videodelive
   --s3-endpoint http://127.0.0.1:18182 --s3-region us-east-1 --s3-path-style --listen 127.0.0.1:18180 \
   --admin-listen 127.0.0.1:19180 --keyring "$work/keyring.json" --rate-limit 0 --max-streams 100000 \
   --access-log=false --cache-size-mib "$CACHE_MIB" --disk-cache-dir "$work/agent-disk" \
-  --disk-cache-size-mib "$DISK_MIB" >"$work/agent.log" 2>&1 &
+  --disk-cache-size-mib "$DISK_MIB" ${AGENT_FLAGS:-} >"$work/agent.log" 2>&1 &
 agent_pid=$!
 pids+=($agent_pid)
 
@@ -131,16 +131,26 @@ out=$(VD_CAT_SERVERS="agent=$work/urls-agent.txt nginx=$work/urls-nginx.txt s3=$
   cat "$work/client.err" >&2
   fail "the catalogue client failed"
 }
-kill -HUP "$nginx_pid" # reopens its log: the buffered lines are written
-sleep 1
 served() { awk -v n="$1" '$1 == "served" && $2 == n {print $3}' <<<"$out"; }
 agent_read=$(($(metric videodelivery_agent_storage_read_bytes_total) - agent_read0))
-nginx_read=$(($(awk '$1 ~ /^[0-9]+$/ {s += $1} END {printf "%d", s}' "$work/nginx/origin.log") - nginx_read0))
-disk_hits=$(curl -s http://127.0.0.1:19180/metrics | awk '$1 ~ /^videodelivery_agent_served_bytes_total/ && /cache="disk"/ {s += $2} END {printf "%d", s}')
+disk_hits=$(curl -s http://127.0.0.1:19180/metrics | awk '$1 ~ /^videodelivery_agent_served_bytes_total/ && /cache="disk"/ {s += $2} END {printf "%.0f", s}')
+count() { curl -s http://127.0.0.1:19180/metrics | awk -v m="$1" '$1 ~ "^"m {s += $2} END {printf "%.0f", s}'; }
+diag="disk tier: $(count videodelivery_agent_disk_cache_hits_total) slices read, $(count videodelivery_agent_disk_cache_writes_total) written, \
+$(count videodelivery_agent_disk_cache_writes_dropped_total) writes dropped (queue full); memory cache: \
+$(count videodelivery_agent_cache_hits_total) hits, $(count videodelivery_agent_cache_misses_total) misses; \
+$(count videodelivery_agent_memory_busy_total) reads refused for the memory budget"
 hwm() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; } # KiB
 agent_rss=$(hwm "$agent_pid")
 nginx_rss=$(hwm "$nginx_pid")
 for w in $(pgrep -P "$nginx_pid"); do nginx_rss=$((nginx_rss + $(hwm "$w"))); done
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; } # user + system clock ticks
+agent_cpu=$(cpu "$agent_pid")
+nginx_cpu=$(cpu "$nginx_pid")
+for w in $(pgrep -P "$nginx_pid"); do nginx_cpu=$((nginx_cpu + $(cpu "$w"))); done
+per_gib() { python3 -c "print(f'{$1 / $(getconf CLK_TCK) / ($2 / 2**30):.3f}')"; } # CPU seconds per GiB served
+kill -USR1 "$nginx_pid" # reopens its log, writing the buffered lines (after its workers were measured)
+sleep 1
+nginx_read=$(($(awk '$1 ~ /^[0-9]+$/ {s += $1} END {printf "%.0f", s}' "$work/nginx/origin.log") - nginx_read0))
 offload() { python3 -c "print(f'{1 - $1 / $2:.3f}')"; } # 1 - origin bytes / served bytes
 
 section=$(
@@ -159,13 +169,14 @@ section=$(
   echo
   grep '^|' <<<"$out"
   echo
-  echo "| server | origin bytes / served bytes | origin offload | peak RSS MiB |"
-  echo "|---|---:|---:|---:|"
-  echo "| agent | $agent_read / $(served agent) | $(offload "$agent_read" "$(served agent)") | $((agent_rss / 1024)) |"
-  echo "| nginx | $nginx_read / $(served nginx) | $(offload "$nginx_read" "$(served nginx)") | $((nginx_rss / 1024)) (master + workers) |"
-  echo "| s3 | $(served s3) / $(served s3) | 0 | - |"
+  echo "| server | origin bytes / served bytes | origin offload | peak RSS MiB | CPU s per GiB served |"
+  echo "|---|---:|---:|---:|---:|"
+  echo "| agent | $agent_read / $(served agent) | $(offload "$agent_read" "$(served agent)") | $((agent_rss / 1024)) | $(per_gib "$agent_cpu" "$(served agent)") |"
+  echo "| nginx | $nginx_read / $(served nginx) | $(offload "$nginx_read" "$(served nginx)") | $((nginx_rss / 1024)) (master + workers) | $(per_gib "$nginx_cpu" "$(served nginx)") |"
+  echo "| s3 | $(served s3) / $(served s3) | 0 | - | - |"
   echo
-  echo "The agent served $disk_hits bytes from its disk tier. The disk caches of both live in the page cache here"
+  echo "The agent served $disk_hits bytes from its disk tier ($diag)."
+  echo "The disk caches of both live in the page cache here"
   echo "(24 GiB of memory): a disk hit costs a copy, not a seek."
   echo "<!-- catalogue:end -->"
 )

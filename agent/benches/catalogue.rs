@@ -83,6 +83,11 @@ async fn connection(urls: &[http::Uri], cdf: &[f64], size: u64, seed: u64, until
         };
         tokio::spawn(conn);
         while Instant::now() < until {
+            // A connection the server closed after its last answer (keep-alive limit, Connection: close) is opened
+            // again; only a request that fails is an error.
+            if send.ready().await.is_err() {
+                continue 'connect;
+            }
             let title = cdf.partition_point(|&c| c < rng.unit()).min(urls.len() - 1);
             let start = rng.next() % (size - RANGE);
             let url = &urls[title];
