@@ -125,12 +125,31 @@ nginx_read0=$(awk '$1 ~ /^[0-9]+$/ {s += $1} END {print s + 0}' "$work/nginx/ori
 
 ulimit -n 65536 2>/dev/null || true
 echo "catalogue: $RUNS runs x ${SECONDS_PER_RUN}s x 3 servers at $CONNS connections" >&2
+# Where the agent's time goes: perf samples its CPU (a software clock; this kind of machine has no hardware
+# counters) during its first turn, when perf can.
+profile="perf not available: no profile"
+if command -v perf >/dev/null && perf record -q -e cpu-clock -o /dev/null -- true 2>/dev/null; then
+  (sleep 1; perf record -q -e cpu-clock -F 999 -g -p "$agent_pid" -o "$work/perf.data" -- sleep $((SECONDS_PER_RUN - 2)) \
+    >/dev/null 2>&1) &
+  perf_pid=$!
+fi
 out=$(VD_CAT_SERVERS="agent=$work/urls-agent.txt nginx=$work/urls-nginx.txt s3=$work/urls-s3.txt" \
   VD_CAT_OBJECT_SIZE=$SIZE VD_CAT_ZIPF=$ZIPF VD_CAT_CONNS=$CONNS VD_CAT_SECONDS=$SECONDS_PER_RUN VD_CAT_RUNS=$RUNS \
   cargo bench -q -p videodelivery-agent --bench catalogue 2>"$work/client.err") || {
   cat "$work/client.err" >&2
   fail "the catalogue client failed"
 }
+if [ -n "${perf_pid:-}" ] && wait "$perf_pid" && [ -s "$work/perf.data" ]; then
+  # Inclusive share of the agent's CPU samples of the frames that explain it, then the top self costs.
+  profile=$(
+    echo "| frame (inclusive) | share of the agent's CPU |"
+    echo "|---|---:|"
+    perf report -i "$work/perf.data" --children --sort symbol -g none --stdio 2>/dev/null |
+      awk '$1 ~ /%$/ && $1 + 0 >= 1 && /read_file|write_vectored| exc_page_fault|crc32fast::specialized::[a-z]+::calculate|storage::|_copy_to_iter|_copy_from_iter/ {
+        name = $0; sub(/.*\] /, "", name); sub(/[ \t]+-[ \t]+-[ \t]*$/, "", name); sub(/[ \t]+$/, "", name)
+        print "| `" name "` | " $1 " |" }' | head -12 || true
+  )
+fi
 served() { awk -v n="$1" '$1 == "served" && $2 == n {print $3}' <<<"$out"; }
 agent_read=$(($(metric videodelivery_agent_storage_read_bytes_total) - agent_read0))
 disk_hits=$(curl -s http://127.0.0.1:19180/metrics | awk '$1 ~ /^videodelivery_agent_served_bytes_total/ && /cache="disk"/ {s += $2} END {printf "%.0f", s}')
@@ -176,8 +195,18 @@ section=$(
   echo "| s3 | $(served s3) / $(served s3) | 0 | - | - |"
   echo
   echo "The agent served $disk_hits bytes from its disk tier ($diag)."
-  echo "The disk caches of both live in the page cache here"
-  echo "(24 GiB of memory): a disk hit costs a copy, not a seek."
+  echo
+  echo "Where the agent's CPU went during its first turn (\`perf record -e cpu-clock -g\`):"
+  echo
+  echo "$profile"
+  echo
+  echo "How to read it: a disk-tier hit reads the whole slice file (\`read_file\`: one copy out of the page cache),"
+  echo "checks its CRC32 and writes the wanted part to the socket (\`write_vectored\`: a second copy), and a random"
+  echo "1 MiB range spans two slices, so two whole slices are read for one range; each read fills fresh memory"
+  echo "(page faults). nginx \`sendfile\`s the wanted part of each cache file: one copy, no checksum. Reading only the"
+  echo "wanted part of a slice file (with a per-block checksum) and sending cache files with \`sendfile\` are what"
+  echo "would close the gap. The disk caches of both live in the page cache here (24 GiB of memory): a disk hit"
+  echo "costs copies, not a seek."
   echo "<!-- catalogue:end -->"
 )
 python3 - "$section" <<'PY'
