@@ -200,13 +200,13 @@ section=$(
   echo
   echo "$profile"
   echo
-  echo "How to read it: a disk-tier hit reads the whole slice file (\`read_file\`: one copy out of the page cache),"
-  echo "checks its CRC32 and writes the wanted part to the socket (\`write_vectored\`: a second copy), and a random"
-  echo "1 MiB range spans two slices, so two whole slices are read for one range; each read fills fresh memory"
-  echo "(page faults). nginx \`sendfile\`s the wanted part of each cache file: one copy, no checksum. Reading only the"
-  echo "wanted part of a slice file (with a per-block checksum) and sending cache files with \`sendfile\` are what"
-  echo "would close the gap. The disk caches of both live in the page cache here (24 GiB of memory): a disk hit"
-  echo "costs copies, not a seek."
+  echo "How to read it: a disk-tier hit maps the slice file (the page cache's own pages: no copy, no fresh memory;"
+  echo "reading it into a buffer instead cost 0.69x nginx's throughput, with 31% of the agent's CPU in that read and"
+  echo "11% in page faults), checks a CRC32 over the whole slice, and writes the wanted part to the socket"
+  echo "(\`write_vectored\`, the agent's one copy). A random 1 MiB range spans two slices, so two slices are checksummed"
+  echo "per range. nginx \`sendfile\`s the wanted part of each cache file and checks nothing: what is left of the gap is"
+  echo "the checksum and the copy into the socket. The disk caches of both live in the page cache here (24 GiB of"
+  echo "memory): a disk hit costs copies, not a seek."
   echo "<!-- catalogue:end -->"
 )
 python3 - "$section" <<'PY'

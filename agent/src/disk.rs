@@ -289,7 +289,7 @@ impl Shared {
     /// Reads and checks the file of `key`, which must hold `len` bytes. Blocking.
     fn read_file(&self, key: &SliceKey, len: usize) -> Found {
         let path = self.path(key);
-        let data = match std::fs::read(&path) {
+        let data = match map(&path) {
             Ok(data) => data,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Found::Gone,
             Err(e) => return Found::Failed(e.to_string()),
@@ -353,8 +353,23 @@ fn encode_header(key: &SliceKey, content_type: Option<&str>, bytes: &[u8]) -> Ve
     h
 }
 
+/// The file mapped read-only, as `Bytes`: the page cache's own pages, so a hit costs no copy out of the page cache
+/// and no fresh memory (the write to the socket is then the only copy the agent makes). Populated at once, so
+/// the checksum walks mapped pages instead of faulting on each.
+fn map(path: &Path) -> io::Result<Bytes> {
+    let file = std::fs::File::open(path)?;
+    if file.metadata()?.len() == 0 {
+        return Ok(Bytes::new());
+    }
+    // SAFETY: the files are the agent's own, in a folder it wiped at start: each is written under a temporary
+    // name and renamed into place, and never written or truncated after (eviction unlinks it, which leaves a
+    // mapping intact), so the mapped bytes cannot change while `Bytes` lends them out.
+    let map = unsafe { memmap2::MmapOptions::new().populate().map(&file)? };
+    Ok(Bytes::from_owner(map))
+}
+
 /// The slice in a file's `data`, if the header says it is `key`'s, `len` bytes long, and the CRC matches.
-fn check(key: &SliceKey, len: usize, data: Vec<u8>) -> Result<(Bytes, Option<Arc<str>>), &'static str> {
+fn check(key: &SliceKey, len: usize, data: Bytes) -> Result<(Bytes, Option<Arc<str>>), &'static str> {
     let field = |at: usize, n: usize| data.get(at..at + n).ok_or("shorter than its header");
     if field(0, 8)? != MAGIC {
         return Err("not a slice file");
@@ -375,7 +390,7 @@ fn check(key: &SliceKey, len: usize, data: Vec<u8>) -> Result<(Bytes, Option<Arc
     }
     let ct = std::str::from_utf8(field(FIXED_HEADER + key_len, ct_len)?).map_err(|_| "content type not UTF-8")?;
     let content_type = (!ct.is_empty()).then(|| Arc::from(ct));
-    Ok((Bytes::from(data).slice(start..), content_type))
+    Ok((data.slice(start..), content_type))
 }
 
 #[cfg(test)]
@@ -391,17 +406,34 @@ mod tests {
         let bytes = vec![7u8; 5000];
         let mut file = encode_header(&key(3), Some("video/mp4"), &bytes);
         file.extend_from_slice(&bytes);
-        let (b, ct) = check(&key(3), 5000, file.clone()).unwrap();
+        let (b, ct) = check(&key(3), 5000, file.clone().into()).unwrap();
         assert_eq!((&b[..], ct.as_deref()), (&bytes[..], Some("video/mp4")));
-        assert_eq!(check(&key(4), 5000, file.clone()).unwrap_err(), "another slice's file");
-        assert_eq!(check(&key(3), 4999, file.clone()).unwrap_err(), "torn: the length differs");
+        assert_eq!(check(&key(4), 5000, file.clone().into()).unwrap_err(), "another slice's file");
+        assert_eq!(check(&key(3), 4999, file.clone().into()).unwrap_err(), "torn: the length differs");
         let mut torn = file.clone();
         torn.truncate(file.len() - 1);
-        assert_eq!(check(&key(3), 5000, torn).unwrap_err(), "torn: the length differs");
+        assert_eq!(check(&key(3), 5000, torn.into()).unwrap_err(), "torn: the length differs");
         let mut flipped = file.clone();
         *flipped.last_mut().unwrap() ^= 1;
-        assert_eq!(check(&key(3), 5000, flipped).unwrap_err(), "checksum mismatch");
-        assert!(check(&key(3), 5000, file[..10].to_vec()).is_err());
-        assert!(check(&key(3), 5000, Vec::new()).is_err());
+        assert_eq!(check(&key(3), 5000, flipped.into()).unwrap_err(), "checksum mismatch");
+        assert!(check(&key(3), 5000, file[..10].to_vec().into()).is_err());
+        assert!(check(&key(3), 5000, Bytes::new()).is_err());
+    }
+
+    #[test]
+    fn a_mapped_file_stays_readable_after_eviction_unlinks_it_or_a_new_file_replaces_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("slice");
+        std::fs::write(&path, vec![1u8; 10_000]).unwrap();
+        let first = map(&path).unwrap();
+        // The writer's way: a new file under a temporary name, renamed over the old one.
+        std::fs::write(dir.path().join("slice.tmp"), vec![2u8; 10_000]).unwrap();
+        std::fs::rename(dir.path().join("slice.tmp"), &path).unwrap();
+        let second = map(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(first.iter().all(|&b| b == 1) && first.len() == 10_000, "the old mapping keeps the old bytes");
+        assert!(second.iter().all(|&b| b == 2) && second.len() == 10_000);
+        std::fs::write(&path, b"").unwrap();
+        assert!(map(&path).unwrap().is_empty(), "an empty file maps to nothing (then fails its check)");
     }
 }
