@@ -688,6 +688,25 @@ mod tests {
     }
 
     #[test]
+    fn absolute_https_uris_on_this_host_get_the_token_behind_a_tls_gateway_or_with_the_agents_own_tls() {
+        // The agent sees the Host the viewer asked for; the manifest may name that host with https.
+        let r = Rewriter::new("gw.example.test:8443", "/videos/film/master.m3u8", prefix("/videos/film/")).unwrap();
+        assert_eq!(
+            r.uri("https://gw.example.test:8443/videos/film/a.m4s").as_deref(),
+            Some("https://gw.example.test:8443/videos/film/a.m4s?token=v1.abc.def")
+        );
+        let r = Rewriter::new("media.example", "/videos/film/master.m3u8", prefix("/videos/film/")).unwrap();
+        assert_eq!(
+            r.uri("https://media.example/videos/film/a.m4s").as_deref(),
+            Some("https://media.example/videos/film/a.m4s?token=v1.abc.def"),
+            "the default port of either scheme"
+        );
+        assert_eq!(r.uri("https://media.example.evil/videos/film/a.m4s"), None);
+        assert_eq!(r.uri("https://media.example:8443/videos/film/a.m4s"), None, "another port");
+        assert_eq!(r.uri("https://media.example/videos/other/a.m4s"), None, "outside the grant");
+    }
+
+    #[test]
     fn uris_outside_the_scope_or_already_signed_are_left() {
         let r = rw();
         assert_eq!(r.uri("../other/a.ts"), None);
