@@ -69,11 +69,16 @@ struct Setup {
 }
 
 async fn setup(extra: &[&str]) -> Setup {
+    setup_in(None, extra).await
+}
+
+/// [`setup`] with the disk tier in `dir` (a fresh folder, `Setup::disk`, when `None`).
+async fn setup_in(dir: Option<&Path>, extra: &[&str]) -> Setup {
     let s3 = s3_server();
     s3.put("media", ".keep", b"").unwrap();
     upload(&s3, "flood.mp4", &content(2 << 20)).await;
     let disk = tempfile::tempdir().unwrap();
-    let dir = format!("--disk-cache-dir={}", disk.path().display());
+    let dir = format!("--disk-cache-dir={}", dir.unwrap_or(disk.path()).display());
     let mut flags = vec![dir.as_str(), "--disk-cache-size-mib=64"];
     flags.extend_from_slice(&FLAGS);
     flags.extend_from_slice(extra);
@@ -83,9 +88,6 @@ async fn setup(extra: &[&str]) -> Setup {
 }
 
 impl Setup {
-    /// Reads the flood object's eight slices eight times each: used more often than anything else, they take the
-    /// memory cache's four places. The memory cache evicts in the background, every few hundred milliseconds, so
-    /// the reads are spread over a little more than a second.
     /// Uploads `bytes` as `name` and reads it twice (the second use admits both slices), then waits for both
     /// slices to reach the disk; its signed URL.
     async fn admitted(&self, name: &str, bytes: &[u8]) -> String {
@@ -97,6 +99,9 @@ impl Setup {
         url
     }
 
+    /// Reads the flood object's eight slices eight times each: used more often than anything else, they take the
+    /// memory cache's four places. The memory cache evicts in the background, every few hundred milliseconds, so
+    /// the reads are spread over a little more than a second.
     async fn flood_memory(&self) {
         for _ in 0..4 {
             for i in 0..8 {
@@ -243,23 +248,11 @@ async fn a_corrupt_or_torn_file_is_detected_and_read_again_from_storage() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_directory_that_cannot_be_written_changes_nothing_but_a_metric() {
-    let s3 = s3_server();
-    let film = content(2 * SLICE);
-    s3.put("media", ".keep", b"").unwrap();
-    upload(&s3, "film.mp4", &film).await;
-    upload(&s3, "flood.mp4", &content(2 << 20)).await;
     // A regular file where the directory should be: nothing can be created beneath it, even by root.
     let not_a_dir = tempfile::NamedTempFile::new().unwrap();
-    let dir = format!("--disk-cache-dir={}", not_a_dir.path().display());
-    let mut flags = vec![dir.as_str(), "--disk-cache-size-mib=64"];
-    flags.extend_from_slice(&FLAGS);
-    let agent = start_on_s3(&s3, "s3://media", &flags).await;
-    let t = Setup {
-        s3,
-        flood_url: agent.signed("/videos/flood.mp4", Carrier::Query),
-        agent,
-        disk: tempfile::tempdir().unwrap(),
-    };
+    let t = setup_in(Some(not_a_dir.path()), &[]).await;
+    let film = content(2 * SLICE);
+    upload(&t.s3, "film.mp4", &film).await;
     let url = t.url("film.mp4");
     for _ in 0..3 {
         read_exact(&url, &film).await;
@@ -303,21 +296,9 @@ impl Drop for Tmpfs {
 async fn a_full_disk_keeps_what_fits_and_serves_the_rest_from_storage() {
     // Room for two slice files of 260 KiB; the agent is told it has 64 MiB.
     let full = Tmpfs::mount("560k");
-    let s3 = s3_server();
-    s3.put("media", ".keep", b"").unwrap();
+    let t = setup_in(Some(full.dir.path()), &[]).await;
     let film = content(4 * SLICE);
-    upload(&s3, "film.mp4", &film).await;
-    upload(&s3, "flood.mp4", &content(2 << 20)).await;
-    let dir = format!("--disk-cache-dir={}", full.dir.path().display());
-    let mut flags = vec![dir.as_str(), "--disk-cache-size-mib=64"];
-    flags.extend_from_slice(&FLAGS);
-    let agent = start_on_s3(&s3, "s3://media", &flags).await;
-    let t = Setup {
-        s3,
-        flood_url: agent.signed("/videos/flood.mp4", Carrier::Query),
-        agent,
-        disk: tempfile::tempdir().unwrap(),
-    };
+    upload(&t.s3, "film.mp4", &film).await;
     let url = t.url("film.mp4");
     read_exact(&url, &film).await;
     read_exact(&url, &film).await;

@@ -290,11 +290,8 @@ struct Backend {
 }
 
 impl Backend {
-    /// A URL for `path` on the agents at `base`, signed with the query carrier: (the key id it says it used, URL).
-    async fn sign(&self, base: &str, path: &str) -> Result<(String, String), String> {
-        self.sign_with(base, path, "query").await
-    }
-
+    /// A URL for `path` on the agents at `base`, signed with `carrier` (query, token, path; `&prefix=1` for a
+    /// folder): (the key id it says it used, URL).
     async fn sign_with(&self, base: &str, path: &str, carrier: &str) -> Result<(String, String), String> {
         self.sign_counting_retries(base, path, carrier).await.map(|(signed, _)| signed)
     }
@@ -330,9 +327,14 @@ impl Backend {
         }
     }
 
-    /// Like [`Backend::sign`], for setup steps: a failure fails the test.
+    /// A URL signed with the query carrier, for setup steps: a failure fails the test.
     async fn url(&self, base: &str, path: &str) -> String {
-        self.sign(base, path).await.unwrap_or_else(|e| panic!("{path} on {base}: {e}")).1
+        self.url_with(base, path, "query").await
+    }
+
+    /// Like [`Backend::sign_with`], for setup steps: a failure fails the test.
+    async fn url_with(&self, base: &str, path: &str, carrier: &str) -> String {
+        self.sign_with(base, path, carrier).await.unwrap_or_else(|e| panic!("{path} on {base}: {e}")).1
     }
 }
 
@@ -1673,15 +1675,8 @@ async fn viewers_over_https(node: &'static Node, started: Instant) {
     step("Chromium plays MP4, hls.js and a cookie session through the Gateway, MP4 and hls.js through the Ingress");
     let (gw_base, ing_base) = (format!("https://{GATEWAY_HOST}:{port}"), format!("https://{INGRESS_HOST}:{port}"));
     let (gw, ing) = (running_backend(&client, &ns, "gw").await, running_backend(&client, &ns, "ing").await);
-    let sign = |backend: &Backend, base: &str, path: &str, carrier: &str| {
-        let (backend, base, path, carrier) = (backend.clone(), base.to_string(), path.to_string(), carrier.to_string());
-        async move {
-            let (_, url) = backend.sign_with(&base, &path, &carrier).await.unwrap_or_else(|e| panic!("{base}: {e}"));
-            url
-        }
-    };
     let master = "/videos/films/hls/index.m3u8";
-    let session = sign(&gw, &gw_base, master, "token&prefix=1").await;
+    let session = gw.url_with(&gw_base, master, "token&prefix=1").await;
     let session_token = session.split("token=").nth(1).unwrap().split('&').next().unwrap().to_string();
     let page = ca.issue(&[PAGE_HOST]).unwrap();
     let pem = tempfile::tempdir().unwrap();
@@ -1689,14 +1684,14 @@ async fn viewers_over_https(node: &'static Node, started: Instant) {
     std::fs::write(&page_cert, &page.cert).unwrap();
     std::fs::write(&page_key, &page.key).unwrap();
     let scenarios = serde_json::json!([
-        { "name": "hls.js through the Gateway", "kind": "hls", "url": sign(&gw, &gw_base, master, "token").await },
+        { "name": "hls.js through the Gateway", "kind": "hls", "url": gw.url_with(&gw_base, master, "token").await },
         { "name": "MP4 through the Gateway", "kind": "mp4",
-          "url": sign(&gw, &gw_base, "/videos/films/play.mp4", "query").await },
+          "url": gw.url_with(&gw_base, "/videos/films/play.mp4", "query").await },
         { "name": "hls.js through the Gateway, cookie session from another site", "kind": "hls", "credentials": true,
           "session": format!("{gw_base}/videos/session?token={session_token}"), "url": format!("{gw_base}{master}") },
         { "name": "MP4 through the Ingress", "kind": "mp4",
-          "url": sign(&ing, &ing_base, "/videos/films/play.mp4", "query").await },
-        { "name": "hls.js through the Ingress", "kind": "hls", "url": sign(&ing, &ing_base, master, "token").await },
+          "url": ing.url_with(&ing_base, "/videos/films/play.mp4", "query").await },
+        { "name": "hls.js through the Ingress", "kind": "hls", "url": ing.url_with(&ing_base, master, "token").await },
     ]);
     let config = serde_json::json!({
         "port": page_port,
