@@ -34,6 +34,8 @@ const QUEUE_LINES: usize = 8192;
 const BATCH_BYTES: usize = 64 * 1024;
 /// Longest `X-Request-Id` kept from a client; a longer one is replaced.
 pub const MAX_REQUEST_ID: usize = 128;
+/// Parsed once: a name given as a string is parsed again on every use.
+const X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
 /// What stands for a secret in a logged path.
 const REDACTED: &str = "REDACTED";
 /// Query parameters that carry a secret (the compact token or the signature), redacted in logged paths.
@@ -77,7 +79,7 @@ impl AccessLog {
     pub fn begin<B>(self: &Arc<Self>, peer: SocketAddr, req: &Request<B>) -> Pending {
         let headers = req.headers();
         let request_id = headers
-            .get("x-request-id")
+            .get(X_REQUEST_ID)
             .and_then(|v| v.to_str().ok())
             .filter(|id| sane_request_id(id))
             .map(str::to_owned)
@@ -289,7 +291,7 @@ impl Pending {
             metrics.count_stream(entry.cache);
         }
         if let Ok(v) = HeaderValue::from_str(&entry.request_id) {
-            resp.headers_mut().insert("x-request-id", v);
+            resp.headers_mut().insert(X_REQUEST_ID, v);
         }
         let served = metrics.served.get(entry.status, entry.cache);
         let log = self.log.clone();
@@ -436,7 +438,13 @@ impl RequestIds {
     }
 
     fn next(&self) -> String {
-        format!("{:016x}", self.random())
+        self.hex(self.random())
+    }
+
+    /// Sixteen lowercase hex digits, without the formatting machinery (this runs on every request).
+    fn hex(&self, n: u64) -> String {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        (0..16).rev().map(|i| char::from(DIGITS[(n >> (i * 4)) as usize & 0xf])).collect()
     }
 }
 
@@ -496,6 +504,15 @@ mod tests {
         assert_eq!(redact("/videos/t/abc.def/hls/x.ts", None, "/videos"), "/videos/t/REDACTED/hls/x.ts");
         assert_eq!(redact("/t/abc.def", None, ""), "/t/REDACTED");
         assert_eq!(redact("/videos/public/a.jpg", None, "/videos"), "/videos/public/a.jpg");
+    }
+
+    #[test]
+    fn generated_request_ids_are_sixteen_hex_digits_of_the_draw() {
+        let ids = RequestIds::new();
+        for n in [0, 1, 0xabc, u64::MAX, 0x0123_4567_89ab_cdef] {
+            let id = ids.hex(n);
+            assert_eq!(id, format!("{n:016x}"));
+        }
     }
 
     #[test]

@@ -38,6 +38,9 @@ pub(crate) struct SliceKey {
     pub(crate) index: u64,
 }
 
+/// The memory tier: slices by key, hashed with foldhash (seeded per process) rather than SipHash.
+type Slices = Cache<SliceKey, Slice, foldhash::fast::RandomState>;
+
 /// One slice and the content type storage reported with it.
 #[derive(Clone)]
 struct Slice {
@@ -90,7 +93,7 @@ impl Status {
 const HIT_CHECK: u64 = 16;
 
 pub struct SliceCache {
-    slices: Option<Cache<SliceKey, Slice>>,
+    slices: Option<Slices>,
     slice_size: u64,
     capacity: u64,
     memory: Memory,
@@ -197,7 +200,7 @@ impl SliceCache {
                         evictions.inc();
                     }
                 })
-                .build()
+                .build_with_hasher(foldhash::fast::RandomState::default())
         });
         let slice_size = slice_size.max(4096);
         // At least two slices beyond the cache, so one stream can always make progress.
@@ -231,6 +234,15 @@ impl SliceCache {
         if self.slice_size > self.capacity {
             return self.bypass(storage, object, Some(etag), range).await;
         }
+        let first = range.start / self.slice_size;
+        let last = (range.end - 1) / self.slice_size;
+        // A range inside one slice that is in memory (a player's probe, most segments) takes one lookup and
+        // nothing else: no loader, no read-ahead state.
+        if first == last
+            && let Some(hit) = self.one_slice_hit(slices, object, etag, first, &range).await
+        {
+            return Ok(hit);
+        }
         let loader = Loader {
             slices: slices.clone(),
             storage: storage.clone(),
@@ -243,8 +255,6 @@ impl SliceCache {
             size,
             range: range.clone(),
         };
-        let first = range.start / self.slice_size;
-        let last = (range.end - 1) / self.slice_size;
         let checked = first..=last.min(first + HIT_CHECK - 1);
         let in_memory = |i: u64| slices.contains_key(&loader.key(i));
         let status = if checked.clone().all(in_memory) {
@@ -282,6 +292,36 @@ impl SliceCache {
         });
         self.metrics.cache_size_bytes.set(slices.weighted_size() as i64);
         Ok((Body { stream: stream.boxed(), content_type }, status))
+    }
+
+    /// `range`, which lies inside slice `index`, if that slice is in memory.
+    async fn one_slice_hit(
+        &self,
+        slices: &Slices,
+        object: &str,
+        etag: &str,
+        index: u64,
+        range: &Range<u64>,
+    ) -> Option<(Body, Status)> {
+        let key = SliceKey { object: object.into(), etag: etag.into(), index };
+        let slice = slices.get(&key).await?;
+        let start = index * self.slice_size;
+        let wanted = usize::try_from(range.start - start).ok()?..usize::try_from(range.end - start).ok()?;
+        if wanted.end > slice.bytes.len() {
+            return None;
+        }
+        self.metrics.cache_hits.inc();
+        if let Some(disk) = &self.disk {
+            disk.used(&key, &slice.bytes, slice.content_type.as_ref());
+        }
+        let bytes = slice.bytes.slice(wanted);
+        let counted = self.metrics.cache_bytes.clone();
+        let stream = stream::once(async move {
+            counted.inc_by(bytes.len() as u64);
+            Ok(bytes)
+        });
+        let content_type = slice.content_type.as_deref().map(str::to_owned);
+        Some((Body { stream: stream.boxed(), content_type }, Status::Hit))
     }
 
     async fn bypass(
@@ -331,7 +371,7 @@ struct Piece {
 /// Reads one answer's slices; cheap to clone into a read-ahead task.
 #[derive(Clone)]
 struct Loader {
-    slices: Cache<SliceKey, Slice>,
+    slices: Slices,
     storage: Storage,
     memory: Memory,
     disk: Option<DiskCache>,

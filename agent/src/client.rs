@@ -3,7 +3,10 @@
 use std::net::{IpAddr, SocketAddr};
 
 use http::HeaderMap;
+use http::header::HeaderName;
 use ipnet::IpNet;
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// The client's address. Behind trusted proxies, X-Forwarded-For is read from the right (the hop the nearest
 /// proxy saw) past every trusted hop; the first untrusted hop is the client. A hop that does not parse stops the
@@ -15,7 +18,7 @@ pub fn client_ip(trusted: &[IpNet], peer: IpAddr, headers: &HeaderMap) -> IpAddr
     if !is_trusted(&client) {
         return client;
     }
-    let values: Vec<&str> = headers.get_all("x-forwarded-for").iter().map(|v| v.to_str().unwrap_or("")).collect();
+    let values: Vec<&str> = headers.get_all(X_FORWARDED_FOR).iter().map(|v| v.to_str().unwrap_or("")).collect();
     for hop in values.iter().rev().flat_map(|v| v.rsplit(',')) {
         let Some(ip) = parse_hop(hop.trim()) else { return client };
         client = ip;

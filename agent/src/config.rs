@@ -83,6 +83,11 @@ pub struct Config {
     /// Time storage has to answer, and the longest pause between two chunks of a body.
     #[arg(long, env = "VD_STORAGE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub storage_timeout: Duration,
+    /// Threads serving the video port, each with its own event loop and its own socket on the port
+    /// (SO_REUSEPORT), as nginx's workers; a connection stays on the thread that accepted it. 0: one per CPU the process may use
+    /// (its affinity and cgroup quota).
+    #[arg(long, env = "VD_WORKERS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1024))]
+    pub workers: u32,
     /// Blocking calls on a file:// storage (opens, stats, reads) running at once. A call stuck in the kernel past
     /// --storage-timeout keeps its thread until the kernel returns; when all are stuck, requests get 503 at once,
     /// and /readyz fails while more than half are.

@@ -25,7 +25,12 @@ pub struct Listener {
 
 impl Listener {
     pub fn new(inner: TcpListener, cap: usize, name: &'static str) -> Listener {
-        Listener { inner, slots: Arc::new(Semaphore::new(cap)), cap, name }
+        Listener::sharing(inner, Arc::new(Semaphore::new(cap)), cap, name)
+    }
+
+    /// A listener whose `cap` slots are shared with others (one per worker thread on the same socket).
+    pub fn sharing(inner: TcpListener, slots: Arc<Semaphore>, cap: usize, name: &'static str) -> Listener {
+        Listener { inner, slots, cap, name }
     }
 
     /// Waits for a free slot, then for a connection; the slot is released when the returned permit drops. At the

@@ -2,14 +2,22 @@
 
 use anyhow::Result;
 use clap::Parser;
-use videodelivery_agent::Agent;
 use videodelivery_agent::config::{Config, LogFormat};
+use videodelivery_agent::{Agent, Workers};
+
+/// Every request allocates and frees its headers, futures and body frames: mimalloc's per-thread heaps do it in
+/// fewer instructions than glibc's malloc (bench/PROFILE.md), and without arena locks when a slice allocated by
+/// one worker is freed by another.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> Result<()> {
     let config = Config::parse();
-    // Storage calls take at most --max-storage-threads blocking threads, even when stuck; the rest of the default
-    // allowance stays free for other blocking work (DNS lookups, the keyring), so stuck storage cannot starve it.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // This runtime runs the admin port, the keyring and certificate watchers and shutdown; the video port's
+    // connections are served by worker threads of their own (`Workers::Threads`). Storage calls take at most
+    // --max-storage-threads blocking threads, even when stuck; the rest of the default allowance stays free for
+    // other blocking work (DNS lookups, the keyring), so stuck storage cannot starve it.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .max_blocking_threads(config.max_storage_threads as usize + 512)
         .build()?;
@@ -29,9 +37,14 @@ async fn run(config: Config) -> Result<()> {
         LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).init(),
         LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
     }
+    let workers = match config.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n as usize,
+    };
     let agent = Agent::bind(config).await?;
-    tracing::info!(addr = %agent.addr, admin = %agent.admin_addr, "serving");
-    agent.serve(shutdown_signal()).await;
+    tracing::info!(addr = %agent.addr, admin = %agent.admin_addr, workers, "serving");
+    let workers = Workers::Threads(workers);
+    agent.serve_with(workers, shutdown_signal()).await;
     Ok(())
 }
 

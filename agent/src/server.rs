@@ -36,6 +36,9 @@ use crate::{cors, manifest, manifest_response, session};
 
 pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 
+/// Parsed once: a name given as a string is parsed again on every use.
+const X_CACHE: header::HeaderName = header::HeaderName::from_static("x-cache");
+
 /// Everything a request needs, shared by all connections.
 pub struct State {
     pub config: Config,
@@ -263,7 +266,7 @@ async fn serve<B>(
         Plan::Unsatisfiable => return Err(Refusal::RangeNotSatisfiable { size: meta.size }.into()),
     };
     if status == StatusCode::PARTIAL_CONTENT {
-        set(&mut headers, header::CONTENT_RANGE, &format!("bytes {}-{}/{}", range.start, range.end - 1, meta.size));
+        headers.insert(header::CONTENT_RANGE, content_range(&range, meta.size));
     }
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(range.end - range.start));
 
@@ -275,7 +278,7 @@ async fn serve<B>(
         let permit = stream_permit(state)?;
         let (opened, cached) =
             state.cache.read(&state.storage, object, meta.etag.as_deref(), meta.size, range.clone()).await?;
-        headers.insert("x-cache", HeaderValue::from_static(cached.as_str()));
+        headers.insert(X_CACHE, HeaderValue::from_static(cached.as_str()));
         cache_status = Some(cached);
         content_type = opened.content_type;
         let stream = Metered::new(opened.stream, Guard::new(permit, state.metrics.clone()), state.metrics.clone());
@@ -297,6 +300,19 @@ async fn serve<B>(
         r.extensions_mut().insert(cached);
     }
     Ok(r)
+}
+
+/// `bytes first-last/size`, built without the formatting machinery (this runs on nearly every request).
+fn content_range(range: &std::ops::Range<u64>, size: u64) -> HeaderValue {
+    let mut v = Vec::with_capacity(6 + 3 * 20 + 2);
+    let mut num = itoa::Buffer::new();
+    v.extend_from_slice(b"bytes ");
+    v.extend_from_slice(num.format(range.start).as_bytes());
+    v.push(b'-');
+    v.extend_from_slice(num.format(range.end - 1).as_bytes());
+    v.push(b'/');
+    v.extend_from_slice(num.format(size).as_bytes());
+    HeaderValue::from_maybe_shared(Bytes::from(v)).expect("digits, '-', '/' and a space are a valid header value")
 }
 
 /// A slot among the streams the agent serves at once, or 503 with Retry-After.
@@ -432,6 +448,15 @@ impl Stream for Metered {
 #[cfg(test)]
 mod tests {
     use super::private_cache_control;
+
+    #[test]
+    fn content_range_names_first_and_last_byte_and_size() {
+        assert_eq!(super::content_range(&(0..2), 67_108_864), "bytes 0-1/67108864");
+        assert_eq!(
+            super::content_range(&(100..u64::MAX), u64::MAX),
+            format!("bytes 100-{}/{}", u64::MAX - 1, u64::MAX)
+        );
+    }
 
     #[test]
     fn private_cache_control_never_lets_a_shared_cache_keep_the_answer() {

@@ -171,6 +171,7 @@ async fn sigterm_drains_running_streams() {
         .arg(format!("--keyring={}", secrets.path().join("keyring.json").display()))
         .arg("--shutdown-grace=20s")
         .arg("--shutdown-delay=1s")
+        .arg("--workers=3")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
