@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The agent and nginx each pinned to N cores (taskset; nginx with N workers, `reuseport`, `sendfile`; the agent's
-# tokio runtime sizes itself from the same affinity), wrk pinned to the cores left over, on one 64 MiB file hot in
-# memory: Safari's `bytes=0-1` probe and random 1 MiB ranges at 256 and 1,000 connections. Servers alternate within
-# each run; every cell is the median of RUNS. Writes the table between the `multicore` markers of bench/RESULTS.md
+# The agent and nginx each pinned to N cores (taskset; nginx with N workers, `reuseport`, `sendfile`; the agent
+# with one worker thread per core of the same affinity, each pinned to its core), wrk pinned to the cores left
+# over, on one 64 MiB file hot in memory: Safari's `bytes=0-1` probe and random 1 MiB ranges at 256 and 1,000
+# connections. Servers alternate within each run; every cell is the median of RUNS. Writes the table between the `multicore` markers of bench/RESULTS.md
 # (bench/run.sh keeps that section when it rewrites the file).
 #   CORES="1 2 4 8" bash bench/multicore.sh     a machine with at least 9 cores
 #   bash bench/multicore.sh                     default: N = 1 (on a 2-core machine, wrk gets the other core)
@@ -14,6 +14,7 @@ DURATION=${DURATION:-5s}
 CORES=${CORES:-1}
 CONNS=${CONNS:-256 1000}
 RAW_OUT=${RAW_OUT:-} # if set, every wrk output is copied there as it lands (a run cut short keeps what it measured)
+read -r -a agent_args <<<"${AGENT_ARGS:-}" # extra agent flags, to compare settings (e.g. --pin-workers=false)
 BIG=$((64 * 1024 * 1024))
 ncpu=$(nproc)
 
@@ -43,7 +44,7 @@ start_servers() { # N: cores 0..N-1 for the servers
   local last=$(($1 - 1))
   taskset -c "0-$last" "$agent_bin" --storage "file://$work/media" --keyring "$work/keyring.json" \
     --listen 127.0.0.1:18180 --admin-listen 127.0.0.1:19190 --rate-limit 0 --max-streams 100000 \
-    --max-connections 100000 --log-format json --access-log=false >"$work/agent.log" 2>&1 &
+    --max-connections 100000 --log-format json --access-log=false "${agent_args[@]}" >"$work/agent.log" 2>&1 &
   pids+=($!)
   nginx_conf "$work/nginx/nginx.conf" "$work/media" "127.0.0.1:18181 reuseport" "$1"
   taskset -c "0-$last" nginx -c "$work/nginx/nginx.conf" -g 'daemon off;' &
@@ -125,7 +126,7 @@ section=$(
   echo
   echo "Produced by \`CORES=\"${measured[*]}\" bash bench/multicore.sh\` (RUNS=$RUNS, DURATION=$DURATION) on $(date -u +%Y-%m-%d),"
   echo "$ncpu cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)). Each server pinned to cores 0..N-1 (nginx:"
-  echo "N workers, \`reuseport\`, \`sendfile\`; the agent: its runtime sized by the same affinity), wrk pinned to the"
+  echo "N workers, \`reuseport\`, \`sendfile\`; the agent: one worker per core of the same affinity${AGENT_ARGS:+, \`$AGENT_ARGS\`}), wrk pinned to the"
   echo "other cores (at most 8 threads), one 64 MiB file hot in memory, the agent checking a Bearer token on every"
   echo "request. Medians of $RUNS; servers alternate which goes first."
   echo

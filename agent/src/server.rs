@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -18,7 +19,6 @@ use http::{Method, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, StreamBody};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use vd_token::{Claims, RequestAuth, Source, canonical_path};
 
 use crate::access_log::AccessLog;
@@ -48,7 +48,7 @@ pub struct State {
     pub auth: Arc<Auth>,
     pub metrics: Arc<Metrics>,
     pub limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
-    pub streams: Arc<Semaphore>,
+    pub streams: Arc<StreamSlots>,
     pub access_log: Arc<AccessLog>,
     route_prefix: String,
     /// `Cache-Control` for answers whose grant is in the URL (or that need none), as configured.
@@ -65,7 +65,7 @@ impl State {
             RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
         });
         let route_prefix = config.route_prefix.trim_end_matches('/').to_owned();
-        let streams = Arc::new(Semaphore::new(config.max_streams));
+        let streams = Arc::new(StreamSlots::new(config.max_streams));
         let disk = match (&config.disk_cache_dir, config.disk_cache_size_mib) {
             (Some(dir), mib) if mib > 0 => {
                 DiskCache::start(dir, mib << 20, config.slice_size_kib << 10, config.storage_timeout, metrics.clone())
@@ -316,8 +316,44 @@ fn content_range(range: &std::ops::Range<u64>, size: u64) -> HeaderValue {
 }
 
 /// A slot among the streams the agent serves at once, or 503 with Retry-After.
-pub fn stream_permit(state: &State) -> Result<OwnedSemaphorePermit, Refusal> {
-    state.streams.clone().try_acquire_owned().map_err(|_| Refusal::Busy)
+pub fn stream_permit(state: &State) -> Result<StreamSlot, Refusal> {
+    state.streams.take().ok_or(Refusal::Busy)
+}
+
+/// The streams served at once (`--max-streams`). Nobody waits for a slot: a request that finds none gets 503.
+pub struct StreamSlots {
+    used: AtomicUsize,
+    cap: usize,
+}
+
+impl StreamSlots {
+    pub fn new(cap: usize) -> StreamSlots {
+        StreamSlots { used: AtomicUsize::new(0), cap }
+    }
+
+    /// A slot, if one is free. One atomic add, no lock: every core takes and returns slots on every request
+    /// (tokio's semaphore, used before, took its waiters' mutex on each return).
+    pub fn take(self: &Arc<Self>) -> Option<StreamSlot> {
+        if self.used.fetch_add(1, Ordering::AcqRel) >= self.cap {
+            self.used.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(StreamSlot(self.clone()))
+    }
+
+    /// Slots taken now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+}
+
+/// One stream's slot, returned when it drops.
+pub struct StreamSlot(Arc<StreamSlots>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.used.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Checks the request's token. Returns the carrier it came in and, with `want_claims`, its claims, for the
@@ -392,12 +428,12 @@ pub fn content_type_for(object: &str) -> &'static str {
 
 /// Counts the stream as active while it lives: dropped when the body ends or the client goes away.
 pub struct Guard {
-    _permit: OwnedSemaphorePermit,
+    _permit: StreamSlot,
     metrics: Arc<Metrics>,
 }
 
 impl Guard {
-    pub fn new(permit: OwnedSemaphorePermit, metrics: Arc<Metrics>) -> Guard {
+    pub fn new(permit: StreamSlot, metrics: Arc<Metrics>) -> Guard {
         metrics.active_streams.inc();
         Guard { _permit: permit, metrics }
     }
@@ -448,6 +484,37 @@ impl Stream for Metered {
 #[cfg(test)]
 mod tests {
     use super::private_cache_control;
+
+    #[test]
+    fn stream_slots_never_exceed_the_cap_and_come_back_when_dropped() {
+        let slots = std::sync::Arc::new(super::StreamSlots::new(2));
+        let (a, b) = (slots.take().unwrap(), slots.take().unwrap());
+        assert!(slots.take().is_none(), "a third stream at a cap of 2");
+        assert_eq!(slots.used(), 2, "a refused take leaves the count as it was");
+        drop(a);
+        let c = slots.take().expect("a dropped slot is free again");
+        drop((b, c));
+        assert_eq!(slots.used(), 0);
+        // From many threads at once: never more than the cap held.
+        use std::sync::atomic::Ordering::SeqCst;
+        let slots = std::sync::Arc::new(super::StreamSlots::new(3));
+        let (held, peak) = (std::sync::atomic::AtomicUsize::new(0), std::sync::atomic::AtomicUsize::new(0));
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for _ in 0..10_000 {
+                        if let Some(slot) = slots.take() {
+                            peak.fetch_max(held.fetch_add(1, SeqCst) + 1, SeqCst);
+                            held.fetch_sub(1, SeqCst);
+                            drop(slot);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(slots.used(), 0);
+        assert!((1..=3).contains(&peak.load(SeqCst)), "slots held at once: {}", peak.load(SeqCst));
+    }
 
     #[test]
     fn content_range_names_first_and_last_byte_and_size() {
