@@ -88,10 +88,11 @@ pub struct Config {
     /// (its affinity and cgroup quota).
     #[arg(long, env = "VD_WORKERS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1024))]
     pub workers: u32,
-    /// When the process may run on exactly as many CPUs as it has workers (taskset, or Kubernetes' static CPU
-    /// manager giving a Guaranteed pod whole cores), pin each worker to one of them, as nginx's
-    /// `worker_cpu_affinity auto`: two workers never share a core while another idles.
-    #[arg(long, env = "VD_PIN_WORKERS", default_value_t = true, action = clap::ArgAction::Set)]
+    /// Pin each worker to one CPU when the process may run on exactly as many CPUs as it has workers, as nginx's
+    /// `worker_cpu_affinity auto`: two workers never share a core while another idles. Only for cores the agent has
+    /// to itself (taskset, or Kubernetes' static CPU manager giving a Guaranteed pod whole cores): a pinned worker
+    /// cannot move away from another busy process on its core.
+    #[arg(long, env = "VD_PIN_WORKERS", default_value_t = false, action = clap::ArgAction::Set)]
     pub pin_workers: bool,
     /// Blocking calls on a file:// storage (opens, stats, reads) running at once. A call stuck in the kernel past
     /// --storage-timeout keeps its thread until the kernel returns; when all are stuck, requests get 503 at once,

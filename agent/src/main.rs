@@ -5,12 +5,6 @@ use clap::Parser;
 use videodelivery_agent::config::{Config, LogFormat};
 use videodelivery_agent::{Agent, Workers};
 
-/// Every request allocates and frees its headers, futures and body frames: mimalloc's per-thread heaps do it in
-/// fewer instructions than glibc's malloc (bench/PROFILE.md), and without arena locks when a slice allocated by
-/// one worker is freed by another.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> Result<()> {
     let config = Config::parse();
     // This runtime runs the admin port, the keyring and certificate watchers and shutdown; the video port's
