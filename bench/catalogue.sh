@@ -123,6 +123,23 @@ metric() { curl -s http://127.0.0.1:19180/metrics | awk -v m="$1" '$1 == m {prin
 agent_read0=$(metric videodelivery_agent_storage_read_bytes_total)
 nginx_read0=$(awk '$1 ~ /^[0-9]+$/ {s += $1} END {print s + 0}' "$work/nginx/origin.log" 2>/dev/null || echo 0)
 
+# How much each disk cache holds, sampled every second: its peak and its mean over the benchmark. nginx's cache
+# manager trims to max_size only when it wakes (about every 10 s while under it), so it may hold more for a while.
+disk_use() { # DIR FILE: writes "PEAK_KIB MEAN_KIB" to FILE after each sample
+  local peak=0 sum=0 n=0 now
+  while sleep 1; do
+    now=$(du -sk "$1" 2>/dev/null | cut -f1)
+    now=${now:-0}
+    [ "$now" -gt "$peak" ] && peak=$now
+    sum=$((sum + now)) n=$((n + 1))
+    echo "$peak $((sum / n))" >"$2"
+  done
+}
+disk_use "$work/agent-disk" "$work/agent-disk.use" &
+pids+=($!)
+disk_use "$work/nginx/cache" "$work/nginx-disk.use" &
+pids+=($!)
+
 ulimit -n 65536 2>/dev/null || true
 echo "catalogue: $RUNS runs x ${SECONDS_PER_RUN}s x 3 servers at $CONNS connections" >&2
 # Where the agent's time goes: perf samples its CPU (a software clock; this kind of machine has no hardware
@@ -170,6 +187,7 @@ per_gib() { python3 -c "print(f'{$1 / $(getconf CLK_TCK) / ($2 / 2**30):.3f}')";
 kill -USR1 "$nginx_pid" # reopens its log, writing the buffered lines (after its workers were measured)
 sleep 1
 nginx_read=$(($(awk '$1 ~ /^[0-9]+$/ {s += $1} END {printf "%.0f", s}' "$work/nginx/origin.log") - nginx_read0))
+disk_mib() { read -r peak mean <"$work/$1.use" && echo "$((peak / 1024)) / $((mean / 1024))"; }
 offload() { python3 -c "print(f'{1 - $1 / $2:.3f}')"; } # 1 - origin bytes / served bytes
 
 section=$(
@@ -180,7 +198,7 @@ section=$(
   echo "($((TITLES * SIZE / 1048576)) MiB) in versitygw, random 1 MiB ranges of titles drawn from Zipf(s = $ZIPF) (title k"
   echo "weighs 1/k^s: a few hot titles, a long tail) by $CONNS keep-alive connections per server, $RUNS runs of"
   echo "${SECONDS_PER_RUN} s, servers taking turns with the same draws; medians over runs. Both caches start empty."
-  echo "Agent: memory cache $CACHE_MIB MiB over a disk tier of $DISK_MIB MiB (second-use admission), rate limit and"
+  echo "Agent: memory cache $CACHE_MIB MiB over a disk tier of $DISK_MIB MiB (TinyLFU admission), rate limit and"
   echo "access log off, a token checked on every request. nginx: \`proxy_cache\` of $((CACHE_MIB + DISK_MIB)) MiB on disk"
   echo "(the agent's two tiers together) with \`slice 1m\`, upstream keep-alive, \`proxy_cache_min_uses\` at its default"
   echo "(1), an access log of upstream bytes. Times are from the client: TTFB to the first body byte, last byte to the"
@@ -188,11 +206,11 @@ section=$(
   echo
   grep '^|' <<<"$out"
   echo
-  echo "| server | origin bytes / served bytes | origin offload | peak RSS MiB | CPU s per GiB served |"
-  echo "|---|---:|---:|---:|---:|"
-  echo "| agent | $agent_read / $(served agent) | $(offload "$agent_read" "$(served agent)") | $((agent_rss / 1024)) | $(per_gib "$agent_cpu" "$(served agent)") |"
-  echo "| nginx | $nginx_read / $(served nginx) | $(offload "$nginx_read" "$(served nginx)") | $((nginx_rss / 1024)) (master + workers) | $(per_gib "$nginx_cpu" "$(served nginx)") |"
-  echo "| s3 | $(served s3) / $(served s3) | 0 | - | - |"
+  echo "| server | origin bytes / served bytes | origin offload | peak RSS MiB | disk MiB, peak / mean | CPU s per GiB served |"
+  echo "|---|---:|---:|---:|---:|---:|"
+  echo "| agent | $agent_read / $(served agent) | $(offload "$agent_read" "$(served agent)") | $((agent_rss / 1024)) | $(disk_mib agent-disk) | $(per_gib "$agent_cpu" "$(served agent)") |"
+  echo "| nginx | $nginx_read / $(served nginx) | $(offload "$nginx_read" "$(served nginx)") | $((nginx_rss / 1024)) (master + workers) | $(disk_mib nginx-disk) | $(per_gib "$nginx_cpu" "$(served nginx)") |"
+  echo "| s3 | $(served s3) / $(served s3) | 0 | - | - | - |"
   echo
   echo "The agent served $disk_hits bytes from its disk tier ($diag)."
   echo

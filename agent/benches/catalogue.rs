@@ -65,6 +65,32 @@ fn zipf_cdf(n: usize, s: f64) -> Vec<f64> {
         .collect()
 }
 
+/// A title drawn from `cdf`: one uniform number, then the first title whose cumulative weight reaches it.
+fn draw(cdf: &[f64], rng: &mut Rng) -> usize {
+    let u = rng.unit();
+    cdf.partition_point(|&c| c < u).min(cdf.len() - 1)
+}
+
+/// Fails the run loudly if the titles drawn do not follow the weights asked for: 200,000 draws, and every title
+/// that should get at least 1% of them within a tenth of its share.
+fn check_draws(cdf: &[f64]) {
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    let n = 200_000;
+    let mut counts = vec![0u64; cdf.len()];
+    for _ in 0..n {
+        counts[draw(cdf, &mut rng)] += 1;
+    }
+    for (k, &count) in counts.iter().enumerate() {
+        let want = cdf[k] - if k == 0 { 0.0 } else { cdf[k - 1] };
+        let got = count as f64 / n as f64;
+        assert!(
+            want < 0.01 || (got - want).abs() <= want / 10.0,
+            "title {} drawn {got:.4} of the time, its weight is {want:.4}: the sampler is wrong",
+            k + 1
+        );
+    }
+}
+
 /// One connection's loop until `until`; a connection the server closed is opened again.
 async fn connection(urls: &[http::Uri], cdf: &[f64], size: u64, seed: u64, until: Instant) -> Seen {
     let mut rng = Rng(seed | 1);
@@ -88,7 +114,7 @@ async fn connection(urls: &[http::Uri], cdf: &[f64], size: u64, seed: u64, until
             if send.ready().await.is_err() {
                 continue 'connect;
             }
-            let title = cdf.partition_point(|&c| c < rng.unit()).min(urls.len() - 1);
+            let title = draw(cdf, &mut rng);
             let start = rng.next() % (size - RANGE);
             let url = &urls[title];
             let req = http::Request::get(url.path_and_query().map_or("/", |p| p.as_str()))
@@ -170,6 +196,7 @@ async fn main() {
     let conns: u64 = num("VD_CAT_CONNS", 64);
     let secs: u64 = num("VD_CAT_SECONDS", 10);
     let runs: u64 = num("VD_CAT_RUNS", 3);
+    check_draws(&zipf_cdf(servers[0].1.len(), exponent));
     let mut results: Vec<Vec<Run>> = vec![Vec::new(); servers.len()];
     let mut served = vec![0u64; servers.len()];
     for run in 0..runs {

@@ -142,7 +142,9 @@ async fn crowd(
 ) -> String {
     let rate = 64 * 1024u64; // bytes per second per client
     let files = requests.len() as u64;
+    let up = Instant::now() + Duration::from_secs(30);
     while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        assert!(Instant::now() < up, "{name} did not listen on port {port} within 30 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -160,8 +162,10 @@ async fn crowd(
         tasks.push(tokio::spawn(async move {
             // Spread the connects over the first second.
             tokio::time::sleep(Duration::from_micros(i * 1_000_000 / clients.max(1))).await;
-            let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else { return };
-            if s.write_all(&request).await.is_err() {
+            // Every wait ends at the deadline: a server that stops answering ends the run, not hangs it.
+            let connect = tokio::net::TcpStream::connect(("127.0.0.1", port));
+            let Ok(Ok(mut s)) = tokio::time::timeout_at(deadline.into(), connect).await else { return };
+            if !matches!(tokio::time::timeout_at(deadline.into(), s.write_all(&request)).await, Ok(Ok(()))) {
                 return;
             }
             let mut buf = vec![0u8; 8192];
@@ -169,9 +173,9 @@ async fn crowd(
             let mut late = 0u64;
             let tick = Duration::from_secs_f64(8192.0 / rate as f64);
             while Instant::now() < deadline {
-                match s.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => got += n as u64,
+                match tokio::time::timeout_at(deadline.into(), s.read(&mut buf)).await {
+                    Ok(Ok(0) | Err(_)) | Err(_) => break,
+                    Ok(Ok(n)) => got += n as u64,
                 }
                 if deadline.saturating_duration_since(Instant::now()) < Duration::from_secs(5) {
                     late += 1;

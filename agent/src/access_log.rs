@@ -438,14 +438,14 @@ impl RequestIds {
     }
 
     fn next(&self) -> String {
-        self.hex(self.random())
+        hex(self.random())
     }
+}
 
-    /// Sixteen lowercase hex digits, without the formatting machinery (this runs on every request).
-    fn hex(&self, n: u64) -> String {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        (0..16).rev().map(|i| char::from(DIGITS[(n >> (i * 4)) as usize & 0xf])).collect()
-    }
+/// Sixteen lowercase hex digits, without the formatting machinery (this runs on every request).
+fn hex(n: u64) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    (0..16).rev().map(|i| char::from(DIGITS[(n >> (i * 4)) as usize & 0xf])).collect()
 }
 
 fn splitmix64(mut z: u64) -> u64 {
@@ -508,9 +508,8 @@ mod tests {
 
     #[test]
     fn generated_request_ids_are_sixteen_hex_digits_of_the_draw() {
-        let ids = RequestIds::new();
         for n in [0, 1, 0xabc, u64::MAX, 0x0123_4567_89ab_cdef] {
-            let id = ids.hex(n);
+            let id = hex(n);
             assert_eq!(id, format!("{n:016x}"));
         }
     }

@@ -310,10 +310,7 @@ impl SliceCache {
         if wanted.end > slice.bytes.len() {
             return None;
         }
-        self.metrics.cache_hits.inc();
-        if let Some(disk) = &self.disk {
-            disk.used(&key, &slice.bytes, slice.content_type.as_ref());
-        }
+        hit(&self.metrics, self.disk.as_ref(), &key, &slice);
         let bytes = slice.bytes.slice(wanted);
         let counted = self.metrics.cache_bytes.clone();
         let stream = stream::once(async move {
@@ -334,6 +331,14 @@ impl SliceCache {
         let body = storage.get(object, range, etag).await?;
         let stream = held(body.stream, self.memory.clone(), self.metrics.clone());
         Ok((Body { stream, content_type: body.content_type }, Status::Bypass))
+    }
+}
+
+/// Counts a memory hit, and a use for the disk tier's admission.
+fn hit(metrics: &Metrics, disk: Option<&DiskCache>, key: &SliceKey, slice: &Slice) {
+    metrics.cache_hits.inc();
+    if let Some(disk) = disk {
+        disk.used(key, &slice.bytes, slice.content_type.as_ref());
     }
 }
 
@@ -443,10 +448,7 @@ impl Loader {
     async fn cached(&self, index: u64) -> Option<Slice> {
         let key = self.key(index);
         let s = self.slices.get(&key).await?;
-        self.metrics.cache_hits.inc();
-        if let Some(disk) = &self.disk {
-            disk.used(&key, &s.bytes, s.content_type.as_ref());
-        }
+        hit(&self.metrics, self.disk.as_ref(), &key, &s);
         Some(s)
     }
 

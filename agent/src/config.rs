@@ -120,7 +120,7 @@ pub struct Config {
     /// Size of a cached slice in KiB: ranges are assembled from aligned slices of this size.
     #[arg(long, env = "VD_SLICE_SIZE_KIB", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(64..=65536))]
     pub slice_size_kib: u64,
-    /// A local directory (an emptyDir) for the disk tier under the slice cache: slices used twice spill there, so
+    /// A local directory (an emptyDir) for the disk tier under the slice cache: slices watched spill there, so
     /// a catalogue larger than memory is read from storage about once. Needs --disk-cache-size-mib. The agent owns
     /// its `slices` folder and wipes it at start; a directory it cannot write is logged and shows in metrics, and
     /// the agent serves from memory and storage as without it.

@@ -1,6 +1,6 @@
-//! The disk tier under the slice cache (`--disk-cache-dir`, `--disk-cache-size-mib`): slices used twice spill to
-//! files in a local directory (an `emptyDir`), so a catalogue larger than memory is read from storage about once,
-//! not again each time memory drops a slice.
+//! The disk tier under the slice cache (`--disk-cache-dir`, `--disk-cache-size-mib`): slices spill to files in a
+//! local directory (an `emptyDir`), so a catalogue larger than memory is read from storage about once, not again
+//! each time memory drops a slice.
 //!
 //! Our own files over the page cache rather than `foyer`'s hybrid cache: the memory tier (moka, with the memory
 //! budget every slice is charged to) stays as it is, and foyer would bring a second memory tier, its own I/O engine
@@ -10,8 +10,11 @@
 //! - One file per slice, named by a digest of object, ETag and slice number, so a changed object (a new ETag) never
 //!   meets its old slices. The index of what is on disk lives in memory, an exact LRU bounded in bytes (files
 //!   counted in whole 4 KiB blocks, header included); the directory is wiped at start.
-//! - Admission on the second use (like nginx's `proxy_cache_min_uses 2`): a slice read once and never again (a scan,
-//!   a one-off seek) is never written, so it cannot push out slices that are watched.
+//! - Admission by frequency (TinyLFU, as moka admits to memory): while the disk has room, a slice is written on
+//!   its first use; once full, a slice is written only if it was used more often lately than the least recently
+//!   used file it would push out. Uses are counted for the files and for a few times as many slices not on disk,
+//!   and every count halves each time the tier has seen ten uses per file it holds, so yesterday's hits fade. A
+//!   one-off read (a scan, a seek) is used once and outranks nothing that was watched, so it cannot flush it.
 //! - Writes go through a bounded queue to one writer thread, never on the request path; when the queue is full a
 //!   write is dropped and counted. A queued slice keeps its memory charged to the budget until it is written.
 //! - Each file starts with a header: the key, the content type, the length and a CRC32 of all of it. A file that
@@ -20,7 +23,7 @@
 //! - A directory that cannot be written (missing, read-only, full) leaves the agent as it is without a disk tier,
 //!   and shows in `videodelivery_agent_disk_cache_writable` and `..._disk_cache_write_errors_total`.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Write};
 use std::num::NonZeroUsize;
@@ -60,26 +63,59 @@ struct Shared {
     dir: PathBuf,
     /// Bytes the files may take, blocks rounded up, the file being written included.
     budget: u64,
+    /// Uses of the tier between two halvings of every count.
+    age_every: u64,
     state: Mutex<State>,
     pool: Pool,
     metrics: Arc<Metrics>,
 }
 
 struct State {
-    /// What is on disk, with each file's size in blocks, least recently used first out.
-    index: LruCache<SliceKey, u64>,
+    /// What is on disk, least recently used first out.
+    index: LruCache<SliceKey, OnDisk>,
     /// The index's files and the one being written, in bytes.
     bytes: u64,
-    /// Slices used once recently and not on disk: their next use admits them.
-    seen: LruCache<SliceKey, ()>,
-    /// Slices in the writer's queue.
-    queued: HashSet<SliceKey>,
+    /// Uses of slices not on disk, the least recently used forgotten first.
+    recent: LruCache<SliceKey, Uses>,
+    /// Slices in the writer's queue, with their uses, and the bytes their files will take.
+    queued: HashMap<SliceKey, Uses>,
+    queued_bytes: u64,
+    /// Uses of the tier so far: the clock of [`Uses`].
+    ticks: u64,
+}
+
+struct OnDisk {
+    /// The file's size in bytes, whole blocks.
+    size: u64,
+    uses: Uses,
+}
+
+/// How often a slice was used lately: the count halves every [`Shared::age_every`] uses of the tier, lazily (a
+/// count remembers the age it was last brought to).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Uses {
+    count: u32,
+    age: u32,
+}
+
+impl Uses {
+    fn at(self, age: u32) -> u32 {
+        self.count.checked_shr(age.wrapping_sub(self.age)).unwrap_or(0)
+    }
+
+    fn bump(&mut self, age: u32) -> u32 {
+        self.count = self.at(age).saturating_add(1);
+        self.age = age;
+        self.count
+    }
 }
 
 struct Job {
     key: SliceKey,
     bytes: Bytes,
     content_type: Option<Arc<str>>,
+    /// The file's size in bytes, whole blocks, as counted in `State::queued_bytes`.
+    size: u64,
 }
 
 /// What a read from disk found.
@@ -108,17 +144,21 @@ impl DiskCache {
             return None;
         }
         let slots = usize::try_from(budget / slice_size.max(1)).unwrap_or(usize::MAX);
-        // Remember a few times more once-used slices than the disk holds, so a second use within a disk's worth of
-        // traffic admits; about 120 bytes each, at most 256 Ki of them (30 MiB).
-        let seen = NonZeroUsize::new(slots.saturating_mul(4).clamp(1024, 1 << 18)).unwrap_or(NonZeroUsize::MIN);
+        // Count the uses of a few times more slices than the disk holds, so a slice used again within a disk's
+        // worth of traffic is known; about 120 bytes each, at most 256 Ki of them (30 MiB).
+        let recent = NonZeroUsize::new(slots.saturating_mul(4).clamp(1024, 1 << 18)).unwrap_or(NonZeroUsize::MIN);
         let shared = Arc::new(Shared {
             dir: dir.join(SLICES),
             budget,
+            // TinyLFU's sample: ten uses per slice the disk holds.
+            age_every: (slots as u64).saturating_mul(10).max(1),
             state: Mutex::new(State {
                 index: LruCache::unbounded(),
                 bytes: 0,
-                seen: LruCache::new(seen),
-                queued: HashSet::new(),
+                recent: LruCache::new(recent),
+                queued: HashMap::new(),
+                queued_bytes: 0,
+                ticks: 0,
             }),
             pool: Pool::new(READ_THREADS, timeout),
             metrics,
@@ -142,7 +182,11 @@ impl DiskCache {
     /// Slice `key` of `len` bytes and its content type, if on disk and intact. Anything else (not there, corrupt,
     /// an error, a read slower than the storage timeout) is `None`, and the caller reads storage.
     pub(crate) async fn read(&self, key: &SliceKey, len: usize) -> Option<(Bytes, Option<Arc<str>>)> {
-        self.shared.state().index.get(key)?;
+        {
+            let mut state = self.shared.state();
+            let age = state.tick(self.shared.age_every);
+            state.index.get_mut(key)?.uses.bump(age);
+        }
         let shared = self.shared.clone();
         let k = key.clone();
         let found = match self.shared.pool.run(move || Ok(shared.read_file(&k, len))).await {
@@ -169,37 +213,60 @@ impl DiskCache {
             }
         }
         let mut state = self.shared.state();
-        if let Some(size) = state.index.pop(key) {
-            state.bytes = state.bytes.saturating_sub(size);
+        if let Some(gone) = state.index.pop(key) {
+            state.bytes = state.bytes.saturating_sub(gone.size);
         }
         self.shared.report(&state);
         None
     }
 
-    /// Counts a use of slice `key` (served from memory or just read from storage): the second use while it is
-    /// remembered queues it for writing, unless it is on disk or queued already. Never waits.
+    /// Counts a use of slice `key` (served from memory or just read from storage) and queues it for writing if it
+    /// is not on disk and is admitted: while there is room, or over a file used less. Never waits.
     pub(crate) fn used(&self, key: &SliceKey, bytes: &Bytes, content_type: Option<&Arc<str>>) {
         let mut state = self.shared.state();
-        // `get` also marks it recently used on disk: a slice hot in memory stays on disk for when memory drops it.
-        if state.index.get(key).is_some() || state.queued.contains(key) {
+        let age = state.tick(self.shared.age_every);
+        // `get_mut` also marks it recently used on disk: a slice hot in memory stays on disk for when memory drops
+        // it.
+        if let Some(on_disk) = state.index.get_mut(key) {
+            on_disk.uses.bump(age);
             return;
         }
-        if state.seen.pop(key).is_none() {
-            state.seen.put(key.clone(), ());
+        if let Some(uses) = state.queued.get_mut(key) {
+            uses.bump(age);
             return;
         }
-        state.queued.insert(key.clone());
+        let mut uses = state.recent.pop(key).unwrap_or_default();
+        let count = uses.bump(age);
+        let size = self.shared.file_size(bytes.len());
+        let room = state.bytes + state.queued_bytes + size <= self.shared.budget;
+        let admitted = room || state.index.peek_lru().is_some_and(|(_, coldest)| count > coldest.uses.at(age));
+        if !admitted {
+            state.recent.put(key.clone(), uses);
+            return;
+        }
+        state.queued.insert(key.clone(), uses);
+        state.queued_bytes += size;
         drop(state);
-        let job = Job { key: key.clone(), bytes: bytes.clone(), content_type: content_type.cloned() };
+        let job = Job { key: key.clone(), bytes: bytes.clone(), content_type: content_type.cloned(), size };
         if let Err(e) = self.queue.try_send(job) {
             let mut state = self.shared.state();
-            state.queued.remove(key);
+            state.queued_bytes = state.queued_bytes.saturating_sub(size);
+            if let Some(uses) = state.queued.remove(key) {
+                // Its next use tries again.
+                state.recent.put(key.clone(), uses);
+            }
             if matches!(e, TrySendError::Full(_)) {
                 self.shared.metrics.disk_cache_writes_dropped.inc();
-                // Its next use tries again.
-                state.seen.put(key.clone(), ());
             }
         }
+    }
+}
+
+impl State {
+    /// Counts one use of the tier; the age of counts now.
+    fn tick(&mut self, age_every: u64) -> u32 {
+        self.ticks += 1;
+        u32::try_from(self.ticks / age_every).unwrap_or(u32::MAX)
     }
 }
 
@@ -207,6 +274,12 @@ impl Shared {
     /// A panic elsewhere while the lock was held leaves the state usable (each update is a few map operations).
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// About the bytes a slice of `len` bytes takes on disk, for deciding whether it fits: the data and a block
+    /// for its header (key and content type), in whole blocks. The writer counts the exact size.
+    fn file_size(&self, len: usize) -> u64 {
+        (len as u64 + BLOCK).div_ceil(BLOCK) * BLOCK
     }
 
     fn report(&self, state: &State) {
@@ -229,7 +302,6 @@ impl Shared {
         }
         self.metrics.disk_cache_writable.set(i64::from(ready.is_ok()));
         while let Ok(job) = jobs.recv() {
-            let key = job.key.clone();
             match self.write(job) {
                 Ok(()) => {
                     self.metrics.disk_cache_writes.inc();
@@ -241,23 +313,51 @@ impl Shared {
                     tracing::debug!(error = %e, "disk cache write failed");
                 }
             }
-            self.state().queued.remove(&key);
         }
     }
 
+    /// Writes one queued slice, making room first, and moves it (with its uses) from the queue to the index.
     fn write(&self, job: Job) -> io::Result<()> {
         let header = encode_header(&job.key, job.content_type.as_deref(), &job.bytes);
         let size = (header.len() as u64 + job.bytes.len() as u64).div_ceil(BLOCK) * BLOCK;
-        if size > self.budget {
-            return Err(io::Error::new(io::ErrorKind::StorageFull, "a slice file larger than the whole disk cache"));
+        let written = if size > self.budget {
+            Err(io::Error::new(io::ErrorKind::StorageFull, "a slice file larger than the whole disk cache"))
+        } else {
+            self.make_room(size);
+            let path = self.path(&job.key);
+            let tmp = path.with_extension("tmp");
+            let written = write_file(&tmp, &header, &job.bytes).and_then(|()| std::fs::rename(&tmp, &path));
+            if written.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+                let mut state = self.state();
+                state.bytes = state.bytes.saturating_sub(size);
+            }
+            written
+        };
+        let mut state = self.state();
+        state.queued_bytes = state.queued_bytes.saturating_sub(job.size);
+        let uses = state.queued.remove(&job.key).unwrap_or_default();
+        if written.is_ok() {
+            if let Some(replaced) = state.index.put(job.key, OnDisk { size, uses }) {
+                state.bytes = state.bytes.saturating_sub(replaced.size);
+            }
+        } else {
+            // Its uses still count when it is tried again.
+            state.recent.put(job.key, uses);
         }
-        // Room first, the file being written counted: the directory never holds more than the budget.
+        self.report(&state);
+        written
+    }
+
+    /// Evicts the least recently used files until `size` more bytes fit, and counts those bytes taken: the
+    /// directory never holds more than the budget, the file being written included.
+    fn make_room(&self, size: u64) {
         let evicted = {
             let mut state = self.state();
             let mut evicted = Vec::new();
             while state.bytes + size > self.budget {
-                let Some((old, old_size)) = state.index.pop_lru() else { break };
-                state.bytes = state.bytes.saturating_sub(old_size);
+                let Some((old, gone)) = state.index.pop_lru() else { break };
+                state.bytes = state.bytes.saturating_sub(gone.size);
                 evicted.push(old);
             }
             state.bytes += size;
@@ -267,23 +367,6 @@ impl Shared {
             let _ = std::fs::remove_file(self.path(old));
         }
         self.metrics.disk_cache_evictions.inc_by(evicted.len() as u64);
-        let path = self.path(&job.key);
-        let tmp = path.with_extension("tmp");
-        let written = write_file(&tmp, &header, &job.bytes).and_then(|()| std::fs::rename(&tmp, &path));
-        let mut state = self.state();
-        match written {
-            Ok(()) => {
-                if let Some(replaced) = state.index.put(job.key, size) {
-                    state.bytes = state.bytes.saturating_sub(replaced);
-                }
-            }
-            Err(_) => {
-                state.bytes = state.bytes.saturating_sub(size);
-                let _ = std::fs::remove_file(&tmp);
-            }
-        }
-        self.report(&state);
-        written
     }
 
     /// Reads and checks the file of `key`, which must hold `len` bytes. Blocking.
@@ -399,6 +482,86 @@ mod tests {
 
     fn key(i: u64) -> SliceKey {
         SliceKey { object: "a/film.mp4".into(), etag: "\"e1\"".into(), index: i }
+    }
+
+    #[test]
+    fn a_count_halves_with_each_age_it_has_not_seen() {
+        let mut uses = Uses::default();
+        for _ in 0..12 {
+            uses.bump(0);
+        }
+        assert_eq!((uses.at(0), uses.at(1), uses.at(3), uses.at(40)), (12, 6, 1, 0));
+        assert_eq!(uses.bump(2), 4, "brought to age 2 (12 / 4), then used");
+    }
+
+    /// A disk tier of room for three files of 4 KiB slices, in a fresh folder.
+    fn small_tier() -> (DiskCache, tempfile::TempDir, Arc<Metrics>) {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let disk = DiskCache::start(dir.path(), 3 * 2 * BLOCK, BLOCK, Duration::from_secs(5), metrics.clone()).unwrap();
+        (disk, dir, metrics)
+    }
+
+    /// Uses slice `i` `n` times and waits for the writer to settle.
+    fn use_n(disk: &DiskCache, i: u64, n: usize) {
+        let bytes = Bytes::from(vec![i as u8; BLOCK as usize]);
+        for _ in 0..n {
+            disk.used(&key(i), &bytes, None);
+        }
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while !disk.shared.state().queued.is_empty() {
+            assert!(std::time::Instant::now() < until, "the writer did not write");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn on_disk(disk: &DiskCache) -> Vec<u64> {
+        let mut on: Vec<u64> = disk.shared.state().index.iter().map(|(k, _)| k.index).collect();
+        on.sort();
+        on
+    }
+
+    #[test]
+    fn a_slice_is_written_on_first_use_while_there_is_room_then_only_over_a_file_used_less() {
+        let (disk, dir, metrics) = small_tier();
+        for i in 0..3 {
+            use_n(&disk, i, 1);
+        }
+        assert_eq!(on_disk(&disk), [0, 1, 2], "room for three: each written on its first use");
+        for i in 0..3 {
+            use_n(&disk, i, 2);
+        }
+        // Full, and each file used three times: a one-off scan writes nothing and evicts nothing.
+        for i in 10..30 {
+            use_n(&disk, i, 1);
+        }
+        assert_eq!(on_disk(&disk), [0, 1, 2]);
+        assert_eq!((metrics.disk_cache_writes.get(), metrics.disk_cache_evictions.get()), (3, 0));
+        // Used as often as the least recently used file (slice 0): not enough. Once more: it takes its place.
+        use_n(&disk, 7, 3);
+        assert_eq!(on_disk(&disk), [0, 1, 2]);
+        use_n(&disk, 7, 1);
+        assert_eq!(on_disk(&disk), [1, 2, 7]);
+        assert_eq!(std::fs::read_dir(dir.path().join(SLICES)).unwrap().count(), 3, "the evicted file is deleted");
+        assert_eq!((metrics.disk_cache_writes.get(), metrics.disk_cache_evictions.get()), (4, 1));
+    }
+
+    #[test]
+    fn old_uses_fade_so_a_once_hot_file_gives_way_to_a_slice_hot_now() {
+        let (disk, _dir, _) = small_tier();
+        // Six slots of 4 KiB in the budget: counts halve every 60 uses of the tier.
+        for i in 0..3 {
+            use_n(&disk, i, 8);
+        }
+        use_n(&disk, 60, 3);
+        assert_eq!(on_disk(&disk), [0, 1, 2], "three uses do not outrank eight");
+        // 120 one-off reads later (two halvings), the files' eight uses count for two, still more than one.
+        for i in 100..220 {
+            use_n(&disk, i, 1);
+        }
+        assert_eq!(on_disk(&disk), [0, 1, 2]);
+        use_n(&disk, 61, 3);
+        assert_eq!(on_disk(&disk), [1, 2, 61], "three uses now outrank eight long ago");
     }
 
     #[test]

@@ -158,11 +158,15 @@ impl Agent {
     /// Serves until `shutdown` completes, then stops accepting and lets running streams finish for up to the
     /// configured grace period. Connections are served on the runtime that calls this (tests, embedding).
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
-        self.serve_with(Workers::Here, shutdown).await
+        // Serving on this runtime starts no thread: there is no error to return.
+        if let Err(e) = self.serve_with(Workers::Here, shutdown).await {
+            tracing::error!(error = %e, "serving failed");
+        }
     }
 
-    /// As [`Agent::serve`], with the video port's connections served by `workers`.
-    pub async fn serve_with(self, workers: Workers, shutdown: impl Future<Output = ()>) {
+    /// As [`Agent::serve`], with the video port's connections served by `workers`. Fails only if the worker
+    /// threads cannot start (the process should then exit non-zero, so its supervisor sees it).
+    pub async fn serve_with(self, workers: Workers, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
         let state = self.state;
         tokio::spawn(state.auth.clone().watch(state.metrics.clone(), state.config.keyring_poll));
         if let Some(tls) = &self.tls {
@@ -220,7 +224,7 @@ impl Agent {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot start the worker threads");
-                    return;
+                    return Err(e);
                 }
             },
         };
@@ -249,6 +253,7 @@ impl Agent {
             let joined = tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| drop(t.join())));
             let _ = tokio::time::timeout(Duration::from_secs(3), joined).await;
         }
+        Ok(())
     }
 }
 
@@ -258,9 +263,9 @@ pub enum Workers {
     /// On the runtime that calls [`Agent::serve_with`] (tests, embedding).
     Here,
     /// On `n` threads, each with a single-threaded runtime and a listening socket of its own on the port
-    /// (`SO_REUSEPORT`), as nginx runs its workers. Each thread serves its ready connections in turn: on tokio's work-stealing runtime,
-    /// connections woken past its local queue's 256 slots waited their turn behind those in it, and at 1,000 busy
-    /// connections p99 was 4x nginx's (bench/RESULTS.md).
+    /// (`SO_REUSEPORT`), as nginx runs its workers. Each thread serves its ready connections in turn: on tokio's
+    /// work-stealing runtime, connections woken past its local queue's 256 slots waited their turn behind those
+    /// in it, and at 1,000 busy connections p99 was 4x nginx's (bench/RESULTS.md).
     Threads(usize),
 }
 

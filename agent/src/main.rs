@@ -38,7 +38,7 @@ async fn run(config: Config) -> Result<()> {
     let agent = Agent::bind(config).await?;
     tracing::info!(addr = %agent.addr, admin = %agent.admin_addr, workers, "serving");
     let workers = Workers::Threads(workers);
-    agent.serve_with(workers, shutdown_signal()).await;
+    agent.serve_with(workers, shutdown_signal()).await?;
     Ok(())
 }
 

@@ -354,7 +354,7 @@ impl Metrics {
         sub.register("hits", "Slices read from the disk cache instead of storage", self.disk_cache_hits.clone());
         sub.register(
             "writes",
-            "Slices written to the disk cache (on their second use)",
+            "Slices written to the disk cache (on first use while it has room, then over a file used less)",
             self.disk_cache_writes.clone(),
         );
         sub.register(

@@ -359,7 +359,7 @@ async fn a_read_from_the_disk_tier_is_logged_as_disk() {
     agent.put("films/a.mp4", &content(slice));
     agent.put("films/flood.mp4", &content(8 * slice));
     let film = agent.signed("/videos/films/a.mp4", Carrier::Query);
-    // Twice: the second use writes it to disk.
+    // The disk has room: the first use writes it (read twice, as a viewer would).
     for _ in 0..2 {
         assert_eq!(get(&film, &[]).await.0.as_u16(), 200);
     }

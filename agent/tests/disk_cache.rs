@@ -1,6 +1,7 @@
 //! The disk tier under the slice cache, against a real S3 server: a slice memory has dropped comes from disk without
-//! a storage read; only a second use writes a slice; a replaced object is never served mixed; a corrupt or torn file
-//! is found and read again from storage; a directory that cannot be written changes nothing but a metric.
+//! a storage read; a full disk takes a slice only over a file used less, so a one-off scan writes nothing; a replaced
+//! object is never served mixed; a corrupt or torn file is found and read again from storage; a directory that
+//! cannot be written changes nothing but a metric.
 
 mod common;
 
@@ -29,6 +30,7 @@ fn metric(text: &str, name: &str) -> u64 {
 const STORAGE_BYTES: &str = "videodelivery_agent_storage_read_bytes_total";
 const FROM_DISK: &str = "videodelivery_agent_streams_total{cache=\"disk\"}";
 const WRITES: &str = "videodelivery_agent_disk_cache_writes_total";
+const EVICTIONS: &str = "videodelivery_agent_disk_cache_evictions_total";
 
 /// Uploads through the S3 API (as a user would), so the server keeps an ETag for the object; a file written into
 /// its folder directly has none, and the agent does not cache objects without one.
@@ -88,8 +90,8 @@ async fn setup_in(dir: Option<&Path>, extra: &[&str]) -> Setup {
 }
 
 impl Setup {
-    /// Uploads `bytes` as `name` and reads it twice (the second use admits both slices), then waits for both
-    /// slices to reach the disk; its signed URL.
+    /// Uploads `bytes` as `name` and reads it twice (the disk has room: the first use writes both slices), then
+    /// waits for both slices to reach the disk; its signed URL.
     async fn admitted(&self, name: &str, bytes: &[u8]) -> String {
         upload(&self.s3, name, bytes).await;
         let url = self.url(name);
@@ -153,40 +155,40 @@ async fn a_slice_memory_dropped_is_served_from_disk_without_a_storage_read() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn only_a_second_use_writes_a_slice_so_a_one_off_scan_writes_nothing() {
-    let t = setup(&[]).await;
-    let clip = content(SLICE);
-    upload(&t.s3, "clip.mp4", &clip).await;
-    let url = t.url("clip.mp4");
+async fn a_full_disk_takes_a_slice_only_over_a_file_used_less_so_a_one_off_scan_writes_nothing() {
+    // Room for three slice files of 260 KiB.
+    let t = setup(&["--disk-cache-size-mib=1"]).await;
+    let hot = content(3 * SLICE);
+    upload(&t.s3, "hot.mp4", &hot).await;
+    let hot_url = t.url("hot.mp4");
+    // The disk has room: the first read writes the three slices. Watched three times.
+    read_exact(&hot_url, &hot).await;
+    wait_for(&t.agent, WRITES, 3).await;
+    read_exact(&hot_url, &hot).await;
+    read_exact(&hot_url, &hot).await;
 
-    // Read once, then pushed out of memory: not written, so it comes from storage again.
-    read_exact(&url, &clip).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(metric(&t.agent.metrics().await, WRITES), 0, "a slice used once was written");
-    t.flood_memory().await;
-    // The flood's own eight slices, used many times, are written.
-    let before = wait_for(&t.agent, WRITES, 8).await;
-    assert_eq!(read_exact(&url, &clip).await, "MISS");
-    let m = t.agent.metrics().await;
-    assert_eq!(metric(&m, STORAGE_BYTES), metric(&before, STORAGE_BYTES) + SLICE as u64, "{m}");
-
-    // That was its second use: written now.
-    let written = wait_for(&t.agent, WRITES, 9).await;
-    // A one-off scan of a film sixteen slices long: nothing of it written (on a full disk, nothing evicted).
-    let film = content(16 * SLICE);
+    // The disk is full. A one-off scan of eight slices: nothing written, nothing evicted.
+    let film = content(8 * SLICE);
     upload(&t.s3, "scan.mp4", &film).await;
     read_exact(&t.url("scan.mp4"), &film).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let m = t.agent.metrics().await;
-    assert_eq!(metric(&m, WRITES), metric(&written, WRITES), "a one-off scan was written:\n{m}");
+    assert_eq!(metric(&m, WRITES), 3, "a one-off scan was written:\n{m}");
+    assert_eq!(metric(&m, EVICTIONS), 0, "a one-off scan pushed a file out:\n{m}");
 
-    // Once memory drops the clip again, it comes from disk.
-    t.flood_memory().await;
-    let before = t.agent.metrics().await;
-    assert_eq!(read_exact(&url, &clip).await, "HIT");
-    let after = t.agent.metrics().await;
-    assert_eq!(metric(&after, STORAGE_BYTES), metric(&before, STORAGE_BYTES), "storage was read:\n{after}");
-    assert_eq!(metric(&after, FROM_DISK), metric(&before, FROM_DISK) + 1, "{after}");
+    // A clip watched more often than the coldest file (three uses) takes its place on its fourth use.
+    let clip = content(SLICE);
+    upload(&t.s3, "clip.mp4", &clip).await;
+    let clip_url = t.url("clip.mp4");
+    for _ in 0..3 {
+        read_exact(&clip_url, &clip).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(metric(&t.agent.metrics().await, WRITES), 3, "three uses do not outrank three");
+    read_exact(&clip_url, &clip).await;
+    let m = wait_for(&t.agent, WRITES, 4).await;
+    assert_eq!(metric(&m, EVICTIONS), 1, "{m}");
+    assert_eq!(slice_files(t.disk.path()).len(), 3, "the evicted file is deleted");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -210,7 +212,8 @@ async fn an_object_replaced_on_s3_is_never_served_mixed_from_disk() {
     let (status, _, body) = get(&url, &[("range", "bytes=200000-300000")]).await;
     assert_eq!(status, StatusCode::PARTIAL_CONTENT);
     assert!(body[..] == new[200_000..=300_000], "a mix of versions");
-    wait_for(&t.agent, WRITES, metric(&m, WRITES) + 2).await;
+    // Its first use wrote the new version's two slices.
+    wait_for(&t.agent, WRITES, metric(&before, WRITES) + 2).await;
     t.flood_memory().await;
     let before = t.agent.metrics().await;
     assert_eq!(read_exact(&url, &new).await, "HIT");
@@ -227,12 +230,13 @@ async fn a_corrupt_or_torn_file_is_detected_and_read_again_from_storage() {
     let files = slice_files(t.disk.path());
     assert_eq!(files.len(), 2, "{files:?}");
     // One file with a flipped byte in the middle of the video, one cut short (a torn write).
-    let mut bytes = std::fs::read(&files[0]).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x01;
-    std::fs::write(&files[0], &bytes).unwrap();
+    let mut flipped = std::fs::read(&files[0]).unwrap();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x01;
+    std::fs::write(&files[0], &flipped).unwrap();
     let bytes = std::fs::read(&files[1]).unwrap();
-    std::fs::write(&files[1], &bytes[..bytes.len() - 1000]).unwrap();
+    let torn = bytes[..bytes.len() - 1000].to_vec();
+    std::fs::write(&files[1], &torn).unwrap();
 
     t.flood_memory().await;
     let before = t.agent.metrics().await;
@@ -241,8 +245,9 @@ async fn a_corrupt_or_torn_file_is_detected_and_read_again_from_storage() {
     assert_eq!(metric(&after, "videodelivery_agent_disk_cache_corrupt_total"), 2, "{after}");
     assert_eq!(metric(&after, STORAGE_BYTES), metric(&before, STORAGE_BYTES) + 2 * SLICE as u64, "{after}");
     assert_eq!(metric(&after, FROM_DISK), metric(&before, FROM_DISK), "{after}");
-    for f in &files {
-        assert!(!f.exists(), "the bad file is still there: {}", f.display());
+    // The bad files are gone: each slice, read again from storage, is written anew (the disk has room).
+    for (f, bad) in files.iter().zip([flipped, torn]) {
+        assert!(std::fs::read(f).map_or(true, |now| now != bad), "the bad file is still there: {}", f.display());
     }
 }
 

@@ -899,7 +899,7 @@ pub struct CacheSpec {
     pub stream_mib: u32,
 }
 
-/// Each agent's disk tier under its memory cache: slices used twice spill to an `emptyDir` of this size on the
+/// Each agent's disk tier under its memory cache: slices watched spill to an `emptyDir` of this size on the
 /// node, so a catalogue larger than memory is read from storage about once. Off by default.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
