@@ -9,6 +9,7 @@
 # Writes the table, origin offload and peak RSS between the catalogue markers of bench/RESULTS.md.
 #   bash bench/catalogue.sh
 #   RUNS=5 SECONDS_PER_RUN=20 CONNS=256 bash bench/catalogue.sh
+#   DISK_MIB=960 NGINX_CACHE_MIB=576 bash bench/catalogue.sh   (the agent given the disk nginx holds at its peak)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -20,6 +21,8 @@ SIZE=${SIZE:-$((8 * 1024 * 1024))}
 ZIPF=${ZIPF:-1.0}
 CACHE_MIB=${CACHE_MIB:-64}
 DISK_MIB=${DISK_MIB:-512}
+# nginx's max_size: by default the agent's two tiers together.
+NGINX_CACHE_MIB=${NGINX_CACHE_MIB:-$((CACHE_MIB + DISK_MIB))}
 
 command -v nginx >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; }
 cargo build --release --locked -q -p videodelivery-agent -p vdctl
@@ -80,7 +83,7 @@ http {
   access_log $work/nginx/origin.log origin buffer=64k;
   log_subrequest on;
   keepalive_requests 1000000;
-  proxy_cache_path $work/nginx/cache levels=1:2 keys_zone=cat:16m max_size=$((CACHE_MIB + DISK_MIB))m inactive=1h use_temp_path=off;
+  proxy_cache_path $work/nginx/cache levels=1:2 keys_zone=cat:16m max_size=${NGINX_CACHE_MIB}m inactive=1h use_temp_path=off;
   upstream s3 { server 127.0.0.1:18182; keepalive 64; }
   server {
     listen 127.0.0.1:18181;
@@ -128,7 +131,7 @@ nginx_read0=$(awk '$1 ~ /^[0-9]+$/ {s += $1} END {print s + 0}' "$work/nginx/ori
 disk_use() { # DIR FILE: writes "PEAK_KIB MEAN_KIB" to FILE after each sample
   local peak=0 sum=0 n=0 now
   while sleep 1; do
-    now=$(du -sk "$1" 2>/dev/null | cut -f1)
+    now=$(du -sk "$1" 2>/dev/null | cut -f1 || true) # du fails when a file goes mid-walk
     now=${now:-0}
     [ "$now" -gt "$peak" ] && peak=$now
     sum=$((sum + now)) n=$((n + 1))
@@ -190,6 +193,8 @@ nginx_read=$(($(awk '$1 ~ /^[0-9]+$/ {s += $1} END {printf "%.0f", s}' "$work/ng
 disk_mib() { read -r peak mean <"$work/$1.use" && echo "$((peak / 1024)) / $((mean / 1024))"; }
 offload() { python3 -c "print(f'{1 - $1 / $2:.3f}')"; } # 1 - origin bytes / served bytes
 
+nginx_size="the agent's two tiers together"
+[ "$NGINX_CACHE_MIB" = $((CACHE_MIB + DISK_MIB)) ] || nginx_size="set apart from the agent's, NGINX_CACHE_MIB"
 section=$(
   echo "<!-- catalogue:start -->"
   echo "## A catalogue in front of S3: agent vs nginx proxy_cache + slice vs direct S3 (\`bash bench/catalogue.sh\`)"
@@ -199,8 +204,8 @@ section=$(
   echo "weighs 1/k^s: a few hot titles, a long tail) by $CONNS keep-alive connections per server, $RUNS runs of"
   echo "${SECONDS_PER_RUN} s, servers taking turns with the same draws; medians over runs. Both caches start empty."
   echo "Agent: memory cache $CACHE_MIB MiB over a disk tier of $DISK_MIB MiB (TinyLFU admission), rate limit and"
-  echo "access log off, a token checked on every request. nginx: \`proxy_cache\` of $((CACHE_MIB + DISK_MIB)) MiB on disk"
-  echo "(the agent's two tiers together) with \`slice 1m\`, upstream keep-alive, \`proxy_cache_min_uses\` at its default"
+  echo "access log off, a token checked on every request. nginx: \`proxy_cache\` of $NGINX_CACHE_MIB MiB on disk"
+  echo "($nginx_size) with \`slice 1m\`, upstream keep-alive, \`proxy_cache_min_uses\` at its default"
   echo "(1), an access log of upstream bytes. Times are from the client: TTFB to the first body byte, last byte to the"
   echo "end of the 1 MiB body."
   echo
@@ -218,13 +223,6 @@ section=$(
   echo
   echo "$profile"
   echo
-  echo "How to read it: a disk-tier hit maps the slice file (the page cache's own pages: no copy, no fresh memory;"
-  echo "reading it into a buffer instead cost 0.69x nginx's throughput, with 31% of the agent's CPU in that read and"
-  echo "11% in page faults), checks a CRC32 over the whole slice, and writes the wanted part to the socket"
-  echo "(\`write_vectored\`, the agent's one copy). A random 1 MiB range spans two slices, so two slices are checksummed"
-  echo "per range. nginx \`sendfile\`s the wanted part of each cache file and checks nothing: what is left of the gap is"
-  echo "the checksum and the copy into the socket. The disk caches of both live in the page cache here (24 GiB of"
-  echo "memory): a disk hit costs copies, not a seek."
   echo "<!-- catalogue:end -->"
 )
 python3 - "$section" <<'PY'
@@ -233,7 +231,12 @@ section = sys.argv[1]
 path = "bench/RESULTS.md"
 text = open(path).read()
 pattern = re.compile(r"<!-- catalogue:start -->.*?<!-- catalogue:end -->", re.S)
-text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section + "\n"
+old = pattern.search(text)
+# The written reading of the figures (dated, by hand) stays with the section.
+reading = old and re.search(r"<!-- catalogue-reading:start -->.*?<!-- catalogue-reading:end -->", old.group(0), re.S)
+if reading:
+    section = section.replace("<!-- catalogue:end -->", reading.group(0) + "\n<!-- catalogue:end -->")
+text = pattern.sub(lambda _: section, text) if old else text.rstrip("\n") + "\n\n" + section + "\n"
 open(path, "w").write(text)
 PY
 echo "$section"
