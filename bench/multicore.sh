@@ -15,7 +15,7 @@ CORES=${CORES:-1}
 CONNS=${CONNS:-256 1000}
 RAW_OUT=${RAW_OUT:-} # if set, every wrk output is copied there as it lands (a run cut short keeps what it measured)
 # Agent flags; the servers have their cores to themselves here, so the agent pins its workers as nginx could.
-read -r -a agent_args <<<"${AGENT_ARGS:---pin-workers=true}" # e.g. AGENT_ARGS=--pin-workers=false to compare
+read -r -a agent_args <<<"${AGENT_ARGS:---pin-workers=true --reuse-port=true}" # like nginx here (reuseport); AGENT_ARGS=--pin-workers=false to compare
 BIG=$((64 * 1024 * 1024))
 ncpu=$(nproc)
 
@@ -127,7 +127,7 @@ section=$(
   echo
   echo "Produced by \`CORES=\"${measured[*]}\" bash bench/multicore.sh\` (RUNS=$RUNS, DURATION=$DURATION) on $(date -u +%Y-%m-%d),"
   echo "$ncpu cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)). Each server pinned to cores 0..N-1 (nginx:"
-  echo "N workers, \`reuseport\`, \`sendfile\`; the agent: one worker per core of the same affinity, \`${AGENT_ARGS:---pin-workers=true}\`), wrk pinned to the"
+  echo "N workers, \`reuseport\`, \`sendfile\`; the agent: one worker per core of the same affinity, \`${AGENT_ARGS:---pin-workers=true --reuse-port=true}\`), wrk pinned to the"
   echo "other cores (at most 8 threads), one 64 MiB file hot in memory, the agent checking a Bearer token on every"
   echo "request. Medians of $RUNS; servers alternate which goes first."
   echo

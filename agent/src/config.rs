@@ -94,6 +94,12 @@ pub struct Config {
     /// cannot move away from another busy process on its core.
     #[arg(long, env = "VD_PIN_WORKERS", default_value_t = false, action = clap::ArgAction::Set)]
     pub pin_workers: bool,
+    /// Give each worker a listening socket of its own (`SO_REUSEPORT`, as nginx's `listen ... reuseport`): the
+    /// kernel spreads new connections over the workers by a hash, whatever each is doing. Off: the workers share
+    /// one socket, and a worker takes a connection when it is free to (nginx's default), so a worker held up (its
+    /// core shared with a busy process) takes fewer.
+    #[arg(long, env = "VD_REUSE_PORT", default_value_t = false, action = clap::ArgAction::Set)]
+    pub reuse_port: bool,
     /// Blocking calls on a file:// storage (opens, stats, reads) running at once. A call stuck in the kernel past
     /// --storage-timeout keeps its thread until the kernel returns; when all are stuck, requests get 503 at once,
     /// and /readyz fails while more than half are.

@@ -262,10 +262,11 @@ impl Agent {
 pub enum Workers {
     /// On the runtime that calls [`Agent::serve_with`] (tests, embedding).
     Here,
-    /// On `n` threads, each with a single-threaded runtime and a listening socket of its own on the port
-    /// (`SO_REUSEPORT`), as nginx runs its workers. Each thread serves its ready connections in turn: on tokio's
-    /// work-stealing runtime, connections woken past its local queue's 256 slots waited their turn behind those
-    /// in it, and at 1,000 busy connections p99 was 4x nginx's (bench/RESULTS.md).
+    /// On `n` threads, each with a single-threaded runtime, as nginx runs its workers: all accept on one
+    /// listening socket, or each on its own (`SO_REUSEPORT`, `--reuse-port`). A connection stays on the thread
+    /// that took it, and each thread serves its ready connections in turn: on tokio's work-stealing runtime,
+    /// connections woken past its local queue's 256 slots waited their turn behind those in it, and at 1,000 busy
+    /// connections p99 was 4x nginx's (bench/RESULTS.md).
     Threads(usize),
 }
 
@@ -295,7 +296,8 @@ enum Phase {
 }
 
 impl Front {
-    /// One thread per worker, each serving the connections its own socket on `video`'s address accepts.
+    /// One thread per worker, each accepting on `video` (a copy of the socket) or, with `--reuse-port`, on a
+    /// socket of its own on its address.
     fn start_threads(
         &self,
         video: TcpListener,
@@ -304,7 +306,12 @@ impl Front {
         loops_open: &tokio::sync::mpsc::Sender<()>,
     ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
         let addr = video.local_addr()?;
-        let mut first = Some(video.into_std()?);
+        let video = video.into_std()?;
+        let reuse_port = self.conn.state.config.reuse_port;
+        let mut sockets: Vec<Option<std::net::TcpListener>> = (1..n)
+            .map(|_| if reuse_port { Ok(None) } else { video.try_clone().map(Some) })
+            .collect::<std::io::Result<_>>()?;
+        sockets.insert(0, Some(video));
         let blocking = self.conn.state.config.max_storage_threads as usize + 512;
         let cpus = allowed_cpus();
         let pin = self.conn.state.config.pin_workers && cpus.len() == n;
@@ -313,7 +320,7 @@ impl Front {
         }
         (0..n)
             .map(|i| {
-                let first = first.take();
+                let shared = sockets[i].take();
                 let cpu = cpus.get(i).copied().filter(|_| pin);
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -325,8 +332,8 @@ impl Front {
                         pin_to(cpu);
                     }
                     runtime.block_on(async {
-                        // The first worker takes the socket bound at start; each other opens its own on the address.
-                        let socket = match first {
+                        // The socket bound at start (or a copy of it), or one of its own on the address.
+                        let socket = match shared {
                             Some(socket) => TcpListener::from_std(socket),
                             None => reusable_listener(addr),
                         };
@@ -413,9 +420,9 @@ fn pin_to(cpu: usize) {
     }
 }
 
-/// A listener on `addr` that more sockets may share (`SO_REUSEPORT`): each worker thread listens on one of its
-/// own, and the kernel spreads new connections evenly over them, as nginx's `reuseport`. Only a process of the
-/// same user could add a socket of its own.
+/// A listener on `addr` that more sockets may share (`SO_REUSEPORT`): with `--reuse-port` each worker thread
+/// listens on one of its own, and the kernel spreads new connections over them by a hash, as nginx's
+/// `reuseport`. Only a process of the same user could add a socket of its own.
 fn reusable_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;

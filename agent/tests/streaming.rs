@@ -157,6 +157,18 @@ async fn a_client_that_leaves_releases_its_stream() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_drains_running_streams() {
+    // Three workers sharing one listening socket (the default).
+    drains_on_sigterm(&["--workers=3"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_running_streams_with_a_socket_per_worker() {
+    drains_on_sigterm(&["--workers=3", "--reuse-port=true"]).await;
+}
+
+/// Starts the agent with `flags`, opens a long stream, sends SIGTERM: the port stays open for the shutdown delay,
+/// then closes (on every worker), the stream finishes intact, and the process exits 0.
+async fn drains_on_sigterm(flags: &[&str]) {
     let media = tempfile::tempdir().unwrap();
     let src = content(24 * 1024 * 1024);
     std::fs::write(media.path().join("film.mp4"), &src).unwrap();
@@ -171,7 +183,7 @@ async fn sigterm_drains_running_streams() {
         .arg(format!("--keyring={}", secrets.path().join("keyring.json").display()))
         .arg("--shutdown-grace=20s")
         .arg("--shutdown-delay=1s")
-        .arg("--workers=3")
+        .args(flags)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
