@@ -116,7 +116,7 @@ struct Memory {
 struct Held {
     bytes: Bytes,
     permit: Option<OwnedSemaphorePermit>,
-    /// The bytes are a whole slice's buffer of our own, to hand to the next load.
+    /// The bytes are a buffer of our own (not a mapped file), to offer to the next load.
     recycle: bool,
     memory: Memory,
 }
@@ -212,11 +212,10 @@ impl Memory {
         Bytes::from_owner(Held { bytes, permit: Some(permit), recycle: false, memory: self.clone() })
     }
 
-    /// A slice read into `buffer` (from [`Spares::take`]), charged like [`Memory::wrap`]; the buffer is kept for
-    /// the next load when the last copy is gone.
+    /// A slice read into `buffer` (from [`Spares::take`]), charged like [`Memory::wrap`]; when the last copy is
+    /// gone the buffer goes to [`Spares::put`], which keeps it if it is a whole slice's.
     fn wrap_buffer(&self, buffer: BytesMut, permit: OwnedSemaphorePermit) -> Bytes {
-        let recycle = buffer.capacity() == self.spares.size;
-        Bytes::from_owner(Held { bytes: buffer.freeze(), permit: Some(permit), recycle, memory: self.clone() })
+        Bytes::from_owner(Held { bytes: buffer.freeze(), permit: Some(permit), recycle: true, memory: self.clone() })
     }
 
     async fn hold(&self, bytes: Bytes) -> Result<Bytes, StorageError> {
