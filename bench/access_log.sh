@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The cost of the access log: the same agent binary serving the same file with the log off and on (JSON, every
 # request, written to a file as a container runtime would), interleaved, median of RUNS runs, written as a ratio
-# into bench/RESULTS.md (section "Access log cost", replaced on each run).
+# into bench/RESULTS.md (between the `access-log` markers, replaced on each run; a reading written by hand inside them stays).
 #   bash bench/access_log.sh
 #   RUNS=5 DURATION=10s bash bench/access_log.sh
 set -euo pipefail
@@ -77,11 +77,5 @@ The logged agent wrote ${lines:-?} lines (${logged} in its output file) and drop
 drops and counts lines rather than slow serving down).
 MD
 )
-python3 - bench/RESULTS.md "$section" <<'PY'
-import re, sys
-path, section = sys.argv[1], sys.argv[2]
-text = open(path).read()
-text = re.sub(r"\n## Access log cost.*?(?=\n## |\Z)", "", text, flags=re.S).rstrip("\n")
-open(path, "w").write(text + "\n\n" + section + "\n")
-PY
+python3 bench/splice.py access-log <<<"$section"
 echo "$section"

@@ -196,7 +196,6 @@ offload() { python3 -c "print(f'{1 - $1 / $2:.3f}')"; } # 1 - origin bytes / ser
 nginx_size="the agent's two tiers together"
 [ "$NGINX_CACHE_MIB" = $((CACHE_MIB + DISK_MIB)) ] || nginx_size="set apart from the agent's, NGINX_CACHE_MIB"
 section=$(
-  echo "<!-- catalogue:start -->"
   echo "## A catalogue in front of S3: agent vs nginx proxy_cache + slice vs direct S3 (\`bash bench/catalogue.sh\`)"
   echo
   echo "Produced on $(date -u +%Y-%m-%d), $(nproc) cores, client and servers sharing them: $TITLES titles of $SIZE bytes"
@@ -223,20 +222,7 @@ section=$(
   echo
   echo "$profile"
   echo
-  echo "<!-- catalogue:end -->"
 )
-python3 - "$section" <<'PY'
-import re, sys
-section = sys.argv[1]
-path = "bench/RESULTS.md"
-text = open(path).read()
-pattern = re.compile(r"<!-- catalogue:start -->.*?<!-- catalogue:end -->", re.S)
-old = pattern.search(text)
-# The written reading of the figures (dated, by hand) stays with the section.
-reading = old and re.search(r"<!-- catalogue-reading:start -->.*?<!-- catalogue-reading:end -->", old.group(0), re.S)
-if reading:
-    section = section.replace("<!-- catalogue:end -->", reading.group(0) + "\n<!-- catalogue:end -->")
-text = pattern.sub(lambda _: section, text) if old else text.rstrip("\n") + "\n\n" + section + "\n"
-open(path, "w").write(text)
-PY
+# In place between the catalogue markers; a dated reading written by hand inside them stays (bench/splice.py).
+python3 bench/splice.py catalogue <<<"$section"
 echo "$section"

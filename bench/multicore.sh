@@ -122,7 +122,6 @@ PY
 )
 
 section=$(
-  echo "<!-- multicore:start -->"
   echo "## Many cores (\`bash bench/multicore.sh\`)"
   echo
   echo "Produced by \`CORES=\"${measured[*]}\" bash bench/multicore.sh\` (RUNS=$RUNS, DURATION=$DURATION) on $(date -u +%Y-%m-%d),"
@@ -132,15 +131,7 @@ section=$(
   echo "request. Medians of $RUNS; servers alternate which goes first."
   echo
   echo "$table"
-  echo "<!-- multicore:end -->"
 )
-results=bench/RESULTS.md
-python3 - "$results" "$section" <<'PY'
-import re, sys
-path, section = sys.argv[1], sys.argv[2]
-text = open(path).read()
-pattern = re.compile(r"<!-- multicore:start -->.*?<!-- multicore:end -->", re.S)
-text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section + "\n"
-open(path, "w").write(text)
-PY
+# In place between the multicore markers; a reading written by hand inside them stays (bench/splice.py).
+python3 bench/splice.py multicore <<<"$section"
 echo "$section"

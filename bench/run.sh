@@ -133,21 +133,23 @@ film_read=$(curl -s http://127.0.0.1:19096/metrics | awk '$1 == "videodelivery_a
 film_sent=$(curl -s http://127.0.0.1:19096/metrics | awk '$1 == "videodelivery_agent_sent_bytes_total" {print $2}')
 
 verify=skipped operator=skipped slow=skipped held=skipped
-multicore=$(sed -n '/<!-- multicore:start -->/,/<!-- multicore:end -->/p' bench/RESULTS.md 2>/dev/null || true)
-catalogue=$(sed -n '/<!-- catalogue:start -->/,/<!-- catalogue:end -->/p' bench/RESULTS.md 2>/dev/null || true)
 if [ "${CARGO_BENCHES:-1}" = 1 ]; then   # CARGO_BENCHES=0 skips these (quick check of the script)
   slow=$(cargo bench -q -p videodelivery-agent --bench slow_clients 2>/dev/null | grep '^|' || true)
   # A long-tail catalogue: every viewer on a different video, so no slice is shared.
-  slow+=$'\n'$(VD_SLOW_CLIENTS=1000 VD_SLOW_FILES=1000 cargo bench -q -p videodelivery-agent --bench slow_clients \
-    2>/dev/null | grep -E '^\| (agent|nginx) ' || true)
+  slow+=$'\n\n'$(VD_SLOW_CLIENTS=1000 VD_SLOW_FILES=1000 cargo bench -q -p videodelivery-agent --bench slow_clients \
+    2>/dev/null | grep '^|' || true)
   held=$(cargo bench -q -p videodelivery-agent --bench held_connections 2>/dev/null | grep '^|' || true)
   verify=$(cargo bench -q -p vd-token --bench verify 2>/dev/null | grep -B1 'time:' | grep -v '^--$' || true)
   operator=$(cargo bench -q -p videodelivery-operator --bench scale 2>/dev/null | grep '^|' || true)
 fi
 
+# Each section of bench/RESULTS.md is replaced in place between its markers (bench/splice.py): the sections other
+# scripts write (multicore.sh, catalogue.sh, access_log.sh) and the readings written by hand inside a section
+# (`<!-- NAME-reading:start -->` ... `<!-- NAME-reading:end -->`) stay. A section whose benchmark was skipped
+# (CARGO_BENCHES=0) keeps its last figures.
+splice() { python3 bench/splice.py "$1"; }
+[ -f bench/RESULTS.md ] || echo "# Benchmark results" >bench/RESULTS.md
 {
-  echo "# Benchmark results"
-  echo
   echo "Produced by \`bash bench/run.sh\` (RUNS=$RUNS, DURATION=$DURATION) on $(date -u +%Y-%m-%d), $(nproc) cores"
   echo "($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), shared and noisy: every figure is the median of"
   echo "$RUNS runs, and each comparison is between two servers measured in the same run, interleaved. The load tool"
@@ -164,57 +166,76 @@ fi
   echo
   echo "## Agent vs nginx (local files, page cache warm)"
   python3 bench/report.py "$raw" agent=nginx
-  echo
-  echo "## Time to first byte at 64 connections (\`cargo bench -p videodelivery-agent --bench ttfb\`)"
-  echo
-  echo "64 keep-alive connections per server asking for random 1 MiB ranges of the ${BIG}-byte file back to back,"
-  echo "timed from sending the request to the first body byte; median over $RUNS runs of ${DURATION}, servers in turn."
-  echo
-  echo "$ttfb"
-  echo
+} | splice wrk
+if [ "$ttfb" != skipped ]; then
+  {
+    echo "## Time to first byte at 64 connections (\`cargo bench -p videodelivery-agent --bench ttfb\`)"
+    echo
+    echo "64 keep-alive connections per server asking for random 1 MiB ranges of the ${BIG}-byte file back to back,"
+    echo "timed from sending the request to the first body byte; median over $RUNS runs of ${DURATION}, servers in turn,"
+    echo "on $(date -u +%Y-%m-%d)."
+    echo
+    echo "$ttfb"
+  } | splice ttfb
+fi
+{
   echo "## Agent in front of S3 vs direct presigned GETs to the S3 server (versitygw, posix backend)"
   echo
-  echo "Warm: the agent's slice cache holds the files after the first pass. Cold: the same agent with"
-  echo "\`--cache-size-mib 0\`, every byte read from S3 (a cold cache can do no better)."
+  echo "Measured with the tables above. Warm: the agent's slice cache holds the files after the first pass. Cold: the"
+  echo "same agent with \`--cache-size-mib 0\`, every byte read from S3 (a cold cache can do no better)."
   python3 bench/report.py "$raw" agent-s3=s3 agent-s3-cold=s3
-  echo
+} | splice s3
+{
   echo "## 100 viewers of one hot video"
   echo
-  echo "100 concurrent \`curl\`s of the whole ${WHOLE}-byte file through a fresh agent on S3: the agent sent"
-  echo "$sent_bytes bytes and read $read_bytes bytes from storage ($(python3 -c "print(f'{$read_bytes / $WHOLE:.2f}')") copies of the file)."
+  echo "100 concurrent \`curl\`s of the whole ${WHOLE}-byte file through a fresh agent on S3 ($(date -u +%Y-%m-%d)): the"
+  echo "agent sent $sent_bytes bytes and read $read_bytes bytes from storage ($(python3 -c "print(f'{$read_bytes / $WHOLE:.2f}')") copies of the file)."
   echo
   echo "100 concurrent players opening the ${BIG}-byte film with \`Range: bytes=0-\` (what a \`<video>\` element asks"
   echo "first) through a fresh agent on S3 with a 128 MiB cache: the agent sent $film_sent bytes and read $film_read"
   echo "bytes from storage ($(python3 -c "print(f'{$film_read / $BIG:.2f}')") copies)."
-  echo
-  echo "## 10,000 slow viewers (\`cargo bench -p videodelivery-agent --bench slow_clients\`)"
-  echo
-  echo "Each connection reads a 32 MiB video at 64 KiB/s from one agent (cache on); the table counts streams still receiving data in the"
-  echo "last 5 s and streams that got at least half their rate over the run. The clients run on the same 2 cores."
-  echo "First row: all on one video (a hit, its slices shared). Second row: 1,000 viewers, each on a different video"
-  echo "(a long-tail catalogue): nothing is shared, so each stream holds its own slices, up to two of 1 MiB, beside"
-  echo "the cache's 256 MiB."
-  echo
-  echo "$slow"
-  echo
-  echo "## Held connections, agent beside nginx (\`cargo bench -p videodelivery-agent --bench held_connections\`)"
-  echo
-  echo "$held"
-  echo
-  echo "## Token verification (criterion, \`cargo bench -p vd-token --bench verify\`)"
-  echo
-  echo '```'
-  echo "$verify"
-  echo '```'
-  echo
-  echo "## Operator at scale (\`cargo bench -p videodelivery-operator --bench scale\`, real API server + KCM)"
-  echo
-  echo "$operator"
-  # The many-core table comes from bench/multicore.sh (often another machine): keep it.
-  if [ -n "$multicore" ]; then echo; echo "$multicore"; fi
-  # bench/catalogue.sh (below) replaces this section; kept meanwhile, or for CARGO_BENCHES=0.
-  if [ -n "$catalogue" ]; then echo; echo "$catalogue"; fi
-} >bench/RESULTS.md
+} | splice hot
+if [ "$slow" != skipped ]; then
+  {
+    echo "## 10,000 slow viewers (\`cargo bench -p videodelivery-agent --bench slow_clients\`)"
+    echo
+    echo "Measured on $(date -u +%Y-%m-%d). Each connection reads a 32 MiB video at 64 KiB/s from one agent (cache on); the"
+    echo "table counts streams still receiving data in the last 5 s and streams that got at least half their rate over"
+    echo "the run. The clients run on the same 2 cores. First table: 10,000 viewers all on one video (a hit, its slices"
+    echo "shared). Second: 1,000 viewers, each on a different video (a long-tail catalogue), beside nginx serving the same"
+    echo "1,000 files in the same run: nothing is shared, so each stream holds its own slices beside the cache's 256 MiB;"
+    echo "the bound is cache 256 MiB + stream budget 128 MiB + 64 MiB = 448 MiB."
+    echo
+    echo "$slow"
+  } | splice slow
+fi
+if [ "$held" != skipped ]; then
+  {
+    echo "## Held connections, agent beside nginx (\`cargo bench -p videodelivery-agent --bench held_connections\`)"
+    echo
+    echo "Measured on $(date -u +%Y-%m-%d), both servers in the same run, defaults except \`--max-connections 100000\` so"
+    echo "the cap does not stop the crowd (the agent's slice memory is bounded by \`--cache-size-mib\` 256 +"
+    echo "\`--stream-memory-mib\` 128 = 384 MiB plus the process; nginx 2 workers, \`sendfile\`)."
+    echo
+    echo "$held"
+  } | splice held
+fi
+if [ "$verify" != skipped ]; then
+  {
+    echo "## Token verification (criterion, \`cargo bench -p vd-token --bench verify\`)"
+    echo
+    echo '```'
+    echo "$verify"
+    echo '```'
+  } | splice verify
+fi
+if [ "$operator" != skipped ]; then
+  {
+    echo "## Operator at scale (\`cargo bench -p videodelivery-operator --bench scale\`, real API server + KCM)"
+    echo
+    echo "$operator"
+  } | splice operator
+fi
 echo "bench: wrote bench/RESULTS.md" >&2
 if [ "${CARGO_BENCHES:-1}" = 1 ]; then
   stop_servers

@@ -14,6 +14,9 @@ bash scripts/setup.sh
 step "token vectors are what testdata/gen_vectors.py generates"
 python3 testdata/gen_vectors.py --check
 
+step "bench/splice.py keeps the readings written by hand in bench/RESULTS.md"
+python3 -m unittest bench/test_splice.py
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
