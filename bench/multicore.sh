@@ -14,6 +14,7 @@ DURATION=${DURATION:-5s}
 CORES=${CORES:-1}
 CONNS=${CONNS:-256 1000}
 RAW_OUT=${RAW_OUT:-} # if set, every wrk output is copied there as it lands (a run cut short keeps what it measured)
+SECTION=${SECTION:-multicore} # the section of bench/RESULTS.md written; none: write nothing (bench/zerocopy.sh)
 # Agent flags; the servers have their cores to themselves here, so the agent pins its workers as nginx could.
 read -r -a agent_args <<<"${AGENT_ARGS:---pin-workers=true --reuse-port=true}" # like nginx here (reuseport); AGENT_ARGS=--pin-workers=false to compare
 BIG=$((64 * 1024 * 1024))
@@ -132,6 +133,6 @@ section=$(
   echo
   echo "$table"
 )
-# In place between the multicore markers; a reading written by hand inside them stays (bench/splice.py).
-python3 bench/splice.py multicore <<<"$section"
+# In place between the section's markers; a reading written by hand inside them stays (bench/splice.py).
+[ "$SECTION" = none ] || python3 bench/splice.py "$SECTION" <<<"$section"
 echo "$section"

@@ -233,6 +233,11 @@ impl SliceCache {
     /// `capacity` bytes of slices of `slice_size` bytes (a capacity of 0 turns the cache off), and `budget` bytes
     /// more for what streams hold beyond the cache; a read waits up to `wait` for memory. `disk`, if any, is the
     /// tier under the memory cache (used only with the memory cache on).
+    /// Whether every read goes straight to storage (`--cache-size-mib 0`, or less than one slice).
+    pub fn is_off(&self) -> bool {
+        self.slices.is_none()
+    }
+
     pub fn new(
         capacity: u64,
         slice_size: u64,
@@ -381,7 +386,11 @@ impl SliceCache {
         range: Range<u64>,
     ) -> Result<(Body, Status), StorageError> {
         let body = storage.get(object, range, etag).await?;
-        let stream = held(body.stream, self.memory.clone(), self.metrics.clone());
+        let mut stream = held(body.stream, self.memory.clone(), self.metrics.clone());
+        // The first chunk is read and held before the answer starts, as a slice is: storage that fails or hangs,
+        // or memory that stays in use, is then a status (502, 504, 503), not a 200 cut short.
+        let first = stream.next().await.transpose()?;
+        let stream = stream::iter(first.map(Ok)).chain(stream).boxed();
         Ok((Body { stream, content_type: body.content_type }, Status::Bypass))
     }
 }

@@ -100,6 +100,12 @@ pub struct Config {
     /// core shared with a busy process) takes fewer.
     #[arg(long, env = "VD_REUSE_PORT", default_value_t = false, action = clap::ArgAction::Set)]
     pub reuse_port: bool,
+    /// With the slice cache off (--cache-size-mib 0), send ranges of 64 KiB and more of a file:// storage with
+    /// `sendfile(2)`: from the page cache to the socket without a copy through the agent or memory held per stream
+    /// (nginx's `sendfile on`). Cleartext HTTP/1 only; TLS and HTTP/2 copy. The pages are read in on the storage
+    /// pool first, within --storage-timeout, so a hung file system never blocks a worker.
+    #[arg(long, env = "VD_SENDFILE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub sendfile: bool,
     /// Blocking calls on a file:// storage (opens, stats, reads) running at once. A call stuck in the kernel past
     /// --storage-timeout keeps its thread until the kernel returns; when all are stuck, requests get 503 at once,
     /// and /readyz fails while more than half are.

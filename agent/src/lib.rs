@@ -18,6 +18,7 @@ pub mod metadata;
 pub mod metrics;
 pub mod range;
 pub mod refusal;
+pub mod sendfile;
 pub mod server;
 pub mod session;
 pub mod storage;
@@ -442,7 +443,14 @@ async fn serve_spoken(
     watcher: Watcher,
 ) {
     let Some(tls) = tls else {
-        return serve_connection(stream, builder, state, peer, watcher).await;
+        if state.config.sendfile && state.storage.is_local() && state.cache.is_off() {
+            // hyper must queue body chunks as they are (vectored writes), never copy them: see `sendfile`.
+            let mut builder = builder;
+            builder.http1().writev(true);
+            let (stream, outbox) = sendfile::SendfileStream::new(stream);
+            return serve_connection(stream, builder, state, peer, watcher, Some(outbox)).await;
+        }
+        return serve_connection(stream, builder, state, peer, watcher, None).await;
     };
     // The handshake shares the header timeout with the first byte: a client that starts one and stalls holds its
     // slot no longer than one that sends nothing.
@@ -456,17 +464,19 @@ async fn serve_spoken(
         Some(b"h2") => builder.http2_only(),
         _ => builder.http1_only(),
     };
-    serve_connection(stream, builder, state, peer, watcher).await
+    serve_connection(stream, builder, state, peer, watcher, None).await
 }
 
 /// Serves HTTP on one connection, cleartext or TLS, until it ends, idles past the idle timeout, or shutdown's grace
-/// period runs out.
+/// period runs out. With an `outbox` (cleartext, `--sendfile`), HTTP/1 requests may get file bodies sent with
+/// `sendfile`.
 async fn serve_connection<I>(
     io: I,
     builder: auto::Builder<TokioExecutor>,
     state: Arc<State>,
     peer: SocketAddr,
     watcher: Watcher,
+    outbox: Option<sendfile::Outbox>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -475,7 +485,12 @@ async fn serve_connection<I>(
     let tracked = activity.clone();
     // hyper keeps a slot the size of the service's future for the whole connection: boxing the future makes that
     // slot a pointer, and the request's state lives only while it is answered.
-    let service = service_fn(move |req| {
+    let service = service_fn(move |mut req: Request<hyper::body::Incoming>| {
+        if let Some(outbox) = &outbox
+            && req.version() <= hyper::Version::HTTP_11
+        {
+            req.extensions_mut().insert(outbox.clone());
+        }
         let in_flight = tracked.start();
         let state = state.clone();
         Box::pin(async move {

@@ -99,6 +99,16 @@ fn refused(e: rustix::io::Errno) -> StorageError {
     }
 }
 
+/// Whether `sendfile` may send from `file`: only where reads go through the page cache, so that pages brought in on
+/// the storage pool are what `sendfile` finds on the worker. FUSE is excluded: a FUSE file system may serve reads
+/// directly (`FOPEN_DIRECT_IO`), past the page cache, and each `sendfile` would then wait on it in the worker.
+pub fn sendfile_safe(file: &File) -> bool {
+    const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+    // `f_type` is an i64 on x86_64 but not on every architecture.
+    #[allow(clippy::unnecessary_cast)]
+    rustix::fs::fstatfs(file).is_ok_and(|fs| fs.f_type as i64 != FUSE_SUPER_MAGIC)
+}
+
 /// Bytes read from a local file per blocking read, unless the reader asks for smaller chunks.
 pub const FILE_CHUNK: usize = 256 * 1024;
 

@@ -130,6 +130,7 @@ pub struct Metrics {
     pub requests: Family<StatusLabel, Counter>,
     pub rejections: Family<ReasonLabel, Counter>,
     pub bytes_sent: Counter,
+    pub sendfile_bytes: Counter,
     pub active_streams: Gauge,
     pub ttfb: Histogram,
     pub storage_latency: Histogram,
@@ -199,6 +200,7 @@ impl Default for Metrics {
             requests: Family::default(),
             rejections: Family::default(),
             bytes_sent: Counter::default(),
+            sendfile_bytes: Counter::default(),
             active_streams: Gauge::default(),
             ttfb: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             storage_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
@@ -244,6 +246,11 @@ impl Default for Metrics {
             m.rejections.clone(),
         );
         registry.register("sent_bytes", "Body bytes sent to clients", m.bytes_sent.clone());
+        registry.register(
+            "sendfile_bytes",
+            "Body bytes of local files handed to sendfile, sent from the page cache without a copy (--sendfile)",
+            m.sendfile_bytes.clone(),
+        );
         registry.register("active_streams", "Response bodies being streamed now", m.active_streams.clone());
         registry.register("time_to_first_byte_seconds", "Time from request to response headers", m.ttfb.clone());
         registry.register("storage_latency_seconds", "Latency of storage metadata lookups", m.storage_latency.clone());

@@ -23,7 +23,7 @@ use vd_token::{Claims, RequestAuth, Source, canonical_path};
 
 use crate::access_log::AccessLog;
 use crate::auth::Auth;
-use crate::cache::SliceCache;
+use crate::cache::{self, SliceCache};
 use crate::conditional::{if_range_holds, not_modified, preconditions_hold, unix_now};
 use crate::config::Config;
 use crate::disk::DiskCache;
@@ -32,9 +32,13 @@ use crate::metrics::Metrics;
 use crate::range::{self, Plan};
 use crate::refusal::{Refusal, empty, set};
 use crate::storage::{Storage, StorageError};
-use crate::{cors, manifest, manifest_response, session};
+use crate::{cors, manifest, manifest_response, sendfile, session};
 
 pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// The smallest range sent with `--sendfile`: below it a copy costs less than the trip to the storage pool that
+/// brings the pages in first.
+const SENDFILE_MIN: u64 = 64 * 1024;
 
 /// Parsed once: a name given as a string is parsed again on every use.
 const X_CACHE: header::HeaderName = header::HeaderName::from_static("x-cache");
@@ -276,8 +280,25 @@ async fn serve<B>(
         empty()
     } else {
         let permit = stream_permit(state)?;
-        let (opened, cached) =
-            state.cache.read(&state.storage, object, meta.etag.as_deref(), meta.size, range.clone()).await?;
+        // Bytes the slice cache holds are copied from memory (that measured faster than `sendfile` from the page
+        // cache); with the cache off, long ranges of a local file are sent from the page cache without a copy.
+        let sendfile = req
+            .extensions()
+            .get::<sendfile::Outbox>()
+            .filter(|_| state.cache.is_off() && range.end - range.start >= SENDFILE_MIN);
+        let file = match sendfile {
+            Some(_) => state.storage.open_local(object, meta.etag.as_deref(), &range).await?,
+            None => None,
+        };
+        let (opened, cached) = match (file, sendfile) {
+            (Some(file), Some(outbox)) => {
+                let pool = state.storage.pool().clone();
+                let stream =
+                    sendfile::file_body(pool, outbox.clone(), file, range.clone(), state.metrics.clone()).await?;
+                (crate::storage::Body { stream, content_type: None }, cache::Status::Bypass)
+            }
+            _ => state.cache.read(&state.storage, object, meta.etag.as_deref(), meta.size, range.clone()).await?,
+        };
         headers.insert(X_CACHE, HeaderValue::from_static(cached.as_str()));
         cache_status = Some(cached);
         content_type = opened.content_type;

@@ -212,6 +212,34 @@ impl Storage {
         }
     }
 
+    /// Whether objects are files in a local directory (which `--sendfile` can send without reading them).
+    pub fn is_local(&self) -> bool {
+        matches!(self.backend, Backend::Dir(_))
+    }
+
+    /// The open file behind `object` for `sendfile`, failing if it no longer has `etag` or no longer holds `range`;
+    /// `None` for a bucket, or a file `sendfile` must not be used on (see [`local::sendfile_safe`]).
+    pub async fn open_local(
+        &self,
+        object: &str,
+        etag: Option<&str>,
+        range: &Range<u64>,
+    ) -> Result<Option<std::fs::File>, StorageError> {
+        let Backend::Dir(dir) = &self.backend else {
+            return Ok(None);
+        };
+        let (dir, object) = (dir.clone(), object.to_owned());
+        let (file, meta, safe) = self
+            .pool
+            .run(move || dir.open_object(&object).map(|(file, meta)| (local::sendfile_safe(&file), file, meta)))
+            .await
+            .map(|(safe, file, meta)| (file, meta, safe))?;
+        if (etag.is_some() && meta.etag.as_deref() != etag) || range.end > meta.size {
+            return Err(StorageError::Changed);
+        }
+        Ok(safe.then_some(file))
+    }
+
     /// Streams `range` of an object, failing if it no longer has `etag`. A stall longer than the timeout between
     /// two chunks ends the stream with an error, so a client never waits forever on a hung store.
     pub async fn get(&self, object: &str, range: Range<u64>, etag: Option<&str>) -> Result<Body, StorageError> {

@@ -65,26 +65,34 @@ async fn fetch(agent: &TestAgent, name: &str) -> (StatusCode, String, Duration, 
     (status, reason, started.elapsed(), body, header(&headers, "retry-after").to_owned())
 }
 
+/// Also with the slice cache off and one worker. Then long ranges of local files go by `sendfile`, which runs on the
+/// worker; a FUSE file system may answer reads past the page cache (hangfs does), so `--sendfile` leaves FUSE files
+/// to the storage pool, and the one worker serves on.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_read_stuck_in_the_kernel_answers_504_in_time_while_other_files_are_served() {
-    let fs = mount(1);
-    let agent = start(&fs, &["--storage-timeout=1s"]).await;
-    let stuck = tokio::spawn({
-        let url = agent.signed("/videos/stuck-0.mp4", Carrier::Query);
-        async move {
-            let started = Instant::now();
-            let (status, _, body) = get(&url, &[]).await;
-            (status, reason(&body), started.elapsed())
-        }
-    });
-    fs.wait_blocked(1, Duration::from_secs(10)).unwrap();
-    // While the read hangs, the same agent serves another file from the same file system.
-    let (status, _, _, body, _) = fetch(&agent, "ok.mp4").await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(body.as_ref(), content(SIZE).as_slice());
-    let (status, reason, took) = stuck.await.unwrap();
-    assert_eq!((status, reason.as_str()), (StatusCode::GATEWAY_TIMEOUT, "storage_timeout"));
-    assert!(took < Duration::from_millis(2500), "the 504 took {took:?} with a 1s storage timeout");
+    for flags in [&["--storage-timeout=1s"][..], &["--storage-timeout=1s", "--cache-size-mib=0", "--workers=1"]] {
+        let fs = mount(1);
+        let agent = start(&fs, flags).await;
+        let stuck = tokio::spawn({
+            let url = agent.signed("/videos/stuck-0.mp4", Carrier::Query);
+            async move {
+                let started = Instant::now();
+                let (status, _, body) = get(&url, &[]).await;
+                (status, reason(&body), started.elapsed())
+            }
+        });
+        fs.wait_blocked(1, Duration::from_secs(10)).unwrap();
+        // While the read hangs, the same agent serves another file from the same file system.
+        let (status, _, _, body, _) = fetch(&agent, "ok.mp4").await;
+        assert_eq!(status, StatusCode::OK, "{flags:?}");
+        assert_eq!(body.as_ref(), content(SIZE).as_slice());
+        let (status, reason, took) = stuck.await.unwrap();
+        assert_eq!((status, reason.as_str()), (StatusCode::GATEWAY_TIMEOUT, "storage_timeout"), "{flags:?}");
+        assert!(took < Duration::from_millis(2500), "{flags:?}: the 504 took {took:?} with a 1s storage timeout");
+        let metrics = agent.metrics().await;
+        let by_sendfile = metrics.lines().find_map(|l| l.strip_prefix("videodelivery_agent_sendfile_bytes_total "));
+        assert_eq!(by_sendfile.map(str::trim), Some("0"), "nothing is sent from FUSE with sendfile");
+    }
 }
 
 /// With 4 storage threads: 3 stuck reads fail readiness but leave a thread for other files; a 4th fills the pool,

@@ -884,7 +884,8 @@ impl Default for SessionSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct CacheSpec {
-    /// Memory for cached slices, in MiB; 0 turns the cache off.
+    /// Memory for cached slices, in MiB; 0 turns the cache off (a file:// storage is then served from the node's
+    /// page cache, ranges of 64 KiB and more with sendfile, on cleartext HTTP/1.1).
     #[serde(default = "default_cache_mib", rename = "sizeMiB")]
     #[schemars(range(min = 0, max = 65536))]
     pub size_mib: u32,
