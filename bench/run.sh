@@ -240,6 +240,7 @@ echo "bench: wrote bench/RESULTS.md" >&2
 if [ "${CARGO_BENCHES:-1}" = 1 ]; then
   stop_servers
   RUNS=$RUNS bash bench/catalogue.sh >/dev/null && echo "bench: wrote the catalogue section of bench/RESULTS.md" >&2
+  RUNS=$RUNS bash bench/zerocopy.sh >/dev/null && echo "bench: wrote the zero-copy section of bench/RESULTS.md" >&2
 fi
 if [ "${CARGO_BENCHES:-1}" = 1 ]; then
   bash bench/profile.sh >/dev/null && echo "bench: wrote bench/PROFILE.md" >&2
