@@ -280,12 +280,9 @@ async fn serve<B>(
         empty()
     } else {
         let permit = stream_permit(state)?;
-        // Bytes the slice cache holds are copied from memory (that measured faster than `sendfile` from the page
-        // cache); with the cache off, long ranges of a local file are sent from the page cache without a copy.
-        let sendfile = req
-            .extensions()
-            .get::<sendfile::Outbox>()
-            .filter(|_| state.cache.is_off() && range.end - range.start >= SENDFILE_MIN);
+        // An outbox comes only with the slice cache off (see `serve_spoken`): bytes the cache holds are copied from
+        // memory, which measured faster than `sendfile` from the page cache.
+        let sendfile = req.extensions().get::<sendfile::Outbox>().filter(|_| range.end - range.start >= SENDFILE_MIN);
         let file = match sendfile {
             Some(_) => state.storage.open_local(object, meta.etag.as_deref(), &range).await?,
             None => None,

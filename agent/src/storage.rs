@@ -231,12 +231,13 @@ impl Storage {
         let (dir, object) = (dir.clone(), object.to_owned());
         let (file, meta, safe) = self
             .pool
-            .run(move || dir.open_object(&object).map(|(file, meta)| (local::sendfile_safe(&file), file, meta)))
-            .await
-            .map(|(safe, file, meta)| (file, meta, safe))?;
-        if (etag.is_some() && meta.etag.as_deref() != etag) || range.end > meta.size {
-            return Err(StorageError::Changed);
-        }
+            .run(move || {
+                let (file, meta) = dir.open_object(&object)?;
+                let safe = local::sendfile_safe(&file);
+                Ok((file, meta, safe))
+            })
+            .await?;
+        unchanged(&meta, etag, range)?;
         Ok(safe.then_some(file))
     }
 
@@ -260,12 +261,7 @@ impl Storage {
             Backend::Dir(dir) => {
                 let (dir, object) = (dir.clone(), object.to_owned());
                 let (file, meta) = self.pool.run(move || dir.open_object(&object)).await?;
-                if etag.is_some() && meta.etag.as_deref() != etag {
-                    return Err(StorageError::Changed);
-                }
-                if range.end > meta.size {
-                    return Err(StorageError::Changed);
-                }
+                unchanged(&meta, etag, &range)?;
                 (local::file_stream(self.pool.clone(), file, range, chunk), None)
             }
             Backend::Store { store, prefix } => {
@@ -295,6 +291,14 @@ impl Storage {
         });
         Ok(Body { stream: stream.boxed(), content_type })
     }
+}
+
+/// An opened local file is still the version asked for (`etag`) and still holds `range`.
+fn unchanged(meta: &Meta, etag: Option<&str>, range: &Range<u64>) -> Result<(), StorageError> {
+    if (etag.is_some() && meta.etag.as_deref() != etag) || range.end > meta.size {
+        return Err(StorageError::Changed);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
